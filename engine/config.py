@@ -1,18 +1,26 @@
 """The configuration: typed pydantic models, loaded once from TOML and validated.
 
 A bad file never starts the engine: `load_config` raises `ConfigError` whose lines each name the
-file, the key (with its TOML line where it can be found) and what was expected. Secrets are
-`SecretStr` and may come from environment variables; they print as `**********`.
+file, the TOML line, the dotted key and what was expected, in words a trader understands:
+
+    config.toml, line 31: auto_stop.criteria.max_loss_percent: expected a number greater than 0,
+    got -1
+
+Secrets are `SecretStr`, may come from environment variables, print as `**********` and are never
+echoed in an error message. The shipped `config.toml` documents every key.
 """
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import os
 import re
 import tomllib
-from collections.abc import Sequence
+import types
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import platformdirs
 from pydantic import (
@@ -21,13 +29,18 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from engine.models import Mode
 
 APP_NAME = "trade-supervisor"
+SECRET_MASK = "**********"
+"""How a secret is shown. A secret whose value is the mask counts as not set (see KalshiConfig)."""
 
 Pct = Annotated[float, Field(gt=0)]
 NonNeg = Annotated[float, Field(ge=0)]
@@ -35,28 +48,49 @@ Unit = Annotated[float, Field(ge=0, le=1)]
 
 
 class Strict(BaseModel):
-    """Base: unknown keys are errors, values are checked on assignment too."""
+    """Base: unknown keys are errors, values are checked on assignment too.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Types are strict: a quoted "40" is not a number, `true` is not 1, 20.5 is not a whole number,
+    and nan/inf are refused. In a file that controls money a value that needs guessing is an error.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+    )
 
 
 class Criteria(Strict):
-    """Auto-stop thresholds. A key left out (None) disables its rule."""
+    """Auto-stop thresholds. A key left out (None) disables its rule.
 
-    max_loss_percent: Pct | None = None
-    profit_target_percent: Pct | None = None
-    trailing_drawdown_percent: Pct | None = None
-    trailing_activation_percent: NonNeg | None = None
-    max_holding_time_minutes: Pct | None = None
-    momentum_threshold_bps: Pct | None = None
-    momentum_reversal_threshold_bps: Pct | None = None
-    reversal_window_seconds: Annotated[float, Field(gt=0)] = 60.0
-    volatility_threshold: Unit | None = None
-    volatility_spike_threshold: Annotated[float, Field(gt=0, le=1)] | None = None
-    spike_window_seconds: Annotated[float, Field(gt=0)] = 300.0
-    price_gap_threshold_percent: Pct | None = None
-    ttc_cutoff_seconds: Pct | None = None
-    min_time_value: NonNeg | None = None
+    Percentages are of the position's cost basis (P&L % = P&L / cost basis).
+    """
+
+    max_loss_percent: Pct | None = None  # close at P&L % <= -this
+    profit_target_percent: Pct | None = None  # close at P&L % >= +this
+    trailing_drawdown_percent: Pct | None = None  # close when P&L % falls this far below its peak
+    trailing_activation_percent: NonNeg | None = None  # ... once the peak P&L % reached this
+    max_holding_time_minutes: Pct | None = None  # close after holding this long
+    momentum_threshold_bps: Pct | None = None  # momentum score against the position, basis points
+    momentum_reversal_threshold_bps: Pct | None = None  # swing against the position, bps ...
+    reversal_window_seconds: Annotated[float, Field(gt=0)] = 60.0  # ... within this window
+    volatility_threshold: Unit | None = None  # volatility score 0..1
+    volatility_spike_threshold: Annotated[float, Field(gt=0, le=1)] | None = None  # score rise ...
+    spike_window_seconds: Annotated[float, Field(gt=0)] = 300.0  # ... within this window
+    price_gap_threshold_percent: Pct | None = None  # spot move between two ticks, percent
+    ttc_cutoff_seconds: Pct | None = None  # close when time to close <= this
+    min_time_value: NonNeg | None = None  # options: close when time value <= this, dollars
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _false_is_off(cls, v: Any, info: ValidationInfo) -> Any:
+        # TOML has no null: `key = false` switches a rule off (e.g. in a strategy override).
+        if isinstance(v, bool) and info.field_name in _OPTIONAL_RULES:
+            if v:
+                raise PydanticCustomError(
+                    "rule_switch", "expected a number, or false to switch the rule off"
+                )
+            return None
+        return v
 
     def merged(self, *overrides: dict[str, Any]) -> Criteria:
         """These criteria with each override applied in turn (later wins; None disables)."""
@@ -66,25 +100,34 @@ class Criteria(Strict):
         return Criteria.model_validate(data)
 
 
+_OPTIONAL_RULES = frozenset(k for k, f in Criteria.model_fields.items() if f.default is None)
+
+
 class StrategyConfig(Strict):
+    """One strategy's overrides: only the criteria keys given replace the global ones."""
+
     criteria: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("criteria")
     @classmethod
     def _known_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
-        Criteria.model_validate(v)  # raises with the offending key named
-        return v
+        # The ValidationError raised here keeps its own locations, so a bad key is reported as
+        # auto_stop.strategies.NAME.criteria.KEY with its line, like any other key.
+        Criteria.model_validate(v)
+        return {k: None if x is False else x for k, x in v.items()}  # false = rule off
 
 
 class AutoStopConfig(Strict):
-    mode: Mode = Mode.DRY_RUN
+    mode: Mode = Field(default=Mode.DRY_RUN, strict=False)  # the enum is given as text
     armed: bool = True
     exit_max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     exit_retry_seconds: Annotated[float, Field(gt=0)] = 2.0
     criteria: Criteria = Field(default_factory=Criteria)
     strategies: dict[str, StrategyConfig] = Field(default_factory=dict)
 
-    def criteria_for(self, strategy: str, trade_overrides: dict[str, Any] | None = None) -> Criteria:
+    def criteria_for(
+        self, strategy: str, trade_overrides: dict[str, Any] | None = None
+    ) -> Criteria:
         """Effective criteria: global, then the strategy's overrides, then the trade's."""
         layers: list[dict[str, Any]] = []
         if strategy and strategy in self.strategies:
@@ -96,20 +139,24 @@ class AutoStopConfig(Strict):
 
 class RiskConfig(Strict):
     max_open_positions: Annotated[int, Field(ge=1)] | None = None
-    max_total_risk: Pct | None = None
-    max_daily_loss: Pct | None = None
+    max_total_risk: Pct | None = None  # dollars
+    max_daily_loss: Pct | None = None  # dollars
     halt_on_breach: bool = False
 
 
 class EngineConfig(Strict):
     venue: Literal["sim", "paper"] = "sim"
-    data_dir: str = ""
+    data_dir: str = ""  # "" = the platform's user data dir
     tick_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     max_quote_age_seconds: Annotated[float, Field(gt=0)] = 10.0
     max_spot_age_seconds: Annotated[float, Field(gt=0)] = 10.0
     mark: Literal["bid", "mid", "last"] = "bid"
     mark_sample_seconds: Annotated[float, Field(gt=0)] = 5.0
     snapshot_alerts: Annotated[int, Field(ge=0, le=10000)] = 200
+
+
+MOMENTUM_WINDOWS = ("1", "2", "3", "4", "15", "30")
+"""Momentum windows, in minutes, as the keys of `signals.momentum_weights`."""
 
 
 class SignalsConfig(Strict):
@@ -128,17 +175,22 @@ class SignalsConfig(Strict):
     @field_validator("momentum_weights")
     @classmethod
     def _weights(cls, v: dict[str, float]) -> dict[str, float]:
-        allowed = {"1", "2", "3", "4", "15", "30"}
-        bad = sorted(set(v) - allowed)
+        bad = sorted(set(v) - set(MOMENTUM_WINDOWS))
         if bad:
-            raise ValueError(f"unknown momentum window(s) {bad}; use minutes among {sorted(allowed, key=int)}")
+            raise ValueError(
+                f"unknown momentum window {', '.join(repr(b) for b in bad)}; "
+                f"expected keys among: {', '.join(MOMENTUM_WINDOWS)} (minutes)"
+            )
         return v
 
     @field_validator("regime_thresholds")
     @classmethod
     def _thresholds(cls, v: list[float]) -> list[float]:
-        if len(v) != 4 or any(b <= a for a, b in zip(v, v[1:], strict=False)):
-            raise ValueError("needs 4 increasing values: very_low|low|medium|high|extreme boundaries")
+        if len(v) != 4 or any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError(
+                "expected 4 increasing numbers from 0 to 1, the boundaries "
+                "very_low|low, low|medium, medium|high, high|extreme"
+            )
         return v
 
 
@@ -168,7 +220,7 @@ class PaperConfig(Strict):
 
 
 class AlertsConfig(Strict):
-    log_file: str = "alerts.jsonl"
+    log_file: str = "alerts.jsonl"  # relative paths are inside the data directory
     cooldown_seconds: NonNeg = 30.0
     print_headless: bool = True
 
@@ -185,8 +237,17 @@ class KalshiConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _from_env(cls, data: Any) -> Any:
-        data = dict(data or {})
-        for key, env in (("api_key_id", "KALSHI_API_KEY_ID"), ("private_key_path", "KALSHI_PRIVATE_KEY_PATH")):
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            return data  # reported as "expected a table" by the model itself
+        data = dict(data)
+        for key, env in (
+            ("api_key_id", "KALSHI_API_KEY_ID"),
+            ("private_key_path", "KALSHI_PRIVATE_KEY_PATH"),
+        ):
+            if data.get(key) == SECRET_MASK:  # a redacted dump read back: the secret is not set
+                del data[key]
             if not data.get(key) and os.environ.get(env):
                 data[key] = os.environ[env]
         return data
@@ -208,13 +269,24 @@ class Config(Strict):
     venues: VenuesConfig = Field(default_factory=VenuesConfig)
 
     def data_path(self) -> Path:
-        """The data directory (journal, alert log), created on demand by the caller."""
+        """The data directory (journal, alert log), created on demand by the caller.
+
+        A relative `engine.data_dir` is relative to the working directory the app starts in.
+        """
         if self.engine.data_dir:
             return Path(self.engine.data_dir).expanduser()
         return Path(platformdirs.user_data_dir(APP_NAME))
 
+    def alert_log_path(self) -> Path:
+        """The JSON-lines alert log: `alerts.log_file`, inside the data directory if relative."""
+        return self.data_path() / Path(self.alerts.log_file).expanduser()
+
     def redacted_toml(self) -> str:
-        """The effective config as TOML, with every secret shown as `**********`."""
+        """The effective config as TOML, with every secret shown as `**********`.
+
+        The text loads back (`parse_config(tomllib.loads(text))`) into an equal Config, secrets
+        excepted; keys that are not set (None) are shown as comments.
+        """
         return _to_toml(self.model_dump(mode="json"))
 
 
@@ -248,86 +320,466 @@ def load_config(path: Path | None) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([f"{where}: file not found; create it (see config.toml in the project) or pass --config PATH"]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{where}: cannot read the file ({e})"]) from None
+        shown = f" ({path.absolute()})" if not path.is_absolute() else ""
+        raise ConfigError(
+            [
+                f"{where}: config file not found{shown}; copy config.toml from the project "
+                "there, or pass --config with the path of an existing file"
+            ]
+        ) from None
+    except IsADirectoryError:
+        example = path / "config.toml"
+        raise ConfigError(
+            [f"{where}: this is a directory; give the config file's path, e.g. {example}"]
+        ) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            [f"{where}: not UTF-8 text (bad byte at offset {e.start}); save the file as UTF-8"]
+        ) from None
+    except OSError as e:
+        raise ConfigError([f"{where}: cannot read the file: {e.strerror or e}"]) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"{where}: TOML syntax error: {e}; fix the line it names"]) from None
+        raise ConfigError([_describe_syntax(e, where)]) from None
     return parse_config(data, text, where)
 
 
 def parse_config(data: dict[str, Any], text: str = "", where: str = "config") -> Config:
+    """Validate parsed TOML; `text` (the file) lets errors name their line, `where` the file."""
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError([_describe(err, text, where) for err in e.errors()]) from None
+        errors = e.errors()
+    # In file order, so the trader can fix them top to bottom.
+    lines = {id(err): _find_line(text, list(err["loc"])) for err in errors}
+    errors.sort(key=lambda err: lines[id(err)] or float("inf"))
+    raise ConfigError([_describe(err, text, where) for err in errors])
+
+
+# --- error messages ------------------------------------------------------------------------------
+
+_SYNTAX_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_SYNTAX_END = re.compile(r"\s*\(at end of document\)\s*$")
+
+
+def _describe_syntax(e: tomllib.TOMLDecodeError, where: str) -> str:
+    """`file, line L, column C: TOML syntax error: reason`, plus a hint for the usual mistakes.
+
+    The offending line itself is not quoted: it may hold a secret.
+    """
+    msg = str(e)
+    place = ""
+    m = _SYNTAX_AT.search(msg)
+    if m:
+        place = f", line {m.group(1)}, column {m.group(2)}"
+        msg = msg[: m.start()]
+    else:
+        m = _SYNTAX_END.search(msg)
+        if m:
+            place = ", at the end of the file"
+            msg = msg[: m.start()]
+    hint = "fix that line"
+    if place == ", at the end of the file":
+        hint = "a quote, bracket or brace opened earlier is never closed"
+    elif "'\\n'" in msg:
+        hint = "a quote opened on that line is never closed"
+    elif msg.startswith("Invalid value"):
+        hint = 'text values need double quotes (mode = "dry_run"); true/false and numbers do not'
+    elif msg.startswith(("Unclosed", "Unterminated")):
+        hint = "a quote or bracket opened there is never closed"
+    elif msg.startswith("Cannot declare"):
+        hint = "this [table] appears twice; merge the two"
+    elif msg.startswith("Cannot overwrite"):
+        hint = "this key is given twice; keep one"
+    return f"{where}{place}: TOML syntax error: {msg}; {hint}"
 
 
 def _describe(err: Any, text: str, where: str) -> str:
-    loc = [str(p) for p in err["loc"]]
-    # Errors raised inside nested strategy criteria carry the key inside the message; keep both.
-    key = ".".join(loc) if loc else "(top level)"
+    """One pydantic error as `file, line N: dotted.key: what was expected, got what`."""
+    loc: list[str | int] = list(err["loc"])
+    key = _dotted(loc) if loc else "(top level)"
     line = _find_line(text, loc)
-    at = f" (line {line})" if line else ""
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key; remove it or check its spelling against config.toml"
-    elif "input" in err and err["type"] != "missing":
-        got = err["input"]
-        if isinstance(got, str | int | float | bool):
-            msg = f"{msg} (got {got!r})"
-    return f"{where}: {key}{at}: {msg}"
+    at = f", line {line}" if line else ""
+    try:
+        what = _expected(err, loc)
+    except Exception:  # never let a message bug hide the error (or echo its input)
+        what = str(err.get("msg", "invalid value"))
+    return f"{where}{at}: {key}: {what}"
 
 
-_HEADER = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]+\s*(#.*)?$")
-_KEY = re.compile(r"^\s*\"?([A-Za-z0-9_\-]+)\"?\s*=")
+def _expected(err: Any, loc: list[str | int]) -> str:
+    kind: str = err["type"]
+    ctx: dict[str, Any] = err.get("ctx") or {}
+    node = _node_at(loc)
+    secret = node.secret
+    got_value = err.get("input")
+    got = "" if secret else f", got {_show(got_value)}"
+
+    if kind == "extra_forbidden":
+        return _unknown_key(loc, got_value)
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        bounds = node.bounds or {b: ctx[b] for b in ("gt", "ge", "lt", "le") if b in ctx}
+        return f"expected {_a_number(node)} {_range_words(bounds)}{got}"
+    if kind == "finite_number":
+        return f"expected a finite number (nan and inf are not allowed){got}"
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number{_quoted_hint(got_value)}{got}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected a whole number{_quoted_hint(got_value)}{got}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"expected true or false (without quotes){got}"
+    if kind in ("string_type", "string_sub_type"):
+        return f"expected text in double quotes{got}"
+    if kind in ("enum", "literal_error"):
+        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        msg = f"expected one of: {', '.join(choices)}"
+        if not secret:
+            msg += f" (got {_show(got_value)})"
+            if isinstance(got_value, str):
+                close = difflib.get_close_matches(got_value, choices, n=1)
+                if close:
+                    msg += f"; did you mean '{close[0]}'?"
+        return msg
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a table: a [{_dotted(loc)}] section or {{ key = value, ... }}{got}"
+    if kind in ("list_type", "tuple_type"):
+        return f"expected a list in brackets, e.g. [1, 2, 3]{got}"
+    if kind == "value_error":
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        return msg if isinstance(got_value, dict) else f"{msg}{got}"
+    msg = str(err["msg"])
+    return f"{msg[:1].lower()}{msg[1:]}{got}"
 
 
-def _find_line(text: str, loc: list[str]) -> int | None:
-    """Best-effort TOML line of a dotted key path: the `key =` line under its table header."""
+def _unknown_key(loc: list[str | int], value: Any) -> str:
+    what = "unknown section" if isinstance(value, dict) else "unknown key"
+    name = str(loc[-1]) if loc else ""
+    parent = _node_at(loc[:-1])
+    allowed = list(parent.model.model_fields) if parent.model else []
+    close = difflib.get_close_matches(name, allowed, n=1)
+    if close:
+        return f"{what}; did you mean '{close[0]}'?"
+    homes = [t for t in _tables_with_key(name) if t != _dotted(loc[:-1])]
+    if homes:
+        return f"{what} here; '{name}' belongs in {' or '.join(f'[{t}]' for t in homes)}"
+    if allowed:
+        table = f"[{_dotted(loc[:-1])}]" if loc[:-1] else "the top level"
+        return f"{what}; the keys allowed in {table} are: {', '.join(allowed)}"
+    return what
+
+
+def _quoted_hint(value: Any) -> str:
+    if isinstance(value, str):
+        return " (remove the quotes)" if _looks_numeric(value) else ""
+    if isinstance(value, bool):
+        return " (true/false is not a number)"
+    return ""
+
+
+def _looks_numeric(s: str) -> bool:
+    try:
+        float(s.replace("_", ""))
+    except ValueError:
+        return False
+    return True
+
+
+def _a_number(node: _Node) -> str:
+    return "a whole number" if node.base is int else "a number"
+
+
+def _range_words(b: dict[str, Any]) -> str:
+    lo = ("gt", b["gt"]) if "gt" in b else ("ge", b["ge"]) if "ge" in b else None
+    hi = ("lt", b["lt"]) if "lt" in b else ("le", b["le"]) if "le" in b else None
+    if lo and hi and lo[0] == "ge" and hi[0] == "le":
+        return f"from {_num(lo[1])} to {_num(hi[1])}"
+    words = {"gt": "greater than", "ge": "of at least", "lt": "less than", "le": "of at most"}
+    parts = [f"{words[pair[0]]} {_num(pair[1])}" for pair in (lo, hi) if pair]
+    if len(parts) == 2:
+        parts[1] = parts[1].removeprefix("of ")
+    return " and ".join(parts)
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _show(v: Any) -> str:
+    """A value as the trader wrote it in TOML (short)."""
+    if isinstance(v, dict):
+        return "a table"
+    text = _fmt(v) if isinstance(v, str | bool | int | float | list) else repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_BARE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _key_part(k: str | int) -> str:
+    k = str(k)
+    return k if _BARE.match(k) else _fmt(k)
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    out = ""
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + _key_part(p)
+    return out
+
+
+# --- what the schema says about a key ------------------------------------------------------------
+
+_NESTED_AS: dict[tuple[type[BaseModel], str], Any] = {(StrategyConfig, "criteria"): Criteria}
+"""Free-form dicts that are validated as a model: their keys are that model's keys."""
+
+
+class _Node:
+    """The schema at a key path: its model (if a table), base type, bounds, whether secret."""
+
+    def __init__(self) -> None:
+        self.model: type[BaseModel] | None = None
+        self.base: Any = None
+        self.bounds: dict[str, Any] = {}
+        self.secret = False
+
+
+def _unwrap(ann: Any, metadata: list[Any]) -> Any:
+    """Strip Annotated[...] (collecting its metadata) and `X | None` down to the base type."""
+    while True:
+        origin = get_origin(ann)
+        if origin is Annotated:
+            args = get_args(ann)
+            metadata.extend(args[1:])
+            ann = args[0]
+        elif origin in (Union, types.UnionType):
+            rest = [a for a in get_args(ann) if a is not type(None)]
+            if len(rest) != 1:
+                return ann
+            ann = rest[0]
+        else:
+            return ann
+
+
+def _bounds(metadata: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for m in metadata:
+        if isinstance(m, FieldInfo):
+            out.update(_bounds(list(m.metadata)))
+            continue
+        for name in ("gt", "ge", "lt", "le"):
+            v = getattr(m, name, None)
+            if v is not None:
+                out[name] = v
+    return out
+
+
+def _node_at(loc: Sequence[str | int]) -> _Node:
+    """Walk the Config schema along `loc`; unknown keys leave the node as far as it got."""
+    node = _Node()
+    ann: Any = Config
+    metadata: list[Any] = []
+    for part in loc:
+        base = _unwrap(ann, metadata)
+        if base is SecretStr:
+            node.secret = True
+        if isinstance(base, type) and issubclass(base, BaseModel):
+            field = base.model_fields.get(str(part))
+            if field is None:
+                node.model = None
+                return node
+            ann = _NESTED_AS.get((base, str(part)), field.annotation)
+            metadata = list(field.metadata)
+        elif get_origin(base) is dict:
+            ann, metadata = get_args(base)[1], []
+        elif get_origin(base) is list:
+            ann, metadata = get_args(base)[0], []
+        else:
+            return node
+    base = _unwrap(ann, metadata)
+    node.base = base
+    node.bounds = _bounds(metadata)
+    if base is SecretStr:
+        node.secret = True
+    if isinstance(base, type) and issubclass(base, BaseModel):
+        node.model = base
+        # A table holding secrets is never echoed: its value may be a misplaced secret.
+        node.secret = node.secret or any(
+            _unwrap(f.annotation, []) is SecretStr for f in base.model_fields.values()
+        )
+    return node
+
+
+def _tables(model: type[BaseModel], prefix: list[str]) -> Iterator[tuple[str, type[BaseModel]]]:
+    yield _dotted(prefix), model
+    for name, field in model.model_fields.items():
+        ann = _NESTED_AS.get((model, name), field.annotation)
+        base = _unwrap(ann, [])
+        if get_origin(base) is dict:
+            base, name = _unwrap(get_args(base)[1], []), f"{name}.NAME"
+        if isinstance(base, type) and issubclass(base, BaseModel):
+            yield from _tables(base, [*prefix, *name.split(".")])
+
+
+def _tables_with_key(key: str) -> list[str]:
+    return [t for t, m in _tables(Config, []) if t and key in m.model_fields]
+
+
+# --- where a key is in the file ------------------------------------------------------------------
+
+_PART = re.compile(r"""\s*(?:([A-Za-z0-9_-]+)|"((?:[^"\\]|\\.)*)"|'([^']*)')\s*""")
+
+
+def _parse_key(s: str, i: int) -> tuple[list[str], int] | None:
+    """A (dotted) TOML key at s[i:], and the index after it; None if there is none."""
+    parts: list[str] = []
+    while True:
+        m = _PART.match(s, i)
+        if not m or m.end() == i:
+            return None
+        raw = m.group(1) if m.group(1) is not None else m.group(3)
+        if raw is None:
+            raw = re.sub(r"\\(.)", r"\1", m.group(2))
+        parts.append(raw)
+        i = m.end()
+        if i < len(s) and s[i] == ".":
+            i += 1
+            continue
+        return parts, i
+
+
+def _scan_value(s: str, i: int, state: dict[str, Any]) -> None:
+    """Advance through a value, tracking open brackets and multi-line strings across lines."""
+    n = len(s)
+    while i < n:
+        if state["ml"]:
+            end = s.find(state["ml"], i)
+            if end < 0:
+                return
+            i, state["ml"] = end + 3, None
+            continue
+        c = s[i]
+        if c == "#":
+            return
+        if s.startswith('"""', i) or s.startswith("'''", i):
+            state["ml"] = s[i : i + 3]
+            i += 3
+        elif c == '"':
+            i += 1
+            while i < n and s[i] != '"':
+                i += 2 if s[i] == "\\" else 1
+            i += 1
+        elif c == "'":
+            end = s.find("'", i + 1)
+            i = n if end < 0 else end + 1
+        elif c in "[{":
+            state["depth"] += 1
+            i += 1
+        elif c in "]}":
+            state["depth"] = max(0, state["depth"] - 1)
+            i += 1
+        else:
+            i += 1
+
+
+def _key_lines(text: str) -> Iterator[tuple[list[str], int]]:
+    """(full key path, line number) of every table header and top-level `key =` in the text."""
+    table: list[str] = []
+    state: dict[str, Any] = {"depth": 0, "ml": None}
+    for n, raw in enumerate(text.splitlines(), start=1):
+        if state["ml"] or state["depth"]:
+            _scan_value(raw, 0, state)
+            continue
+        s = raw.strip()
+        if not s or s.startswith("#"):
+            continue
+        if s.startswith("["):
+            inner = s[2:] if s.startswith("[[") else s[1:]
+            parsed = _parse_key(inner, 0)
+            if parsed:
+                table = parsed[0]
+                yield table, n
+            continue
+        parsed = _parse_key(s, 0)
+        if parsed and parsed[1] < len(s) and s[parsed[1]] == "=":
+            yield [*table, *parsed[0]], n
+            _scan_value(s, parsed[1] + 1, state)
+
+
+def _find_line(text: str, loc: Sequence[str | int]) -> int | None:
+    """The TOML line of a key path: where the key itself is, else the closest enclosing key or
+    [table] (e.g. an inline table holding it, or a list holding a bad item). None if absent."""
     if not text or not loc:
         return None
-    table: list[str] = []
-    for n, raw in enumerate(text.splitlines(), start=1):
-        m = _HEADER.match(raw)
-        if m:
-            table = [p.strip().strip('"') for p in m.group(1).split(".")]
-            if table == loc:
+    want = [str(p) for p in loc]
+    best: tuple[int, int] | None = None  # (matched length, line)
+    for path, n in _key_lines(text):
+        if len(path) <= len(want) and want[: len(path)] == path:
+            if len(path) == len(want):
                 return n
-            continue
-        k = _KEY.match(raw)
-        if k and table + [k.group(1)] == loc[: len(table) + 1] and len(table) < len(loc):
-            return n
-    return None
+            if best is None or len(path) > best[0]:
+                best = (len(path), n)
+    return best[1] if best else None
+
+
+# --- TOML output ---------------------------------------------------------------------------------
+
+_INLINE_MAPS = frozenset({"momentum_weights"})
+"""Free-form maps written as inline tables; every other dict is a [section]."""
+
+
+def _fmt(v: Any) -> str:
+    """A TOML value."""
+    if v is None:
+        raise ValueError("TOML has no null; None values are written as comments")
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + "".join(_ESCAPES.get(c) or _escape(c) for c in v) + '"'
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, dict):
+        if not v:
+            return "{}"
+        return "{ " + ", ".join(f"{_key_part(k)} = {_fmt(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape(c: str) -> str:
+    return f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
 
 
 def _to_toml(data: dict[str, Any]) -> str:
-    """Render the effective config as TOML: scalars first, then tables."""
+    """Render the effective config as TOML: a table's plain keys first, then its sub-tables."""
     out: list[str] = []
 
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, list):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f'"{k}" = {fmt(x)}' for k, x in v.items()) + " }"
-        return repr(v)
-
     def emit(prefix: list[str], d: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) or not _is_table(k, prefix)}
+        scalars = {k: v for k, v in d.items() if not _is_table(k, v)}
         tables = {k: v for k, v in d.items() if k not in scalars}
         if prefix and (scalars or not tables):
-            out.append(f"\n[{'.'.join(prefix)}]")
+            out.append(f"\n[{_dotted(prefix)}]")
+        override = len(prefix) >= 3 and prefix[-3] == "strategies" and prefix[-1] == "criteria"
         for k, v in scalars.items():
-            if v is None:
-                out.append(f"# {k} = (not set)")
+            if v is None and override:
+                out.append(f"{_key_part(k)} = false  # rule off for this strategy")
+            elif v is None:
+                out.append(f"# {_key_part(k)} = (not set)")
+            elif v == SECRET_MASK:
+                out.append(f"{_key_part(k)} = {_fmt(v)}  # secret, redacted")
             else:
-                out.append(f"{k} = {fmt(v)}")
+                out.append(f"{_key_part(k)} = {_fmt(v)}")
         for k, v in tables.items():
             emit([*prefix, k], v)
 
@@ -335,6 +787,6 @@ def _to_toml(data: dict[str, Any]) -> str:
     return "\n".join(out).strip() + "\n"
 
 
-def _is_table(key: str, prefix: list[str]) -> bool:
-    # Free-form maps stay inline tables; everything else is a [section].
-    return key not in ("momentum_weights",) and not (prefix and prefix[-1] == "strategies" and False)
+def _is_table(key: str, value: Any) -> bool:
+    # A dict is a [section], except the free-form maps that read better inline.
+    return isinstance(value, dict) and key not in _INLINE_MAPS

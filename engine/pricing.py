@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from engine.models import Contract, Quote, Trade
+from engine.models import Contract, Quote, Trade, TradeState
 
 MarkMethod = Literal["bid", "mid", "last"]
 
@@ -93,3 +93,58 @@ def intrinsic_value(contract: Contract, spot: float) -> float | None:
     if contract.type == "option_put":
         return max(contract.strike - spot, 0.0)
     return None
+
+
+def position_pnl(trade: Trade, mark: float, multiplier: float = 1.0) -> float:
+    """Whole-trade P&L in dollars: realised on closed parts (net of all fees) + unrealised on the rest.
+
+    `trade.realized_pnl` is None until a part is closed; until then the fees paid count against it.
+    """
+    sign = -1.0 if trade.side == "short" else 1.0
+    base = trade.realized_pnl if trade.realized_pnl is not None else -trade.fees
+    return base + sign * abs(trade.qty) * (mark - trade.entry_price) * multiplier
+
+
+def original_cost_basis(trade: Trade, multiplier: float = 1.0) -> float:
+    """Cost basis of the whole position as opened (open and closed parts), dollars."""
+    return (abs(trade.qty) + trade.closed_qty) * trade.entry_price * multiplier
+
+
+def apply_fill(
+    trade: Trade, qty: float, price: float, fees: float, multiplier: float = 1.0
+) -> None:
+    """Book an exit fill of `qty` at `price` (dollars) into the trade, in place.
+
+    Moves quantity from open to closed, adds the fill's gross P&L and subtracts its fees in
+    `realized_pnl` (net of every fee paid), and keeps `exit_price` as the average fill price.
+    """
+    qty = min(qty, abs(trade.qty))
+    sign = -1.0 if trade.side == "short" else 1.0
+    base = trade.realized_pnl if trade.realized_pnl is not None else -trade.fees
+    trade.realized_pnl = base + sign * qty * (price - trade.entry_price) * multiplier - fees
+    trade.fees += fees
+    closed = trade.closed_qty
+    trade.exit_price = (
+        price
+        if trade.exit_price is None or closed <= 0
+        else (trade.exit_price * closed + price * qty) / (closed + qty)
+    )
+    trade.closed_qty = closed + qty
+    trade.qty = max(abs(trade.qty) - qty, 0.0)
+
+
+def close_record(
+    trade: Trade, price: float | None, reason: str, now: float, multiplier: float = 1.0
+) -> None:
+    """Mark a trade closed without an order (settled, closed elsewhere, external), in place.
+
+    With a price the rest of the position is booked as filled there; without one the realised
+    P&L of the unfilled rest stays unknown. `qty` ends as the size the trade was opened with.
+    """
+    if price is not None and trade.qty > 0:
+        apply_fill(trade, trade.qty, price, 0.0, multiplier)
+    trade.closed_qty = trade.closed_qty + trade.qty if price is None else trade.closed_qty
+    trade.qty = trade.closed_qty
+    trade.state = TradeState.CLOSED
+    trade.closed_ts = now
+    trade.exit_reason = reason

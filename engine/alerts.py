@@ -1,0 +1,177 @@
+"""Alerts: what the supervisor saw and did, delivered to channels and stored.
+
+The bus throttles repeats of the same alert (same kind and subject within `cooldown_seconds`) and
+counts what it held back. Channels are small objects with one `deliver` coroutine; a failing channel
+is counted and never stops the engine. Desktop and webhook channels plug in here later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from engine.models import AlertKind, Severity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    ts: float
+    kind: AlertKind
+    severity: Severity
+    message: str
+    trade_id: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    repeats: int = 0  # how many identical alerts the throttle held back before this one
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ts": self.ts,
+            "kind": str(self.kind),
+            "severity": str(self.severity),
+            "trade_id": self.trade_id,
+            "message": self.message,
+            "repeats": self.repeats,
+            "data": _clean(dict(self.data)),
+        }
+
+
+class AlertChannel(Protocol):
+    name: str
+
+    async def deliver(self, alert: Alert) -> None: ...
+
+
+class JsonlChannel:
+    """Appends each alert as one JSON line to a file (flushed per line)."""
+
+    name = "jsonl"
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = path.open("a", encoding="utf-8")
+
+    async def deliver(self, alert: Alert) -> None:
+        self._fh.write(json.dumps(alert.to_json(), allow_nan=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+_SEVERITY_MARK = {Severity.INFO: "  ", Severity.WARNING: "! ", Severity.CRITICAL: "!!"}
+
+
+class PrintChannel:
+    """Prints alerts as one line each (headless mode)."""
+
+    name = "stdout"
+
+    def __init__(
+        self, stream: TextIO | None = None, time_fmt: Callable[[float], str] | None = None
+    ) -> None:
+        self._stream = stream
+        self._fmt = time_fmt or _utc_hms
+
+    async def deliver(self, alert: Alert) -> None:
+        stream = self._stream or sys.stdout
+        trade = f" [{alert.trade_id}]" if alert.trade_id else ""
+        more = f" (+{alert.repeats} similar)" if alert.repeats else ""
+        print(
+            f"{self._fmt(alert.ts)} {_SEVERITY_MARK[alert.severity]}{alert.severity.value:<8} "
+            f"{alert.kind.value:<17}{trade} {alert.message}{more}",
+            file=stream,
+            flush=True,
+        )
+
+
+class StoreLike(Protocol):
+    async def add_alert(
+        self, *, ts: float, kind: str, severity: str, trade_id: str | None, message: str, data: dict
+    ) -> None: ...
+
+
+class AlertBus:
+    """Raises alerts: throttles, stores, keeps the recent ones, and fans out to channels."""
+
+    def __init__(self, cooldown_seconds: float = 30.0, keep: int = 200) -> None:
+        self.cooldown_seconds = cooldown_seconds
+        self.channels: list[AlertChannel] = []
+        self.store: StoreLike | None = None
+        self.recent: deque[Alert] = deque(maxlen=max(keep, 1))
+        self.failures: dict[str, int] = {}
+        self.total = 0
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+        self.listeners: list[Callable[[Alert], None]] = []
+
+    async def raise_(
+        self,
+        ts: float,
+        kind: AlertKind,
+        severity: Severity,
+        message: str,
+        trade_id: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        subject: str | None = None,
+    ) -> Alert | None:
+        """Raise an alert; returns None when the throttle held it back as a repeat."""
+        key = (kind.value, subject if subject is not None else (trade_id or message))
+        last = self._last.get(key)
+        if last is not None and ts - last < self.cooldown_seconds:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._last[key] = ts
+        alert = Alert(
+            ts, kind, severity, message, trade_id, dict(data or {}), self._held.pop(key, 0)
+        )
+        self.total += 1
+        self.recent.appendleft(alert)
+        if self.store is not None:
+            try:
+                await self.store.add_alert(
+                    ts=ts,
+                    kind=kind.value,
+                    severity=severity.value,
+                    trade_id=trade_id,
+                    message=message,
+                    data=_clean(dict(alert.data)),
+                )
+            except Exception:  # the journal being unwritable must not hide the alert
+                log.exception("could not store alert")
+                self.failures["store"] = self.failures.get("store", 0) + 1
+        for ch in self.channels:
+            try:
+                await ch.deliver(alert)
+            except Exception:
+                log.exception("alert channel %s failed", ch.name)
+                self.failures[ch.name] = self.failures.get(ch.name, 0) + 1
+        for listener in self.listeners:
+            listener(alert)
+        return alert
+
+
+def _clean(v: Any) -> Any:
+    """Make a value JSON-safe: NaN/inf become None, unknown objects become strings."""
+    if isinstance(v, float):
+        return v if v == v and v not in (float("inf"), float("-inf")) else None
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    if v is None or isinstance(v, str | int | bool):
+        return v
+    return str(v)
+
+
+def _utc_hms(ts: float) -> str:
+    import time
+
+    return time.strftime("%H:%M:%S", time.gmtime(ts))

@@ -1,0 +1,408 @@
+"""The `trade-supervisor` command line.
+
+    trade-supervisor [--config PATH] [--headless]        run (the UI, or the engine alone)
+    trade-supervisor status                              is an engine running, mode, data ages, trades
+    trade-supervisor trades add|list|close               the manual journal
+    trade-supervisor record OUT.jsonl                    record a simulated session
+    trade-supervisor replay FILE.jsonl [--json]          replay a session through the engine
+    trade-supervisor check-config                        print the effective config or its errors
+
+Exit codes: 0 ok, 1 a runtime failure (journal locked, bad journal), 2 a bad config or bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.config import Config, ConfigError, load_config, resolve_config_path
+from engine.store import JOURNAL_FILENAME, Store, StoreError
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trade-supervisor",
+        description="Watch open positions and close them by auto-stop rules.",
+    )
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: ./config.toml, then the user's config dir)",
+    )
+    p.add_argument("--headless", action="store_true", help="run the engine without the screen")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    sub.add_parser("check-config", help="print the effective config, or the errors in it")
+    st = sub.add_parser("status", help="running state, mode, armed, data ages, open trades")
+    st.add_argument("--json", action="store_true", help="print JSON")
+
+    tr = sub.add_parser("trades", help="the manual journal for trades opened elsewhere")
+    tsub = tr.add_subparsers(dest="trades_cmd", metavar="ACTION", required=True)
+    add = tsub.add_parser("add", help="journal an open trade for the supervisor to watch")
+    add.add_argument("--id", required=True, dest="trade_id")
+    add.add_argument("--contract", required=True)
+    add.add_argument("--side", required=True, choices=["yes", "no", "long", "short"])
+    add.add_argument("--qty", required=True, type=float)
+    add.add_argument("--price", required=True, type=float, help="entry price, dollars per contract")
+    add.add_argument("--strategy", default="")
+    add.add_argument(
+        "--opened", type=float, default=None, help="open time, Unix seconds (default: now)"
+    )
+    lst = tsub.add_parser("list", help="list open trades (--all: closed ones too)")
+    lst.add_argument("--all", action="store_true")
+    lst.add_argument("--json", action="store_true")
+    cl = tsub.add_parser("close", help="record that a trade was closed elsewhere (sends no order)")
+    cl.add_argument("trade_id")
+    cl.add_argument(
+        "--price", type=float, default=None, help="the exit price, dollars per contract"
+    )
+
+    rec = sub.add_parser("record", help="record a simulated session in the replay format")
+    rec.add_argument("out", metavar="OUT.jsonl")
+    rec.add_argument(
+        "--duration",
+        type=float,
+        default=600.0,
+        help="seconds of market time to record (default 600)",
+    )
+    rec.add_argument(
+        "--speed", type=float, default=None, help="market-time speed factor (default: [sim] speed)"
+    )
+    rec.add_argument("--db", default=None, help="journal to use (default: a temporary one)")
+
+    rp = sub.add_parser("replay", help="run a recorded session through the engine")
+    rp.add_argument("file", metavar="FILE.jsonl")
+    rp.add_argument("--json", action="store_true", help="print JSON Lines (exits, alerts, summary)")
+    rp.add_argument("--db", default=None, help="journal to write (default: a temporary one)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config, path = _load(args.config)
+    except ConfigError as e:
+        print("\n".join(e.lines), file=sys.stderr)
+        print(
+            "trade-supervisor: not started; fix the config (nothing was written)", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    try:
+        if args.cmd == "check-config":
+            return _check_config(config, path)
+        if args.cmd == "status":
+            return asyncio.run(_status(config, args.json))
+        if args.cmd == "trades":
+            return asyncio.run(_trades(config, args))
+        if args.cmd == "replay":
+            return asyncio.run(_replay(config, args))
+        if args.cmd == "record":
+            return asyncio.run(_record(config, path, args))
+        return _run(config, path, args.headless)
+    except StoreError as e:
+        print(f"trade-supervisor: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _load(explicit: str | None) -> tuple[Config, Path | None]:
+    path = resolve_config_path(explicit)
+    return load_config(path), path
+
+
+def _check_config(config: Config, path: Path | None) -> int:
+    src = str(path) if path else "built-in defaults (no config file found)"
+    print(f"# effective config, from {src}; secrets are hidden")
+    print(config.redacted_toml(), end="")
+    return EXIT_OK
+
+
+def _run(config: Config, path: Path | None, headless: bool) -> int:
+    from engine.runtime import run_headless
+
+    if not headless:
+        try:
+            from tui.app import run_app  # type: ignore[import-not-found]
+        except ImportError:
+            print(
+                "trade-supervisor: the screen is not available in this version; running headless",
+                file=sys.stderr,
+            )
+        else:
+            return int(run_app(config, path) or 0)
+    return asyncio.run(run_headless(config, path))
+
+
+def _journal(config: Config) -> Path:
+    return config.data_path() / JOURNAL_FILENAME
+
+
+def _fmt_age(age: Any) -> str:
+    return "never" if age is None else f"{age:.0f}s"
+
+
+async def _status(config: Config, as_json: bool) -> int:
+    path = _journal(config)
+    store = Store(path)
+    pid = store.engine_pid()
+    if not path.exists():
+        print(f"no journal at {path}: the supervisor has not run with this data_dir yet")
+        return EXIT_OK
+    await store.open(readonly=True)
+    try:
+        hb = await store.get_state("heartbeat") or {}
+        trades = await store.load_trades()
+    finally:
+        await store.close()
+    age = time.time() - hb["wall_ts"] if hb.get("wall_ts") else None
+    info = {
+        "running": pid is not None,
+        "pid": pid,
+        "journal": str(path),
+        "heartbeat_age_seconds": age,
+        "venue": hb.get("venue"),
+        "mode": hb.get("mode"),
+        "armed": hb.get("armed"),
+        "paused_all": hb.get("paused_all"),
+        "sources": hb.get("sources", {}),
+        "bad_data": hb.get("bad_data", {}),
+        "open_trades": [
+            {
+                "trade_id": t.trade_id,
+                "contract": t.contract_id,
+                "side": t.side,
+                "qty": t.qty,
+                "entry": t.entry_price,
+                "paused": t.paused,
+                "state": str(t.state),
+            }
+            for t in trades
+        ],
+    }
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    running = f"running (pid {pid})" if pid is not None else "not running"
+    print(f"engine:  {running}; journal {path}")
+    if hb:
+        print(
+            f"last heartbeat {_fmt_age(age)} ago: venue {hb.get('venue')}, mode {hb.get('mode')}, "
+            f"{'ARMED' if hb.get('armed') else 'disarmed'}{', ALL PAUSED' if hb.get('paused_all') else ''}"
+        )
+        for name, a in (hb.get("sources") or {}).items():
+            print(f"  {name:<20} last update {_fmt_age(a)} ago")
+        for k, v in (hb.get("bad_data") or {}).items():
+            print(f"  BAD DATA {k}: {v}")
+    print(f"open trades: {len(trades)}")
+    for t in trades:
+        print(
+            f"  {t.trade_id:<24} {t.side:<5} {t.qty:>8g} {t.contract_id:<28} @ {t.entry_price:.4f}"
+            f"{'  paused' if t.paused else ''}{'  closing' if str(t.state) == 'closing' else ''}"
+        )
+    return EXIT_OK
+
+
+async def _trades(config: Config, args: argparse.Namespace) -> int:
+    from engine.models import Trade
+
+    path = _journal(config)
+    store = Store(path)
+    if args.trades_cmd == "list":
+        if not path.exists():
+            print(f"no journal at {path}")
+            return EXIT_OK
+        await store.open(readonly=True)
+        try:
+            trades = await store.all_trades(limit=100000) if args.all else await store.load_trades()
+        finally:
+            await store.close()
+        if args.json:
+            print(json.dumps([_trade_json(t) for t in trades], indent=2))
+        else:
+            for t in trades:
+                exit_part = (
+                    f" -> {t.exit_price:.4f} {t.exit_reason} P&L {t.realized_pnl:+.2f}"
+                    if t.exit_price is not None and t.realized_pnl is not None
+                    else (f" -> {t.exit_reason}" if t.exit_reason else "")
+                )
+                print(
+                    f"{t.trade_id:<24} {t.state!s:<7} {t.side:<5} {t.qty:>8g} {t.contract_id:<28} "
+                    f"@ {t.entry_price:.4f}{exit_part}"
+                )
+            print(f"{len(trades)} trade(s)")
+        return EXIT_OK
+    pid = store.engine_pid()
+    await store.open(lock=False)
+    try:
+        if args.trades_cmd == "add":
+            t = Trade(
+                trade_id=args.trade_id,
+                contract_id=args.contract,
+                side=args.side,
+                qty=args.qty,
+                entry_price=args.price,
+                opened_ts=args.opened or time.time(),
+                strategy=args.strategy,
+                venue=config.engine.venue,
+            )
+            if not await store.add_trade(t, source="manual"):
+                print(f"trade {args.trade_id!r} already exists in {path}", file=sys.stderr)
+                return EXIT_FAIL
+            note = (
+                "the running engine picks it up within seconds"
+                if pid
+                else "watched from the next start"
+            )
+            print(
+                f"journaled {t.trade_id}: {t.side} {t.qty:g} {t.contract_id} @ {t.entry_price}; {note}"
+            )
+            return EXIT_OK
+        # close
+        t = await store.get_trade(args.trade_id)
+        if t is None or str(t.state) == "closed":
+            print(f"no open trade {args.trade_id!r} in {path}", file=sys.stderr)
+            return EXIT_FAIL
+        if pid is not None:
+            await store.add_command("journal_close", t.trade_id, {"price": args.price}, time.time())
+            print(f"queued for the running engine (pid {pid}): {t.trade_id} closed elsewhere")
+            return EXIT_OK
+        from engine.pricing import close_record
+
+        close_record(t, args.price, "manual", time.time())
+        await store.save_trade(t)
+        await store.add_audit(
+            time.time(), t.trade_id, "closed", {"reason": "manual", "price": args.price}
+        )
+        print(
+            f"{t.trade_id} marked closed" + (f" at {args.price}" if args.price is not None else "")
+        )
+        return EXIT_OK
+    finally:
+        await store.close()
+
+
+def _trade_json(t: Any) -> dict[str, Any]:
+    return {
+        k: getattr(t, k) if not hasattr(getattr(t, k), "value") else getattr(t, k).value
+        for k in (
+            "trade_id",
+            "contract_id",
+            "side",
+            "qty",
+            "entry_price",
+            "opened_ts",
+            "strategy",
+            "venue",
+            "state",
+            "paused",
+            "fees",
+            "peak_pnl",
+            "peak_pnl_pct",
+            "closed_ts",
+            "exit_price",
+            "exit_reason",
+            "realized_pnl",
+        )
+    }
+
+
+async def _replay(config: Config, args: argparse.Namespace) -> int:
+    from engine.replay import print_jsonl, replay
+
+    try:
+        fh = open(args.file, encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as e:
+        print(f"trade-supervisor: cannot read {args.file}: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    config = config.model_copy(deep=True)
+    config.alerts.log_file = ""
+
+    def on_error(n: int, msg: str) -> None:
+        print(f"{args.file}:{n}: skipped: {msg}", file=sys.stderr)
+
+    if args.json:
+        emit = print_jsonl(sys.stdout)
+    else:
+
+        def emit(obj: dict[str, Any]) -> None:
+            if obj["event"] == "exit":
+                print(
+                    f"{_hms(obj['ts'])} EXIT  {obj['trade_id']:<16} {obj['rule']:<18} "
+                    f"mark {obj['mark']:.4f}  P&L {obj['pnl']:+.2f} ({obj['pnl_pct']:+.1f}%)"
+                )
+            else:
+                print(
+                    f"{_hms(obj['ts'])} {obj['severity']:<8} {obj['kind']:<17} {obj.get('message', '')}"
+                )
+
+    with fh:
+        result = await replay(
+            fh, config, db_path=Path(args.db) if args.db else None, emit=emit, on_error=on_error
+        )
+    summary = result.summary()
+    if args.json:
+        emit(summary)
+    else:
+        print(
+            f"summary: {summary['trades']} trades, {summary['exits']} exits, {summary['alerts']} alerts"
+            f", {summary['invalid_lines']} invalid lines skipped"
+        )
+    return EXIT_OK
+
+
+def _hms(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(ts))
+
+
+async def _record(config: Config, path: Path | None, args: argparse.Namespace) -> int:
+    from engine.replay_format import dumps
+    from engine.runtime import build_runtime
+
+    config = config.model_copy(deep=True)
+    if args.speed is not None:
+        config.sim.speed = args.speed
+    with tempfile.TemporaryDirectory(prefix="ts-record-") as tmp:
+        if not args.db:
+            config.engine.data_dir = tmp
+        out = open(args.out, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        count = 0
+
+        def write(ev: Any) -> None:
+            nonlocal count
+            out.write(dumps(ev) + "\n")
+            count += 1
+
+        try:
+            rt = await build_runtime(
+                config, path, db_path=Path(args.db) if args.db else None, recorders=[write]
+            )
+            end = rt.clock.now() + args.duration
+
+            async def stopper() -> None:
+                while rt.clock.now() < end:
+                    await rt.clock.sleep(min(1.0, end - rt.clock.now()))
+                rt.engine.stop()
+
+            task = asyncio.create_task(stopper())
+            try:
+                await rt.engine.run(rt.feeds)
+            finally:
+                task.cancel()
+                await rt.close()
+        finally:
+            out.close()
+    print(f"recorded {count} events ({args.duration:g} s of market time) to {args.out}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,219 @@
+"""The replay / record file format: JSON Lines, one market event per line.
+
+Scenario tests and later tools depend on this exact format (see the README, "Replay format").
+Every line is an object with `ts` (Unix seconds, float) and `kind`, one of: contract, spot, quote,
+open, settle, command. Parsing is strict: a line that does not fit raises `ReplayLineError` with a
+message saying what is wrong; callers report it with the line number and skip it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from engine.commands import ACTIONS
+from engine.models import (
+    CommandEvent,
+    Contract,
+    ContractEvent,
+    MarketEvent,
+    OpenEvent,
+    Quote,
+    QuoteEvent,
+    SettleEvent,
+    SpotEvent,
+)
+
+_CONTRACT_TYPES = ("binary_above", "binary_range", "option_call", "option_put", "stock")
+_REPLAY_ACTIONS = (
+    "pause",
+    "resume",
+    "pause_all",
+    "resume_all",
+    "arm",
+    "disarm",
+    "close",
+    "close_all",
+)
+
+
+class ReplayLineError(ValueError):
+    pass
+
+
+def _num(obj: dict[str, Any], key: str, *, optional: bool = False) -> float | None:
+    if key not in obj or obj[key] is None:
+        if optional:
+            return None
+        raise ReplayLineError(f"missing {key!r}")
+    v = obj[key]
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ReplayLineError(f"{key!r} must be a number, got {v!r}")
+    return float(v)
+
+
+def _str(obj: dict[str, Any], key: str, *, optional: bool = False, default: str = "") -> str:
+    v = obj.get(key)
+    if v is None:
+        if optional:
+            return default
+        raise ReplayLineError(f"missing {key!r}")
+    if not isinstance(v, str) or not v:
+        raise ReplayLineError(f"{key!r} must be a non-empty string, got {v!r}")
+    return v
+
+
+def parse_event(obj: Any) -> MarketEvent:
+    """One decoded JSON object → one event. Values are checked for type, not for market sanity
+    (a NaN or crossed quote is a valid line: the engine's data guard must see it)."""
+    if not isinstance(obj, dict):
+        raise ReplayLineError("a line must be a JSON object")
+    ts = _num(obj, "ts")
+    assert ts is not None
+    if not math.isfinite(ts):
+        raise ReplayLineError("'ts' must be finite")
+    kind = obj.get("kind")
+    if kind == "spot":
+        return SpotEvent(
+            ts, _str(obj, "symbol", optional=True, default="BTC-USD"), _num(obj, "price")
+        )  # type: ignore[arg-type]
+    if kind == "quote":
+        q = Quote(
+            id=_str(obj, "id"),
+            bid=_num(obj, "bid", optional=True),
+            ask=_num(obj, "ask", optional=True),
+            ts=ts,
+            bid_size=_num(obj, "bid_size", optional=True) or 0.0,
+            ask_size=_num(obj, "ask_size", optional=True) or 0.0,
+            last=_num(obj, "last", optional=True),
+            volume=_num(obj, "volume", optional=True) or 0.0,
+            open_interest=_num(obj, "open_interest", optional=True) or 0.0,
+            iv=_num(obj, "iv", optional=True),
+            delta=_num(obj, "delta", optional=True),
+        )
+        return QuoteEvent(ts, q)
+    if kind == "contract":
+        ctype = _str(obj, "type")
+        if ctype not in _CONTRACT_TYPES:
+            raise ReplayLineError(
+                f"'type' must be one of {', '.join(_CONTRACT_TYPES)}, got {ctype!r}"
+            )
+        c = Contract(
+            id=_str(obj, "id"),
+            underlying=_str(obj, "underlying", optional=True, default="BTC-USD"),
+            type=ctype,  # type: ignore[arg-type]
+            strike=_num(obj, "strike", optional=ctype == "stock"),
+            close_ts=_num(obj, "close_ts"),  # type: ignore[arg-type]
+            cap=_num(obj, "cap", optional=True),
+            multiplier=_num(obj, "multiplier", optional=True) or 1.0,
+            event_id=_str(obj, "event_id", optional=True),
+        )
+        return ContractEvent(ts, c)
+    if kind == "open":
+        side = _str(obj, "side")
+        if side not in ("yes", "no", "long", "short"):
+            raise ReplayLineError(f"'side' must be yes, no, long or short, got {side!r}")
+        qty, price = _num(obj, "qty"), _num(obj, "price")
+        assert qty is not None and price is not None
+        if not (math.isfinite(qty) and qty > 0):
+            raise ReplayLineError(f"'qty' must be > 0, got {qty}")
+        if not (math.isfinite(price) and price >= 0):
+            raise ReplayLineError(f"'price' must be >= 0, got {price}")
+        return OpenEvent(
+            ts,
+            _str(obj, "trade_id"),
+            _str(obj, "contract"),
+            side,
+            qty,
+            price,  # type: ignore[arg-type]
+            _str(obj, "strategy", optional=True),
+        )
+    if kind == "settle":
+        return SettleEvent(ts, _str(obj, "id"), _num(obj, "value"))  # type: ignore[arg-type]
+    if kind == "command":
+        action = _str(obj, "action")
+        if action not in _REPLAY_ACTIONS:
+            raise ReplayLineError(
+                f"'action' must be one of {', '.join(_REPLAY_ACTIONS)}, got {action!r}"
+            )
+        assert action in ACTIONS
+        tid = obj.get("trade_id")
+        if action in ("pause", "resume", "close") and not isinstance(tid, str):
+            raise ReplayLineError(f"command {action!r} needs a 'trade_id'")
+        return CommandEvent(ts, action, tid if isinstance(tid, str) else None)
+    raise ReplayLineError(
+        f"unknown kind {kind!r} (expected contract, spot, quote, open, settle or command)"
+    )
+
+
+def parse_line(line: str) -> MarketEvent | None:
+    """A text line → an event; None for a blank line. Raises ReplayLineError."""
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ReplayLineError(f"not valid JSON ({e.msg})") from None
+    return parse_event(obj)
+
+
+def event_to_json(ev: MarketEvent) -> dict[str, Any]:
+    """One event → the JSON object of its line (the inverse of parse_event)."""
+    if isinstance(ev, SpotEvent):
+        return {"ts": ev.ts, "kind": "spot", "symbol": ev.symbol, "price": ev.price}
+    if isinstance(ev, QuoteEvent):
+        q = ev.quote
+        out: dict[str, Any] = {"ts": ev.ts, "kind": "quote", "id": q.id, "bid": q.bid, "ask": q.ask}
+        for k in ("bid_size", "ask_size", "volume", "open_interest"):
+            v = getattr(q, k)
+            if v:
+                out[k] = v
+        for k in ("last", "iv", "delta"):
+            v = getattr(q, k)
+            if v is not None:
+                out[k] = v
+        return out
+    if isinstance(ev, ContractEvent):
+        c = ev.contract
+        out = {
+            "ts": ev.ts,
+            "kind": "contract",
+            "id": c.id,
+            "underlying": c.underlying,
+            "type": c.type,
+            "strike": c.strike,
+            "close_ts": c.close_ts,
+        }
+        if c.cap is not None:
+            out["cap"] = c.cap
+        if c.multiplier != 1.0:
+            out["multiplier"] = c.multiplier
+        if c.event_id:
+            out["event_id"] = c.event_id
+        return out
+    if isinstance(ev, OpenEvent):
+        out = {
+            "ts": ev.ts,
+            "kind": "open",
+            "trade_id": ev.trade_id,
+            "contract": ev.contract_id,
+            "side": ev.side,
+            "qty": ev.qty,
+            "price": ev.price,
+        }
+        if ev.strategy:
+            out["strategy"] = ev.strategy
+        return out
+    if isinstance(ev, SettleEvent):
+        return {"ts": ev.ts, "kind": "settle", "id": ev.contract_id, "value": ev.value}
+    if isinstance(ev, CommandEvent):
+        out = {"ts": ev.ts, "kind": "command", "action": ev.action}
+        if ev.trade_id:
+            out["trade_id"] = ev.trade_id
+        return out
+    raise TypeError(f"not a market event: {ev!r}")
+
+
+def dumps(ev: MarketEvent) -> str:
+    return json.dumps(event_to_json(ev), separators=(",", ":"))

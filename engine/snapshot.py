@@ -1,0 +1,121 @@
+"""The immutable picture of the engine that the UI and the `status` command read.
+
+Every number on the screen comes from here; the UI computes nothing of its own. Units: prices in
+dollars, percentages as percent (5.0 = 5 %), momentum in basis points, times in Unix seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.alerts import Alert
+
+
+@dataclass(frozen=True, slots=True)
+class MarketView:
+    symbol: str
+    spot: float | None
+    spot_ts: float | None
+    change_30m_pct: float | None
+    sparkline: tuple[float, ...]  # one close per minute over the last 30 min, oldest first
+    momentum_pct: tuple[tuple[int, float | None], ...]  # (window minutes, % change)
+    momentum_bps: float | None
+    sigma: float | None  # composite realised volatility, annualised (0.5 = 50 %)
+    sigma_used: float  # the sigma the probability model uses (fallback when not enough history)
+    vol_score: float | None  # 0..1
+    regime: str | None
+    event_id: str
+    close_ts: float | None
+    ttc_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StrikeRow:
+    contract_id: str
+    strike: float
+    cap: float | None
+    buffer: float  # spot − strike, dollars
+    buffer_pct: float
+    expected_move: float  # dollars
+    bm: float | None  # |buffer| / expected move
+    prob: float  # model probability of YES, 0..1
+    yes_bid: float | None
+    yes_ask: float | None
+    no_bid: float | None
+    no_ask: float | None
+    diff_yes: float | None  # prob − YES ask
+    diff_no: float | None  # (1 − prob) − NO ask
+    volume: float
+    open_interest: float
+    atm: bool
+    held: bool
+    edge: bool  # |DIFF| on either side beyond the configured edge threshold
+    quote_age: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleView:
+    rule: str
+    fired: bool
+    value: float
+    threshold: float
+    distance: float
+    unit: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TradeRow:
+    trade_id: str
+    contract_id: str
+    side: str
+    qty: float
+    entry: float
+    mark: float | None
+    pnl: float | None
+    pnl_pct: float | None
+    peak_pnl: float
+    peak_pnl_pct: float
+    drawdown: float  # peak P&L − current P&L, dollars
+    opened_ts: float
+    held_seconds: float
+    nearest: str  # e.g. "max_loss 4.2%"
+    rules: tuple[RuleView, ...]
+    state: str  # armed / disarmed / paused / closing / stale / alert_only / halted
+    problem: str | None  # why the data is not usable, when stale
+    strategy: str
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SourceHealth:
+    name: str
+    last_ts: float | None
+    age_seconds: float | None
+    stale: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RiskView:
+    open_positions: int
+    total_at_risk: float  # sum of open cost bases, dollars
+    daily_pnl: float  # realised today (UTC) + unrealised of open trades, dollars
+    breaches: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    seq: int
+    ts: float
+    venue: str
+    mode: str
+    armed: bool
+    paused_all: bool
+    market: MarketView | None
+    strikes: tuple[StrikeRow, ...]
+    trades: tuple[TradeRow, ...]
+    alerts: tuple[Alert, ...]
+    health: tuple[SourceHealth, ...]
+    risk: RiskView
+    closed_today: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)

@@ -1,0 +1,1121 @@
+"""The trade journal: one SQLite file (WAL mode) written through a single aiosqlite connection.
+
+Money safety rests on this module:
+
+* Every write is committed before its coroutine returns (the connection is in autocommit mode;
+  multi-statement writes run in one explicit transaction). The engine relies on "written to the
+  journal before the order is sent".
+* One engine per journal: a writable `Store.open()` takes an exclusive, non-blocking `flock` on
+  `<db path>.lock` and raises `StoreLocked` if another process holds it. `Store.open(readonly=True)`
+  takes no lock and never writes (for `status` / `trades list` while an engine runs).
+* The schema is versioned with `PRAGMA user_version`; migration N runs in one transaction. A file
+  that is not SQLite, not ours, or newer than this code is refused with a `StoreError` that says
+  what to do. Nothing here ever deletes or overwrites user data.
+* A trade row another program wrote badly (bad side, NaN, bad overrides JSON) is skipped when
+  loading, and the problem is recorded in `last_load_problems` so the engine can raise an alert.
+
+Units follow engine.models: prices in dollars per contract, quantities in contracts, timestamps in
+Unix seconds (float, UTC). JSON columns (`overrides`, `context`, `data`, `value`) hold UTF-8 JSON
+text; NaN/inf in data columns are written as null so a bad number never breaks a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from engine.models import Trade, TradeState
+
+__all__ = [
+    "APPLICATION_ID",
+    "INTENT_STATUSES",
+    "JOURNAL_FILENAME",
+    "MIGRATIONS",
+    "ORDER_STATUSES",
+    "SCHEMA_VERSION",
+    "Store",
+    "StoreError",
+    "StoreLocked",
+]
+
+JOURNAL_FILENAME = "trades.db"  # the journal's name inside the configured data_dir
+SQLITE_MAGIC = b"SQLite format 3\x00"
+APPLICATION_ID = 0x54535550  # "TSUP": marks a SQLite file as a trade-supervisor journal
+BUSY_TIMEOUT_MS = 5000
+
+SIDES = ("yes", "no", "long", "short")
+TRADE_STATES = tuple(s.value for s in TradeState)
+INTENT_STATUSES = ("pending", "sent", "filled", "failed", "cancelled")
+ORDER_STATUSES = ("pending", "filled", "partial", "unfilled", "rejected", "unknown")
+
+
+class StoreError(Exception):
+    """The journal cannot be opened or written; the message says which file and what to do."""
+
+
+class StoreLocked(StoreError):
+    """Another process (another engine) holds the journal's lock."""
+
+
+# --- schema ----------------------------------------------------------------------------------
+# MIGRATIONS[i] takes the schema from version i to version i + 1. Append only; never edit a
+# migration that has shipped. Each runs inside one transaction together with its user_version bump.
+
+_V1 = f"""
+PRAGMA application_id = {APPLICATION_ID};
+
+CREATE TABLE trades (
+    trade_id        TEXT PRIMARY KEY,
+    contract_id     TEXT NOT NULL,
+    side            TEXT NOT NULL CHECK (side IN ('yes','no','long','short')),
+    qty             REAL NOT NULL CHECK (qty > 0),
+    entry_price     REAL NOT NULL CHECK (entry_price >= 0),
+    opened_ts       REAL NOT NULL,
+    strategy        TEXT NOT NULL DEFAULT '',
+    venue           TEXT NOT NULL DEFAULT 'sim',
+    overrides       TEXT NOT NULL DEFAULT '{{}}',
+    state           TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open','closing','closed')),
+    paused          INTEGER NOT NULL DEFAULT 0,
+    fees            REAL NOT NULL DEFAULT 0,
+    peak_pnl        REAL NOT NULL DEFAULT 0,
+    peak_pnl_pct    REAL NOT NULL DEFAULT 0,
+    trough_pnl      REAL NOT NULL DEFAULT 0,
+    trough_pnl_pct  REAL NOT NULL DEFAULT 0,
+    closed_ts       REAL,
+    exit_price      REAL,
+    exit_reason     TEXT,
+    realized_pnl    REAL,
+    closed_qty      REAL NOT NULL DEFAULT 0,
+    source          TEXT NOT NULL DEFAULT 'external',
+    updated_ts      REAL
+);
+CREATE INDEX trades_state ON trades (state);
+CREATE INDEX trades_opened ON trades (opened_ts);
+
+CREATE TABLE marks (
+    trade_id  TEXT NOT NULL REFERENCES trades (trade_id),
+    ts        REAL NOT NULL,
+    mark      REAL,
+    pnl       REAL,
+    pnl_pct   REAL
+);
+CREATE INDEX marks_trade_ts ON marks (trade_id, ts);
+
+CREATE TABLE exit_intents (
+    intent_id   TEXT PRIMARY KEY,
+    trade_id    TEXT NOT NULL REFERENCES trades (trade_id),
+    rule        TEXT NOT NULL,
+    qty         REAL NOT NULL,
+    created_ts  REAL NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending','sent','filled','failed','cancelled')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    context     TEXT NOT NULL DEFAULT '{{}}',
+    updated_ts  REAL
+);
+CREATE INDEX exit_intents_status ON exit_intents (status);
+CREATE INDEX exit_intents_trade ON exit_intents (trade_id);
+
+CREATE TABLE orders (
+    client_order_id  TEXT PRIMARY KEY,
+    intent_id        TEXT REFERENCES exit_intents (intent_id),
+    trade_id         TEXT NOT NULL REFERENCES trades (trade_id),
+    contract_id      TEXT NOT NULL,
+    side             TEXT NOT NULL,
+    action           TEXT NOT NULL,
+    qty              REAL NOT NULL,
+    limit_price      REAL,
+    status           TEXT NOT NULL DEFAULT 'pending' CHECK (status IN
+                         ('pending','filled','partial','unfilled','rejected','unknown')),
+    venue_order_id   TEXT,
+    filled_qty       REAL NOT NULL DEFAULT 0,
+    avg_price        REAL,
+    fees             REAL NOT NULL DEFAULT 0,
+    reason           TEXT,
+    created_ts       REAL NOT NULL,
+    updated_ts       REAL
+);
+CREATE INDEX orders_intent ON orders (intent_id);
+CREATE INDEX orders_trade ON orders (trade_id);
+
+CREATE TABLE fills (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_order_id  TEXT,
+    trade_id         TEXT NOT NULL REFERENCES trades (trade_id),
+    qty              REAL NOT NULL,
+    price            REAL NOT NULL,
+    fees             REAL NOT NULL DEFAULT 0,
+    ts               REAL NOT NULL
+);
+CREATE INDEX fills_trade ON fills (trade_id);
+CREATE INDEX fills_order ON fills (client_order_id);
+
+CREATE TABLE alerts (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts        REAL NOT NULL,
+    kind      TEXT NOT NULL,
+    severity  TEXT NOT NULL,
+    trade_id  TEXT,
+    message   TEXT NOT NULL,
+    data      TEXT NOT NULL DEFAULT '{{}}'
+);
+
+CREATE TABLE audit (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts        REAL NOT NULL,
+    trade_id  TEXT,
+    event     TEXT NOT NULL,
+    data      TEXT NOT NULL DEFAULT '{{}}'
+);
+CREATE INDEX audit_trade ON audit (trade_id);
+
+CREATE TABLE state (
+    key         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL,
+    updated_ts  REAL
+);
+
+CREATE TABLE commands (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts          REAL NOT NULL,
+    action      TEXT NOT NULL,
+    trade_id    TEXT,
+    payload     TEXT NOT NULL DEFAULT '{{}}',
+    taken_ts    REAL
+);
+"""
+
+MIGRATIONS: list[str] = [_V1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# --- JSON helpers ----------------------------------------------------------------------------
+
+
+def _clean(v: Any) -> Any:
+    """`v` made JSON-safe: NaN/inf become None, mapping keys become strings, tuples/sets lists."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple | set | frozenset):
+        return [_clean(x) for x in v]
+    return v
+
+
+def _dumps(v: Any) -> str:
+    """JSON for a data column. Never raises on a bad number or an odd type (falls back to str)."""
+    return json.dumps(_clean(v), allow_nan=False, default=str, separators=(",", ":"))
+
+
+def _loads(s: Any, default: Any = None) -> Any:
+    """Parse a JSON column; a corrupt value reads as `default` rather than breaking a read."""
+    if s is None:
+        return default
+    try:
+        return json.loads(s)
+    except (TypeError, ValueError):
+        return default
+
+
+def _num_ok(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# --- trade rows ------------------------------------------------------------------------------
+
+_TRADE_COLS = (
+    "trade_id, contract_id, side, qty, entry_price, opened_ts, strategy, venue, overrides, state,"
+    " paused, fees, peak_pnl, peak_pnl_pct, trough_pnl, trough_pnl_pct, closed_ts, exit_price,"
+    " exit_reason, realized_pnl, closed_qty"
+)
+
+_INSERT_TRADE = f"""
+INSERT INTO trades ({_TRADE_COLS}, source, updated_ts)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (trade_id) DO NOTHING
+"""
+
+_UPDATE_TRADE = """
+UPDATE trades SET contract_id = ?, side = ?, qty = ?, entry_price = ?, opened_ts = ?,
+    strategy = ?, venue = ?, overrides = ?, state = ?, paused = ?, fees = ?, peak_pnl = ?,
+    peak_pnl_pct = ?, trough_pnl = ?, trough_pnl_pct = ?, closed_ts = ?, exit_price = ?,
+    exit_reason = ?, realized_pnl = ?, closed_qty = ?, updated_ts = ?
+WHERE trade_id = ?
+"""
+
+_REQUIRED_NUMS = (
+    "qty",
+    "entry_price",
+    "opened_ts",
+    "fees",
+    "peak_pnl",
+    "peak_pnl_pct",
+    "trough_pnl",
+    "trough_pnl_pct",
+    "closed_qty",
+)
+_OPTIONAL_NUMS = ("closed_ts", "exit_price", "realized_pnl")
+
+
+def _trade_problem(t: Trade) -> str | None:
+    """Why `t` must not be written, or None. Checked before any write so errors name the field."""
+    if not isinstance(t.trade_id, str) or not t.trade_id:
+        return "trade_id must be a non-empty string"
+    if not isinstance(t.contract_id, str) or not t.contract_id:
+        return "contract_id must be a non-empty string"
+    if t.side not in SIDES:
+        return f"side {t.side!r} is not one of {', '.join(SIDES)}"
+    if str(t.state) not in TRADE_STATES:
+        return f"state {t.state!r} is not one of {', '.join(TRADE_STATES)}"
+    for name in _REQUIRED_NUMS:
+        if not _num_ok(getattr(t, name)):
+            return f"{name} is not a finite number ({getattr(t, name)!r})"
+    for name in _OPTIONAL_NUMS:
+        v = getattr(t, name)
+        if v is not None and not _num_ok(v):
+            return f"{name} is not a finite number ({v!r})"
+    if t.qty <= 0:
+        return f"qty must be > 0 (got {t.qty})"
+    if t.entry_price < 0:
+        return f"entry_price must be >= 0 (got {t.entry_price})"
+    return _overrides_problem(t.overrides)
+
+
+def _overrides_problem(o: Any) -> str | None:
+    """Overrides are a JSON object of Criteria keys to a finite number or null (rule disabled)."""
+    if not isinstance(o, dict):
+        return f"overrides must be a JSON object, got {type(o).__name__}"
+    for k, v in o.items():
+        if not isinstance(k, str):
+            return f"overrides key {k!r} is not a string"
+        if v is not None and not _num_ok(v):
+            return f"overrides[{k!r}] is not a finite number or null ({v!r})"
+    try:
+        from engine.config import Criteria  # lazy: keeps the store importable on its own
+
+        Criteria().merged(o)
+    except ImportError:  # pragma: no cover - config always ships with the engine
+        pass
+    except Exception as e:  # pydantic ValidationError: unknown key or value out of range
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}"
+            for err in getattr(e, "errors", lambda: [])()
+        )
+        return f"overrides are not valid criteria ({detail or e})"
+    return None
+
+
+def _trade_params(t: Trade) -> tuple[Any, ...]:
+    return (
+        t.contract_id,
+        t.side,
+        float(t.qty),
+        float(t.entry_price),
+        float(t.opened_ts),
+        t.strategy or "",
+        t.venue or "sim",
+        json.dumps(t.overrides, allow_nan=False, sort_keys=True),
+        str(t.state),
+        1 if t.paused else 0,
+        float(t.fees),
+        float(t.peak_pnl),
+        float(t.peak_pnl_pct),
+        float(t.trough_pnl),
+        float(t.trough_pnl_pct),
+        t.closed_ts,
+        t.exit_price,
+        t.exit_reason,
+        t.realized_pnl,
+        float(t.closed_qty),
+    )
+
+
+def _row_to_trade(r: sqlite3.Row) -> Trade:
+    """Build a Trade from a row, or raise ValueError saying what is wrong with it."""
+    if not isinstance(r["contract_id"], str) or not r["contract_id"]:
+        raise ValueError(f"contract_id {r['contract_id']!r} is not a non-empty string")
+    if r["side"] not in SIDES:
+        raise ValueError(f"side {r['side']!r} is not one of {', '.join(SIDES)}")
+    if r["state"] not in TRADE_STATES:
+        raise ValueError(f"state {r['state']!r} is not one of {', '.join(TRADE_STATES)}")
+    for name in _REQUIRED_NUMS:
+        if not _num_ok(r[name]):
+            raise ValueError(f"{name} is not a finite number ({r[name]!r})")
+    for name in _OPTIONAL_NUMS:
+        if r[name] is not None and not _num_ok(r[name]):
+            raise ValueError(f"{name} is not a finite number ({r[name]!r})")
+    if r["qty"] <= 0:
+        raise ValueError(f"qty must be > 0 (got {r['qty']})")
+    if r["entry_price"] < 0:
+        raise ValueError(f"entry_price must be >= 0 (got {r['entry_price']})")
+    if r["paused"] not in (0, 1):
+        raise ValueError(f"paused must be 0 or 1 (got {r['paused']!r})")
+    for name in ("strategy", "venue"):
+        if not isinstance(r[name], str):
+            raise ValueError(f"{name} is not text ({r[name]!r})")
+    if r["exit_reason"] is not None and not isinstance(r["exit_reason"], str):
+        raise ValueError(f"exit_reason is not text ({r['exit_reason']!r})")
+    try:
+        overrides = json.loads(r["overrides"]) if r["overrides"] != "" else {}
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"overrides is not valid JSON ({r['overrides']!r}: {e})") from None
+    problem = _overrides_problem(overrides)
+    if problem:
+        raise ValueError(problem)
+    return Trade(
+        trade_id=r["trade_id"],
+        contract_id=r["contract_id"],
+        side=r["side"],
+        qty=float(r["qty"]),
+        entry_price=float(r["entry_price"]),
+        opened_ts=float(r["opened_ts"]),
+        strategy=r["strategy"],
+        venue=r["venue"],
+        overrides={k: None if v is None else float(v) for k, v in overrides.items()},
+        state=TradeState(r["state"]),
+        paused=bool(r["paused"]),
+        fees=float(r["fees"]),
+        peak_pnl=float(r["peak_pnl"]),
+        peak_pnl_pct=float(r["peak_pnl_pct"]),
+        trough_pnl=float(r["trough_pnl"]),
+        trough_pnl_pct=float(r["trough_pnl_pct"]),
+        closed_ts=None if r["closed_ts"] is None else float(r["closed_ts"]),
+        exit_price=None if r["exit_price"] is None else float(r["exit_price"]),
+        exit_reason=r["exit_reason"],
+        realized_pnl=None if r["realized_pnl"] is None else float(r["realized_pnl"]),
+        closed_qty=float(r["closed_qty"]),
+    )
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+class Store:
+    """The journal. Call `await open()` first (or use `async with Store(path) as s`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.readonly = False
+        self.last_load_problems: list[str] = []
+        self._db: aiosqlite.Connection | None = None
+        self._lock_fd: int | None = None
+        # Serialises writes so a multi-statement transaction never swallows another coroutine's
+        # single write (one connection is shared by every coroutine).
+        self._wlock = asyncio.Lock()
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    # --- open / close ----------------------------------------------------------------------
+
+    async def open(self, readonly: bool = False, lock: bool = True) -> None:
+        """Open (and if writable, create and migrate) the journal.
+
+        `lock=False` opens for writing without taking the one-engine lock: for the CLI's small
+        writes (inserting a trade, queueing a command) next to a running engine, as any other
+        program inserting trades would. Only the engine takes the lock.
+
+        Raises StoreLocked if another engine holds the journal, and StoreError if the file is
+        not a SQLite database, is another application's database, or has a newer schema.
+        """
+        if self._db is not None:
+            raise StoreError(f"journal {self.path} is already open")
+        self.readonly = readonly
+        if not readonly:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                msg = f"cannot create the journal directory {self.path.parent}: {e}"
+                raise StoreError(msg) from e
+            if lock:
+                self._acquire_lock()
+        try:
+            self._check_file()
+            version = await self._connect()
+            await self._migrate(version)
+        except BaseException:
+            await self._close_quietly()
+            raise
+
+    async def close(self) -> None:
+        """Close the connection (committed data is already on disk) and release the lock."""
+        db, self._db = self._db, None
+        try:
+            if db is not None:
+                await db.close()
+        finally:
+            self._release_lock()
+
+    def _acquire_lock(self) -> None:
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(f"cannot create the lock file {self.lock_path}: {e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            os.close(fd)
+            raise StoreLocked(
+                f"another trade-supervisor (pid {holder}) is using {self.path}; "
+                "stop it or use another data_dir"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # the pid is informational; the flock is what protects the journal
+        self._lock_fd = fd
+
+    def engine_pid(self) -> int | None:
+        """The pid of the engine holding this journal's lock, or None when no engine runs."""
+        if not self.lock_path.exists():
+            return None
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                return int(text) if text.isdigit() else -1
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            # Keep the lock file: deleting it would let two processes lock different inodes.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _check_file(self) -> None:
+        p = self.path
+        if not p.exists():
+            if self.readonly:
+                raise StoreError(
+                    f"no journal at {p}; start the supervisor once to create it (or check data_dir)"
+                )
+            return
+        if not p.is_file():
+            raise StoreError(f"{p} is not a regular file; move it aside or use another data_dir")
+        try:
+            with p.open("rb") as f:
+                head = f.read(len(SQLITE_MAGIC))
+        except OSError as e:
+            raise StoreError(f"cannot read the journal {p}: {e}") from e
+        if head and head != SQLITE_MAGIC:
+            raise StoreError(
+                f"{p} is not a SQLite database (not a trade-supervisor journal); "
+                "it was left untouched: move it aside or use another data_dir"
+            )
+
+    async def _connect(self) -> int:
+        """Connect, check the file is our journal, set the pragmas; returns its user_version."""
+        p = self.path
+        try:
+            if self.readonly:
+                uri = f"{p.resolve().as_uri()}?mode=ro"
+                db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            else:
+                db = await aiosqlite.connect(str(p), isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the journal {p}: {e}") from e
+        self._db = db
+        db.row_factory = sqlite3.Row
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # Identify the file before anything can write to it (even journal_mode changes the
+            # header): a corrupt, foreign or newer database is refused untouched.
+            version = await self._identify()
+            if self.readonly:
+                await db.execute("PRAGMA query_only = ON")
+            else:
+                mode = await self._pragma("journal_mode = WAL")
+                if str(mode).lower() != "wal":
+                    raise StoreError(f"cannot switch the journal {p} to WAL mode (got {mode!r})")
+                await db.execute("PRAGMA synchronous = NORMAL")
+            await db.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as e:
+            raise StoreError(
+                f"{p} is not a usable SQLite database ({e}); it was left untouched: "
+                "move it aside or use another data_dir"
+            ) from e
+        return version
+
+    async def _pragma(self, expr: str) -> Any:
+        assert self._db is not None
+        async with self._db.execute(f"PRAGMA {expr}") as cur:
+            row = await cur.fetchone()
+        return None if row is None else row[0]
+
+    async def _identify(self) -> int:
+        """The journal's schema version; StoreError if the file is not a journal we can use."""
+        p = self.path
+        db = self._db
+        assert db is not None
+        try:
+            version = int(await self._pragma("user_version"))
+            app_id = int(await self._pragma("application_id"))
+            async with db.execute(
+                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+            ) as cur:
+                objects = [r[0] for r in await cur.fetchall()]
+        except sqlite3.DatabaseError as e:
+            raise StoreError(
+                f"{p} is not a usable SQLite database ({e}); it was left untouched: "
+                "move it aside or use another data_dir"
+            ) from e
+        if app_id not in (0, APPLICATION_ID) or (version == 0 and objects):
+            shown = ", ".join(objects[:8]) + (", ..." if len(objects) > 8 else "")
+            raise StoreError(
+                f"{p} is a SQLite database of another application (tables: {shown or 'none'}); "
+                "it was left untouched: move it aside or use another data_dir"
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the journal {p} has schema version {version}, but this trade-supervisor only "
+                f"knows versions up to {SCHEMA_VERSION}: upgrade the app (the journal was left "
+                "untouched)"
+            )
+        return version
+
+    async def _migrate(self, version: int) -> None:
+        """Apply migrations version+1 .. SCHEMA_VERSION, each in its own transaction."""
+        p = self.path
+        db = self._db
+        assert db is not None
+        if version == SCHEMA_VERSION:
+            return
+        if self.readonly:
+            raise StoreError(
+                f"the journal {p} has schema version {version}, this app needs "
+                f"{SCHEMA_VERSION}: start the supervisor once (not read-only) to upgrade it"
+            )
+        for n in range(version + 1, SCHEMA_VERSION + 1):
+            script = f"BEGIN IMMEDIATE;\n{MIGRATIONS[n - 1]}\nPRAGMA user_version = {n};\nCOMMIT;"
+            try:
+                await db.executescript(script)
+            except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):
+                    await db.execute("ROLLBACK")
+                raise StoreError(
+                    f"migrating the journal {p} to schema version {n} failed ({e}); "
+                    "nothing was changed by this step"
+                ) from e
+
+    async def _close_quietly(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            with contextlib.suppress(Exception):
+                await db.close()
+        self._release_lock()
+
+    # --- low-level helpers -----------------------------------------------------------------
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError(f"the journal {self.path} is not open")
+        return self._db
+
+    def _wconn(self) -> aiosqlite.Connection:
+        db = self._conn()
+        if self.readonly:
+            raise StoreError(f"the journal {self.path} was opened read-only")
+        return db
+
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one write statement (committed on return); returns the number of rows changed."""
+        db = self._wconn()
+        async with self._wlock:
+            try:
+                async with db.execute(sql, params) as cur:
+                    return cur.rowcount
+            except sqlite3.IntegrityError as e:
+                raise StoreError(f"journal write refused: {e}") from e
+            except sqlite3.Error as e:
+                raise StoreError(f"journal write to {self.path} failed: {e}") from e
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        db = self._conn()
+        try:
+            async with db.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as e:
+            raise StoreError(f"journal read from {self.path} failed: {e}") from e
+
+    async def _require_trade(self, trade_id: str) -> None:
+        rows = await self._fetchall("SELECT 1 FROM trades WHERE trade_id = ?", (trade_id,))
+        if not rows:
+            raise StoreError(f"trade {trade_id!r} is not in the journal (add_trade it first)")
+
+    # --- trades ----------------------------------------------------------------------------
+
+    async def add_trade(self, t: Trade, source: str = "external", ts: float | None = None) -> bool:
+        """Insert a trade. Returns False (and changes nothing) if the trade_id already exists."""
+        problem = _trade_problem(t)
+        if problem:
+            raise StoreError(f"trade {t.trade_id!r} cannot be journaled: {problem}")
+        now = time.time() if ts is None else ts
+        n = await self._write(_INSERT_TRADE, (t.trade_id, *_trade_params(t), source, now))
+        return n == 1
+
+    async def save_trade(self, t: Trade, ts: float | None = None) -> None:
+        """Write every mutable field of an existing trade. Raises StoreError if it is unknown."""
+        problem = _trade_problem(t)
+        if problem:
+            raise StoreError(f"trade {t.trade_id!r} cannot be journaled: {problem}")
+        now = time.time() if ts is None else ts
+        n = await self._write(_UPDATE_TRADE, (*_trade_params(t), now, t.trade_id))
+        if n != 1:
+            raise StoreError(f"trade {t.trade_id!r} is not in the journal (add_trade it first)")
+
+    def _rows_to_trades(self, rows: Sequence[sqlite3.Row]) -> list[Trade]:
+        out: list[Trade] = []
+        problems: list[str] = []
+        for r in rows:
+            try:
+                out.append(_row_to_trade(r))
+            except ValueError as e:
+                problems.append(f"trade {r['trade_id']!r} in {self.path} skipped: {e}")
+        self.last_load_problems = problems
+        return out
+
+    async def load_trades(self, states: Sequence[str] = ("open", "closing")) -> list[Trade]:
+        """Trades in `states`, oldest first. Invalid rows are skipped; see last_load_problems."""
+        wanted = [str(s) for s in states]
+        bad = [s for s in wanted if s not in TRADE_STATES]
+        if bad:
+            raise StoreError(f"unknown trade state(s) {bad}; use {', '.join(TRADE_STATES)}")
+        if not wanted:
+            self.last_load_problems = []
+            return []
+        marks = ", ".join("?" * len(wanted))
+        rows = await self._fetchall(
+            f"SELECT * FROM trades WHERE state IN ({marks}) ORDER BY opened_ts, trade_id", wanted
+        )
+        return self._rows_to_trades(rows)
+
+    async def get_trade(self, trade_id: str) -> Trade | None:
+        """One trade, or None if absent or invalid (then last_load_problems says why)."""
+        rows = await self._fetchall("SELECT * FROM trades WHERE trade_id = ?", (trade_id,))
+        trades = self._rows_to_trades(rows)
+        return trades[0] if trades else None
+
+    async def all_trades(self, limit: int = 1000) -> list[Trade]:
+        """Every trade (any state), newest first. Invalid rows are skipped (last_load_problems)."""
+        rows = await self._fetchall(
+            "SELECT * FROM trades ORDER BY opened_ts DESC, rowid DESC LIMIT ?", (int(limit),)
+        )
+        return self._rows_to_trades(rows)
+
+    async def trade_source(self, trade_id: str) -> str | None:
+        """Who created the trade row ('external', 'venue', 'sim', ...), or None if absent."""
+        rows = await self._fetchall("SELECT source FROM trades WHERE trade_id = ?", (trade_id,))
+        return rows[0]["source"] if rows else None
+
+    # --- marks -----------------------------------------------------------------------------
+
+    async def add_mark(
+        self, trade_id: str, ts: float, mark: float, pnl: float, pnl_pct: float
+    ) -> None:
+        """Record a mark (non-finite numbers are stored as NULL)."""
+        vals = [v if _num_ok(v) else None for v in (mark, pnl, pnl_pct)]
+        try:
+            await self._write(
+                "INSERT INTO marks (trade_id, ts, mark, pnl, pnl_pct) VALUES (?, ?, ?, ?, ?)",
+                (trade_id, float(ts), *vals),
+            )
+        except StoreError as e:
+            await self._explain_fk(e, trade_id)
+
+    async def add_marks(self, rows: Sequence[tuple[str, float, float, float, float]]) -> None:
+        """Record many (trade_id, ts, mark, pnl, pnl_pct) samples in one transaction."""
+        if not rows:
+            return
+        clean = [
+            (tid, float(ts), *[v if _num_ok(v) else None for v in (m, p, pp)])
+            for tid, ts, m, p, pp in rows
+        ]
+        db = self._wconn()
+        async with self._wlock:
+            try:
+                await db.execute("BEGIN")
+                await db.executemany(
+                    "INSERT INTO marks (trade_id, ts, mark, pnl, pnl_pct) VALUES (?, ?, ?, ?, ?)",
+                    clean,
+                )
+                await db.execute("COMMIT")
+            except sqlite3.Error as e:
+                await db.execute("ROLLBACK")
+                raise StoreError(f"journal write to {self.path} failed: {e}") from e
+
+    async def marks(self, trade_id: str) -> list[tuple[float, float, float, float]]:
+        """(ts, mark, pnl, pnl_pct) for a trade, oldest first."""
+        rows = await self._fetchall(
+            "SELECT ts, mark, pnl, pnl_pct FROM marks WHERE trade_id = ? ORDER BY ts, rowid",
+            (trade_id,),
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def _explain_fk(self, e: StoreError, trade_id: str) -> None:
+        """Re-raise a foreign-key failure as 'trade X is not in the journal'."""
+        if "FOREIGN KEY" in str(e):
+            await self._require_trade(trade_id)
+        raise e
+
+    # --- exit intents ----------------------------------------------------------------------
+
+    async def add_intent(
+        self, intent_id: str, trade_id: str, rule: str, qty: float, ts: float, context: dict
+    ) -> None:
+        """Journal an exit intent (status 'pending'). Raises StoreError if the id exists."""
+        if not _num_ok(qty) or qty <= 0:
+            raise StoreError(f"exit intent {intent_id!r}: qty must be a number > 0 (got {qty!r})")
+        try:
+            await self._write(
+                "INSERT INTO exit_intents (intent_id, trade_id, rule, qty, created_ts, status,"
+                " attempts, context, updated_ts) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
+                (intent_id, trade_id, str(rule), float(qty), ts, _dumps(context), ts),
+            )
+        except StoreError as e:
+            if "UNIQUE" in str(e):
+                raise StoreError(f"exit intent {intent_id!r} is already journaled") from e
+            await self._explain_fk(e, trade_id)
+
+    async def update_intent(
+        self,
+        intent_id: str,
+        *,
+        status: str | None = None,
+        attempts: int | None = None,
+        ts: float | None = None,
+    ) -> None:
+        if status is not None and status not in INTENT_STATUSES:
+            raise StoreError(
+                f"exit intent status {status!r} is not one of {', '.join(INTENT_STATUSES)}"
+            )
+        n = await self._write(
+            "UPDATE exit_intents SET status = COALESCE(?, status),"
+            " attempts = COALESCE(?, attempts), updated_ts = COALESCE(?, updated_ts)"
+            " WHERE intent_id = ?",
+            (status, attempts, ts, intent_id),
+        )
+        if n != 1:
+            raise StoreError(f"exit intent {intent_id!r} is not in the journal")
+
+    def _intent_dict(self, r: sqlite3.Row) -> dict:
+        d = dict(r)
+        d["context"] = _loads(d.get("context"), {})
+        return d
+
+    async def open_intents(self) -> list[dict]:
+        """Intents still pending or sent, oldest first, each a dict with `context` parsed."""
+        rows = await self._fetchall(
+            "SELECT * FROM exit_intents WHERE status IN ('pending', 'sent')"
+            " ORDER BY created_ts, rowid"
+        )
+        return [self._intent_dict(r) for r in rows]
+
+    async def get_intent(self, intent_id: str) -> dict | None:
+        rows = await self._fetchall("SELECT * FROM exit_intents WHERE intent_id = ?", (intent_id,))
+        return self._intent_dict(rows[0]) if rows else None
+
+    async def intents_for_trade(self, trade_id: str) -> list[dict]:
+        rows = await self._fetchall(
+            "SELECT * FROM exit_intents WHERE trade_id = ? ORDER BY created_ts, rowid", (trade_id,)
+        )
+        return [self._intent_dict(r) for r in rows]
+
+    # --- orders ----------------------------------------------------------------------------
+
+    async def add_order(
+        self,
+        *,
+        client_order_id: str,
+        intent_id: str | None,
+        trade_id: str,
+        contract_id: str,
+        side: str,
+        action: str,
+        qty: float,
+        limit_price: float | None,
+        ts: float,
+    ) -> None:
+        """Journal an order (status 'pending') before it is sent. Raises if the id exists."""
+        if not _num_ok(qty) or qty <= 0:
+            raise StoreError(f"order {client_order_id!r}: qty must be a number > 0 (got {qty!r})")
+        if limit_price is not None and not _num_ok(limit_price):
+            raise StoreError(f"order {client_order_id!r}: limit_price {limit_price!r} is invalid")
+        try:
+            await self._write(
+                "INSERT INTO orders (client_order_id, intent_id, trade_id, contract_id, side,"
+                " action, qty, limit_price, status, created_ts, updated_ts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                (
+                    client_order_id,
+                    intent_id,
+                    trade_id,
+                    contract_id,
+                    side,
+                    action,
+                    float(qty),
+                    limit_price,
+                    ts,
+                    ts,
+                ),
+            )
+        except StoreError as e:
+            if "UNIQUE" in str(e):
+                raise StoreError(f"order {client_order_id!r} is already journaled") from e
+            if "FOREIGN KEY" in str(e):
+                await self._require_trade(trade_id)
+                if intent_id is not None and await self.get_intent(intent_id) is None:
+                    raise StoreError(f"exit intent {intent_id!r} is not in the journal") from e
+            raise
+
+    async def update_order(
+        self,
+        client_order_id: str,
+        *,
+        status: str,
+        filled_qty: float | None = None,
+        avg_price: float | None = None,
+        fees: float | None = None,
+        venue_order_id: str | None = None,
+        reason: str | None = None,
+        ts: float | None = None,
+    ) -> None:
+        """Update an order; arguments left as None keep their stored value."""
+        if status not in ORDER_STATUSES:
+            raise StoreError(f"order status {status!r} is not one of {', '.join(ORDER_STATUSES)}")
+        for name, v in (("filled_qty", filled_qty), ("avg_price", avg_price), ("fees", fees)):
+            if v is not None and not _num_ok(v):
+                raise StoreError(f"order {client_order_id!r}: {name} {v!r} is not a number")
+        n = await self._write(
+            "UPDATE orders SET status = ?, filled_qty = COALESCE(?, filled_qty),"
+            " avg_price = COALESCE(?, avg_price), fees = COALESCE(?, fees),"
+            " venue_order_id = COALESCE(?, venue_order_id), reason = COALESCE(?, reason),"
+            " updated_ts = COALESCE(?, updated_ts) WHERE client_order_id = ?",
+            (status, filled_qty, avg_price, fees, venue_order_id, reason, ts, client_order_id),
+        )
+        if n != 1:
+            raise StoreError(f"order {client_order_id!r} is not in the journal")
+
+    async def get_order(self, client_order_id: str) -> dict | None:
+        rows = await self._fetchall(
+            "SELECT * FROM orders WHERE client_order_id = ?", (client_order_id,)
+        )
+        return dict(rows[0]) if rows else None
+
+    async def orders_for_intent(self, intent_id: str) -> list[dict]:
+        """Orders sent for an intent, oldest first."""
+        rows = await self._fetchall(
+            "SELECT * FROM orders WHERE intent_id = ? ORDER BY created_ts, rowid", (intent_id,)
+        )
+        return [dict(r) for r in rows]
+
+    # --- fills -----------------------------------------------------------------------------
+
+    async def add_fill(
+        self,
+        *,
+        client_order_id: str | None,
+        trade_id: str,
+        qty: float,
+        price: float,
+        fees: float,
+        ts: float,
+    ) -> None:
+        for name, v in (("qty", qty), ("price", price), ("fees", fees), ("ts", ts)):
+            if not _num_ok(v):
+                raise StoreError(f"fill for trade {trade_id!r}: {name} {v!r} is not a number")
+        try:
+            await self._write(
+                "INSERT INTO fills (client_order_id, trade_id, qty, price, fees, ts)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (client_order_id, trade_id, float(qty), float(price), float(fees), float(ts)),
+            )
+        except StoreError as e:
+            await self._explain_fk(e, trade_id)
+
+    async def fills_for_trade(self, trade_id: str) -> list[dict]:
+        """Fills of a trade, oldest first."""
+        rows = await self._fetchall(
+            "SELECT * FROM fills WHERE trade_id = ? ORDER BY ts, id", (trade_id,)
+        )
+        return [dict(r) for r in rows]
+
+    # --- alerts and audit ------------------------------------------------------------------
+
+    async def add_alert(
+        self,
+        *,
+        ts: float,
+        kind: str,
+        severity: str,
+        trade_id: str | None,
+        message: str,
+        data: dict | None = None,
+    ) -> None:
+        await self._write(
+            "INSERT INTO alerts (ts, kind, severity, trade_id, message, data)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (ts, str(kind), str(severity), trade_id, str(message), _dumps(data or {})),
+        )
+
+    async def recent_alerts(self, limit: int = 200) -> list[dict]:
+        """The latest alerts, newest first, each with `data` parsed."""
+        rows = await self._fetchall("SELECT * FROM alerts ORDER BY id DESC LIMIT ?", (int(limit),))
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["data"] = _loads(d.get("data"), {})
+            out.append(d)
+        return out
+
+    async def add_audit(self, ts: float, trade_id: str | None, event: str, data: dict) -> None:
+        await self._write(
+            "INSERT INTO audit (ts, trade_id, event, data) VALUES (?, ?, ?, ?)",
+            (ts, trade_id, str(event), _dumps(data)),
+        )
+
+    async def audit_for_trade(self, trade_id: str) -> list[dict]:
+        """Audit records of a trade, oldest first, each with `data` parsed."""
+        rows = await self._fetchall(
+            "SELECT * FROM audit WHERE trade_id = ? ORDER BY id", (trade_id,)
+        )
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["data"] = _loads(d.get("data"), {})
+            out.append(d)
+        return out
+
+    # --- key/value state (arm, pause, kill switch, ...) ------------------------------------
+
+    async def add_command(
+        self, action: str, trade_id: str | None, payload: dict, ts: float
+    ) -> None:
+        """Queue a command for the running engine (it takes them on its next poll)."""
+        await self._write(
+            "INSERT INTO commands (ts, action, trade_id, payload) VALUES (?, ?, ?, ?)",
+            (float(ts), action, trade_id, _dumps(payload)),
+        )
+
+    async def take_commands(self) -> list[dict]:
+        """Queued commands not yet taken, oldest first; marks them taken."""
+        rows = await self._fetchall(
+            "SELECT id, ts, action, trade_id, payload FROM commands WHERE taken_ts IS NULL ORDER BY id"
+        )
+        out = []
+        for r in rows:
+            await self._write("UPDATE commands SET taken_ts = ? WHERE id = ?", (time.time(), r[0]))
+            out.append(
+                {
+                    "id": r[0],
+                    "ts": r[1],
+                    "action": r[2],
+                    "trade_id": r[3],
+                    "payload": _loads(r[4], {}) or {},
+                }
+            )
+        return out
+
+    async def get_state(self, key: str, default: Any = None) -> Any:
+        rows = await self._fetchall("SELECT value FROM state WHERE key = ?", (key,))
+        if not rows:
+            return default
+        return _loads(rows[0]["value"], default)
+
+    async def set_state(self, key: str, value: Any, ts: float | None = None) -> None:
+        await self._write(
+            "INSERT INTO state (key, value, updated_ts) VALUES (?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+            " updated_ts = excluded.updated_ts",
+            (key, _dumps(value), time.time() if ts is None else ts),
+        )
+
+    # --- atomic multi-statement write ------------------------------------------------------
+
+    async def close_intent_and_trade(
+        self,
+        intent_id: str,
+        status: str,
+        trade: Trade,
+        *,
+        ts: float | None = None,
+        audit: tuple[str, dict] | None = None,
+    ) -> None:
+        """In one transaction: set an intent's status, save its trade, optionally add an audit
+        record `(event, data)`. Either all of it is in the journal afterwards or none of it."""
+        if status not in INTENT_STATUSES:
+            raise StoreError(
+                f"exit intent status {status!r} is not one of {', '.join(INTENT_STATUSES)}"
+            )
+        problem = _trade_problem(trade)
+        if problem:
+            raise StoreError(f"trade {trade.trade_id!r} cannot be journaled: {problem}")
+        now = time.time() if ts is None else ts
+        db = self._wconn()
+        async with self._wlock:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    async with db.execute(
+                        "UPDATE exit_intents SET status = ?, updated_ts = ? WHERE intent_id = ?",
+                        (status, now, intent_id),
+                    ) as cur:
+                        if cur.rowcount != 1:
+                            raise StoreError(f"exit intent {intent_id!r} is not in the journal")
+                    async with db.execute(
+                        _UPDATE_TRADE, (*_trade_params(trade), now, trade.trade_id)
+                    ) as cur:
+                        if cur.rowcount != 1:
+                            raise StoreError(
+                                f"trade {trade.trade_id!r} is not in the journal "
+                                "(add_trade it first)"
+                            )
+                    if audit is not None:
+                        await db.execute(
+                            "INSERT INTO audit (ts, trade_id, event, data) VALUES (?, ?, ?, ?)",
+                            (now, trade.trade_id, str(audit[0]), _dumps(audit[1])),
+                        )
+                    await db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        await db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise StoreError(f"journal write to {self.path} failed: {e}") from e

@@ -1,0 +1,1591 @@
+"""The supervisor engine: market state in, rule evaluation, journaled exits out.
+
+Data flows one way: events (feeds, replay) → market state and trades → rules → exit intents →
+venue → fills → journal → snapshot. Everything runs on one asyncio loop; the clock is injected.
+
+Money-safety invariants kept here:
+- A trade is evaluated only on a valid, fresh quote of its contract (see `_data_problem`); spot-based
+  inputs are withheld when the spot is stale. Each bad-data episode raises one alert, and its
+  recovery another.
+- An exit intent is journaled (committed) before its order is sent, and the order is sent with the
+  intent's id as client order id; later attempts use `<intent>-<n>`, each journaled before sending.
+- A trade with an exit in flight is marked CLOSING synchronously, before any await, so concurrent
+  evaluations never start a second exit.
+- On start, open intents are reconciled with the venue by client order id: fills are adopted, an
+  order the venue never saw is re-sent with the same id, and nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine import pricing, rules, signals
+from engine.alerts import AlertBus
+from engine.clock import Clock
+from engine.commands import Command, CommandResult
+from engine.config import Config, ConfigError, Criteria, load_config
+from engine.models import (
+    AlertKind,
+    CommandEvent,
+    Contract,
+    ContractEvent,
+    ExitReason,
+    MarketEvent,
+    Mode,
+    OpenEvent,
+    Quote,
+    QuoteEvent,
+    SettleEvent,
+    Severity,
+    SpotEvent,
+    Trade,
+    TradeState,
+    quote_problem,
+)
+from engine.snapshot import (
+    MarketView,
+    RiskView,
+    RuleView,
+    Snapshot,
+    SourceHealth,
+    StrikeRow,
+    TradeRow,
+)
+from engine.store import Store
+from engine.venues.base import OrderRequest, OrderResult, Venue, VenueError
+
+log = logging.getLogger(__name__)
+
+EPS = 1e-9
+EXIT_FAILED_COOLDOWN_SECONDS = 60.0
+OPPORTUNITY_SCAN_SECONDS = 5.0
+POSITIONS_POLL_SECONDS = 5.0
+REGIME_CONFIRM_SAMPLES = 2  # volatility updates (one a minute) a new regime must hold
+REGIME_MIN_HISTORY = 15  # volatility-score samples needed before regime changes are alerted
+OPPORTUNITY_COOLDOWN_SECONDS = 300.0  # one opportunity alert per contract and side per 5 min
+HISTORY_SECONDS = 3600.0  # momentum / volatility score history kept for the window rules
+
+
+@dataclass(slots=True)
+class _Status:
+    """The engine's latest evaluation of one open trade (what the snapshot shows)."""
+
+    mark: float | None = None
+    pnl: float | None = None
+    pnl_pct: float | None = None
+    results: list[rules.RuleResult] = field(default_factory=list)
+    problem: str | None = None
+    eval_ts: float = 0.0
+    next_time_trigger: float = math.inf
+    signalled: set[str] = field(default_factory=set)
+    exit_blocked_until: float = 0.0
+    last_sample_ts: float = -math.inf
+    criteria: Criteria | None = None
+
+
+@dataclass(slots=True)
+class _Exit:
+    intent_id: str
+    trade_id: str
+    rule: str
+    manual: bool
+    attempts: int = 0
+    last_attempt_ts: float = -math.inf
+    unknown_coid: str | None = None  # an order whose outcome is unknown (timeout): look it up
+    resend_coid: str | None = None  # an order the venue never saw: send again with the same id
+
+
+class Engine:
+    """One supervisor engine over one journal and one venue."""
+
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        store: Store,
+        venue: Venue,
+        *,
+        alerts: AlertBus | None = None,
+        config_path: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = store
+        self.venue = venue
+        self.config_path = config_path
+        self.alerts = alerts or AlertBus(
+            config.alerts.cooldown_seconds, config.engine.snapshot_alerts
+        )
+        self.alerts.store = store
+
+        self.mode: Mode = config.auto_stop.mode
+        self.armed: bool = config.auto_stop.armed
+        self.paused_all: bool = False
+
+        self.contracts: dict[str, Contract] = {}
+        self.quotes: dict[str, Quote] = {}
+        self.trades: dict[str, Trade] = {}
+        self.by_contract: dict[str, set[str]] = {}
+        self.status: dict[str, _Status] = {}
+        self.exits: dict[str, _Exit] = {}
+
+        self.symbol = "BTC-USD"
+        self.spot_hist = signals.SpotHistory()
+        self.vol = self._new_vol_tracker(config)
+        self.momentum_deltas: dict[int, float | None] = {}
+        self.momentum_bps: float | None = None
+        self.momentum_hist: deque[tuple[float, float]] = deque()
+        self.vol_hist: deque[tuple[float, float]] = deque()
+        self._window_cache: dict[tuple[str, float], tuple[tuple[float, float], ...]] = {}
+        self._last_regime: str | None = None
+        self._regime_candidate: str | None = None
+        self._regime_count = 0
+        self._regime_seen_state: signals.VolatilityState | None = None
+        self._last_opportunity: dict[str, float] = {}
+
+        self._bad: dict[str, str] = {}  # data-quality episodes: key -> problem
+        self._breaches: set[str] = set()
+        self._risk = RiskView(0, 0.0, 0.0, ())
+        self._realized_today = 0.0
+        self._today = ""
+        self._last_opportunity_scan = -math.inf
+        self._last_positions_poll = -math.inf
+        self._last_tick_ts = -math.inf
+        self._marks_pending: list[tuple[str, float, float, float, float]] = []
+        self._seq = 0
+        self._dirty = True
+        self._snapshot: Snapshot | None = None
+        self._stop = asyncio.Event()
+        self.subscribers: list[Callable[[Snapshot], None]] = []
+        self.recorders: list[Callable[[MarketEvent], None]] = []
+        self.exit_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.started_ts: float | None = None
+
+    # ------------------------------------------------------------------ start-up and reconcile
+
+    async def start(self, demo: Callable[[float], list[OpenEvent]] | None = None) -> None:
+        """Load the journal and persisted state, reconcile with the venue, open demo trades."""
+        now = self.clock.now()
+        self.started_ts = now
+        saved_armed = await self.store.get_state("armed")
+        saved_paused = await self.store.get_state("paused_all")
+        if saved_armed is not None:
+            self.armed = bool(saved_armed)
+        if saved_paused is not None:
+            self.paused_all = bool(saved_paused)
+        await self.store.set_state("config_armed", self.config.auto_stop.armed, now)
+
+        for t in await self.store.load_trades():
+            self._adopt(t)
+        for problem in getattr(self.store, "last_load_problems", []):
+            await self._alert(AlertKind.DATA_QUALITY, Severity.CRITICAL, f"journal: {problem}")
+        await self._load_realized_today(now)
+        await self._reconcile_intents(now)
+        if demo is not None and not await self.store.all_trades(limit=1):
+            for ev in demo(now):
+                await self._open_trade(ev, source="demo")
+        await self._sync_paper_positions()
+        await self._poll_positions(now)
+        self._dirty = True
+
+    def _adopt(self, t: Trade) -> None:
+        for rec in self.recorders:
+            rec(
+                OpenEvent(
+                    t.opened_ts, t.trade_id, t.contract_id, t.side, t.qty, t.entry_price, t.strategy
+                )
+            )
+        self.trades[t.trade_id] = t
+        self.by_contract.setdefault(t.contract_id, set()).add(t.trade_id)
+        self.status.setdefault(t.trade_id, _Status())
+
+    def _forget(self, trade_id: str) -> None:
+        t = self.trades.pop(trade_id, None)
+        self.status.pop(trade_id, None)
+        self.exits.pop(trade_id, None)
+        if t is not None:
+            ids = self.by_contract.get(t.contract_id)
+            if ids is not None:
+                ids.discard(trade_id)
+                if not ids:
+                    del self.by_contract[t.contract_id]
+
+    async def _reconcile_intents(self, now: float) -> None:
+        """Match journaled exit intents against the venue: nothing lost, nothing sent twice."""
+        for intent in await self.store.open_intents():
+            iid, tid = intent["intent_id"], intent["trade_id"]
+            t = self.trades.get(tid)
+            if t is None:
+                await self.store.update_intent(iid, status="cancelled", ts=now)
+                continue
+            manual = intent["rule"] in (ExitReason.MANUAL, ExitReason.CLOSE_ALL)
+            ex = _Exit(iid, tid, intent["rule"], manual, attempts=int(intent.get("attempts") or 0))
+            self.exits[tid] = ex
+            t.state = TradeState.CLOSING
+            orders = await self.store.orders_for_intent(iid)
+            ex.attempts = max(ex.attempts, len(orders))
+            for order in orders:
+                if order["status"] not in ("pending", "unknown"):
+                    continue
+                coid = order["client_order_id"]
+                try:
+                    res = await self.venue.lookup(coid)
+                except VenueError as e:
+                    ex.unknown_coid = coid
+                    await self._alert(
+                        AlertKind.EXECUTION_FAILURE,
+                        Severity.WARNING,
+                        f"cannot reconcile exit {coid} for {tid}: {e}; will retry",
+                        tid,
+                    )
+                    continue
+                if res is None:
+                    ex.resend_coid = coid
+                else:
+                    await self._apply_result(t, ex, coid, res, now, prior=order)
+                    if t.state == TradeState.CLOSED:
+                        break
+            if t.state == TradeState.CLOSED:
+                continue
+            if not self._may_send(ex):
+                await self.store.update_intent(iid, status="cancelled", ts=now)
+                self.exits.pop(tid, None)
+                t.state = TradeState.OPEN
+                await self.store.save_trade(t)
+                await self._alert(
+                    AlertKind.EXECUTION_FAILURE,
+                    Severity.CRITICAL,
+                    f"exit of {tid} ({ex.rule}) was journaled but not completed before the restart; "
+                    f"not re-sent because {self._why_not_sending(ex)} — the trade is left open",
+                    tid,
+                )
+            else:
+                await self._alert(
+                    AlertKind.EXECUTION_FAILURE,
+                    Severity.WARNING,
+                    f"resuming exit of {tid} ({ex.rule}) journaled before the restart",
+                    tid,
+                )
+
+    async def _load_realized_today(self, now: float) -> None:
+        self._today = _utc_day(now)
+        total = 0.0
+        for t in await self.store.all_trades(limit=5000):
+            if t.closed_ts is not None and _utc_day(t.closed_ts) == self._today and t.realized_pnl:
+                total += t.realized_pnl
+        self._realized_today = total
+
+    async def _sync_paper_positions(self) -> None:
+        """A simulated account holds what the journal holds: open missing paper positions."""
+        open_position = getattr(self.venue, "open_position", None)
+        if open_position is None:
+            return
+        held = {(p.contract_id, p.side): p.qty for p in await self.venue.positions()}
+        want: dict[tuple[str, str], float] = {}
+        for t in self.trades.values():
+            if t.venue == self.venue.name:
+                want[(t.contract_id, t.side)] = want.get((t.contract_id, t.side), 0.0) + t.qty
+        for (cid, side), qty in want.items():
+            missing = qty - held.get((cid, side), 0.0)
+            if missing > EPS:
+                entry = next(
+                    t.entry_price
+                    for t in self.trades.values()
+                    if (t.contract_id, t.side) == (cid, side)
+                )
+                open_position(cid, side, missing, entry)
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, feeds: Iterable[Any] = ()) -> None:
+        """Run feeds and the periodic tick until `stop()`."""
+        tasks = [
+            asyncio.create_task(f.run(self), name=f"feed-{getattr(f, 'name', '?')}") for f in feeds
+        ]
+        tasks.append(asyncio.create_task(self._tick_loop(), name="tick"))
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+            for d in done:
+                if d is not stop and d.exception() is not None:
+                    raise d.exception()  # type: ignore[misc]
+        finally:
+            for t in [*tasks, stop]:
+                t.cancel()
+            await asyncio.gather(*tasks, stop, return_exceptions=True)
+            await self.flush()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _tick_loop(self) -> None:
+        period = self.config.engine.tick_seconds
+        while not self._stop.is_set():
+            now = self.clock.now()
+            nxt = (math.floor(now / period) + 1) * period
+            await self.clock.sleep(nxt - now)
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("tick failed")
+                await self._alert(
+                    AlertKind.DATA_QUALITY, Severity.CRITICAL, "engine tick failed; see the log"
+                )
+
+    async def handle(self, ev: MarketEvent) -> None:
+        """Take one market event and react to it at once."""
+        if self.recorders and not isinstance(ev, OpenEvent | CommandEvent):
+            for rec in self.recorders:
+                rec(ev)  # openings and commands are recorded where they take effect
+        if isinstance(ev, QuoteEvent):
+            await self._on_quote(ev.quote)
+        elif isinstance(ev, SpotEvent):
+            await self._on_spot(ev)
+        elif isinstance(ev, ContractEvent):
+            self.contracts[ev.contract.id] = ev.contract
+            self._dirty = True
+        elif isinstance(ev, OpenEvent):
+            await self._open_trade(ev, source="replay")
+        elif isinstance(ev, SettleEvent):
+            await self._on_settle(ev)
+        elif isinstance(ev, CommandEvent):
+            await self.command(Command(ev.action, ev.trade_id))  # type: ignore[arg-type]
+        self._maybe_publish()
+
+    async def _on_quote(self, q: Quote) -> None:
+        old = self.quotes.get(q.id)
+        if old is not None and q.ts < old.ts:
+            return  # out of order: never let an older quote replace a newer one
+        self.quotes[q.id] = q
+        self._dirty = True
+        ids = self.by_contract.get(q.id)
+        if ids:
+            now = self.clock.now()
+            for tid in list(ids):
+                await self._evaluate(tid, now)
+
+    async def _on_spot(self, ev: SpotEvent) -> None:
+        latest = self.spot_hist.latest()
+        if latest is not None and ev.ts < latest[0]:
+            return
+        if not (math.isfinite(ev.price) and ev.price > 0):
+            await self._episode("spot", f"invalid spot price {ev.price!r} for {ev.symbol}", None)
+            return
+        self.symbol = ev.symbol
+        self.spot_hist.add(ev.ts, ev.price)
+        now = self.clock.now()
+        self.momentum_deltas = signals.momentum_deltas(self.spot_hist, ev.ts)
+        self.momentum_bps = signals.momentum_score_bps(
+            self.momentum_deltas, self.config.signals.momentum_weights
+        )
+        if self.momentum_bps is not None:
+            self.momentum_hist.append((ev.ts, self.momentum_bps))
+        vs = self.vol.update(self.spot_hist, ev.ts)
+        if vs.score is not None and (not self.vol_hist or self.vol_hist[-1][1] != vs.score):
+            self.vol_hist.append((ev.ts, vs.score))
+        cutoff = ev.ts - HISTORY_SECONDS
+        while self.momentum_hist and self.momentum_hist[0][0] < cutoff:
+            self.momentum_hist.popleft()
+        while self.vol_hist and self.vol_hist[0][0] < cutoff:
+            self.vol_hist.popleft()
+        self._window_cache.clear()
+        await self._track_regime(vs)
+        await self._recover("spot")
+        self._dirty = True
+        for tid in list(self.trades):
+            await self._evaluate(tid, now)
+
+    async def _track_regime(self, vs: signals.VolatilityState) -> None:
+        """Alert on a regime change once it has held for REGIME_CONFIRM_SAMPLES volatility updates
+        and the score history is long enough to mean something (no flapping at start-up)."""
+        if vs.regime is None or vs is self._regime_seen_state:
+            return
+        self._regime_seen_state = vs
+        if vs.regime == self._last_regime:
+            self._regime_candidate, self._regime_count = None, 0
+            return
+        if vs.regime != self._regime_candidate:
+            self._regime_candidate, self._regime_count = vs.regime, 0
+        self._regime_count += 1
+        if self._last_regime is None:
+            self._last_regime = vs.regime
+            return
+        if (
+            self._regime_count >= REGIME_CONFIRM_SAMPLES
+            and len(self.vol_hist) >= REGIME_MIN_HISTORY
+        ):
+            old, self._last_regime = self._last_regime, vs.regime
+            self._regime_candidate, self._regime_count = None, 0
+            await self._alert(
+                AlertKind.REGIME_CHANGE,
+                Severity.WARNING,
+                f"volatility regime {old} → {vs.regime} (score {vs.score:.2f})",
+                data={"from": old, "to": vs.regime, "score": vs.score},
+                subject="regime",
+            )
+
+    async def _on_settle(self, ev: SettleEvent) -> None:
+        now = self.clock.now()
+        for tid in list(self.by_contract.get(ev.contract_id, ())):
+            t = self.trades[tid]
+            payout = ev.value if t.side in ("yes", "long") else 1.0 - ev.value
+            ex = self.exits.pop(tid, None)
+            if ex is not None:
+                await self.store.update_intent(ex.intent_id, status="cancelled", ts=now)
+            await self._close_in_journal(t, payout, ExitReason.SETTLED, now, fees=0.0)
+            await self._alert(
+                AlertKind.TRADE_CLOSED,
+                Severity.INFO,
+                f"{tid} settled at {payout:.2f} ({t.contract_id}), P&L {t.realized_pnl:+.2f}",
+                tid,
+            )
+        settle = getattr(self.venue, "settle", None)
+        if settle is not None:
+            settle(ev.contract_id, ev.value)
+        self.contracts.pop(ev.contract_id, None)
+        self.quotes.pop(ev.contract_id, None)
+        self._bad.pop(f"quote:{ev.contract_id}", None)
+        for side in ("YES", "NO"):
+            self._last_opportunity.pop(f"{ev.contract_id}:{side}", None)
+        self._dirty = True
+
+    async def tick(self) -> None:
+        """Periodic work: staleness, time-based rules, exit retries, risk, journal, heartbeat."""
+        now = self.clock.now()
+        self._last_tick_ts = now
+        spot = self.spot_hist.latest()
+        if spot is not None and now - spot[0] > self.config.engine.max_spot_age_seconds:
+            await self._episode(
+                "spot",
+                f"spot {now - spot[0]:.0f}s old (limit "
+                f"{self.config.engine.max_spot_age_seconds:g}s)",
+                None,
+            )
+        max_age = self.config.engine.max_quote_age_seconds
+        for cid, ids in list(self.by_contract.items()):
+            q = self.quotes.get(cid)
+            stale = q is None or now - q.ts > max_age
+            for tid in list(ids):
+                st = self.status.get(tid)
+                if st is None:
+                    continue
+                if stale or st.problem is not None or now >= st.next_time_trigger:
+                    await self._evaluate(tid, now)
+        for tid, ex in list(self.exits.items()):
+            t = self.trades.get(tid)
+            if (
+                t is not None
+                and now - ex.last_attempt_ts >= self.config.auto_stop.exit_retry_seconds
+            ):
+                await self._attempt(t, ex, now)
+        await self._check_risk(now)
+        if now - self._last_opportunity_scan >= OPPORTUNITY_SCAN_SECONDS:
+            self._last_opportunity_scan = now
+            await self._scan_opportunities(now)
+        if now - self._last_positions_poll >= POSITIONS_POLL_SECONDS:
+            self._last_positions_poll = now
+            await self._poll_positions(now)
+            await self._poll_journal(now)
+        await self.flush()
+        await self.store.set_state("heartbeat", self._heartbeat(now), now)
+        self._dirty = True
+        self._maybe_publish()
+
+    async def flush(self) -> None:
+        if self._marks_pending:
+            rows, self._marks_pending = self._marks_pending, []
+            await self.store.add_marks(rows)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _data_problem(
+        self, t: Trade, c: Contract | None, q: Quote | None, now: float
+    ) -> str | None:
+        if c is None:
+            return f"no contract details for {t.contract_id}"
+        problem = quote_problem(q, c.is_binary)
+        if problem is not None:
+            return f"{t.contract_id}: {problem}"
+        assert q is not None
+        age = now - q.ts
+        if age > self.config.engine.max_quote_age_seconds:
+            return f"{t.contract_id}: quote {age:.0f}s old (limit {self.config.engine.max_quote_age_seconds:g}s)"
+        return None
+
+    def _criteria(self, t: Trade, st: _Status) -> Criteria:
+        if st.criteria is None:
+            st.criteria = self.config.auto_stop.criteria_for(t.strategy, t.overrides)
+        return st.criteria
+
+    def _window(self, which: str, seconds: float) -> tuple[tuple[float, float], ...]:
+        """The extreme samples of a history inside a window: enough for min/max rules, O(1) per trade."""
+        key = (which, seconds)
+        cached = self._window_cache.get(key)
+        if cached is not None:
+            return cached
+        hist = self.momentum_hist if which == "momentum" else self.vol_hist
+        latest = hist[-1][0] if hist else 0.0
+        lo = hi = None
+        for s in reversed(hist):
+            if s[0] < latest - seconds:
+                break
+            if lo is None or s[1] < lo[1]:
+                lo = s
+            if hi is None or s[1] > hi[1]:
+                hi = s
+        out: tuple[tuple[float, float], ...] = ()
+        if lo is not None and hi is not None:
+            out = tuple(sorted({lo, hi}))
+        self._window_cache[key] = out
+        return out
+
+    async def _evaluate(self, tid: str, now: float) -> None:
+        t = self.trades.get(tid)
+        st = self.status.get(tid)
+        if t is None or st is None or t.state == TradeState.CLOSED:
+            return
+        c = self.contracts.get(t.contract_id)
+        q = self.quotes.get(t.contract_id)
+        problem = self._data_problem(t, c, q, now)
+        st.eval_ts = now
+        if problem is not None:
+            st.problem = problem
+            self._dirty = True
+            await self._episode(f"quote:{t.contract_id}", problem, tid)
+            return
+        if st.problem is not None:
+            st.problem = None
+            await self._recover(f"quote:{t.contract_id}")
+        assert c is not None and q is not None
+        mult = c.multiplier
+        mark = pricing.mark_price(t, q, self.config.engine.mark)
+        pnl = pricing.position_pnl(t, mark, mult)
+        basis = pricing.original_cost_basis(t, mult)
+        pnl_pct = 100.0 * pnl / basis if basis > 0 else 0.0
+        if pnl > t.peak_pnl or (st.mark is None and t.peak_pnl == 0):
+            t.peak_pnl = max(t.peak_pnl, pnl)
+        if pnl_pct > t.peak_pnl_pct:
+            t.peak_pnl_pct = pnl_pct
+        if pnl < t.trough_pnl:
+            t.trough_pnl = pnl
+        if pnl_pct < t.trough_pnl_pct:
+            t.trough_pnl_pct = pnl_pct
+        st.mark, st.pnl, st.pnl_pct = mark, pnl, pnl_pct
+        if now - st.last_sample_ts >= self.config.engine.mark_sample_seconds:
+            st.last_sample_ts = now
+            self._marks_pending.append((tid, now, mark, pnl, pnl_pct))
+
+        crit = self._criteria(t, st)
+        spot_fresh = self._spot_fresh(now)
+        spot = self.spot_hist.latest()[1] if spot_fresh else None  # type: ignore[index]
+        prev = self.spot_hist.previous() if spot_fresh else None
+        direction = pricing.underlying_direction(t, c)
+        time_value = None
+        if spot is not None and c.type in ("option_call", "option_put"):
+            intrinsic = pricing.intrinsic_value(c, spot)
+            if intrinsic is not None:
+                time_value = (q.bid + q.ask) / 2.0 - intrinsic  # type: ignore[operator]
+        inp = rules.RuleInput(
+            now=now,
+            opened_ts=t.opened_ts,
+            pnl_pct=pnl_pct,
+            peak_pnl_pct=t.peak_pnl_pct,
+            direction=direction,
+            momentum_bps=self.momentum_bps if spot_fresh else None,
+            momentum_history=self._window("momentum", crit.reversal_window_seconds)
+            if crit.momentum_reversal_threshold_bps is not None and spot_fresh
+            else (),
+            vol_score=self.vol.state.score if spot_fresh else None,
+            vol_history=self._window("vol", crit.spike_window_seconds)
+            if crit.volatility_spike_threshold is not None and spot_fresh
+            else (),
+            spot=spot,
+            prev_spot=prev[1] if prev is not None else None,
+            ttc_seconds=c.close_ts - now,
+            in_the_money=pricing.in_the_money(t, c, spot) if spot is not None else None,
+            time_value=time_value,
+        )
+        results = rules.evaluate(inp, crit)
+        st.results = results
+        st.next_time_trigger = self._next_time_trigger(t, c, crit)
+        self._dirty = True
+        fired = rules.first_fired(results)
+        if fired is None or t.state != TradeState.OPEN:
+            return
+        await self._on_fired(t, st, fired, now)
+
+    @staticmethod
+    def _next_time_trigger(t: Trade, c: Contract, crit: Criteria) -> float:
+        nxt = math.inf
+        if crit.max_holding_time_minutes is not None:
+            nxt = t.opened_ts + crit.max_holding_time_minutes * 60.0
+        if crit.ttc_cutoff_seconds is not None:
+            nxt = min(nxt, c.close_ts - crit.ttc_cutoff_seconds)
+        return nxt
+
+    def _spot_fresh(self, now: float) -> bool:
+        latest = self.spot_hist.latest()
+        return (
+            latest is not None
+            and now - latest[0] <= self.config.engine.max_spot_age_seconds
+            and "spot" not in self._bad
+        )
+
+    async def _on_fired(self, t: Trade, st: _Status, fired: rules.RuleResult, now: float) -> None:
+        blocked = self._auto_block_reason(t, st, now)
+        if blocked is not None:
+            if fired.rule not in st.signalled:
+                st.signalled.add(fired.rule)
+                sev = Severity.WARNING if self.mode == Mode.ALERT_ONLY else Severity.INFO
+                await self._alert(
+                    AlertKind.EXIT_SIGNAL,
+                    sev,
+                    f"{t.trade_id}: {fired.describe()} — not closing: {blocked}",
+                    t.trade_id,
+                    data={"rule": fired.rule, "value": fired.value, "threshold": fired.threshold},
+                )
+            return
+        await self._begin_exit(t, fired.rule, now, manual=False, fired=fired)
+
+    def _auto_block_reason(self, t: Trade, st: _Status, now: float) -> str | None:
+        if self.mode == Mode.ALERT_ONLY:
+            return "alert_only mode (close it yourself)"
+        if not self.armed:
+            return "disarmed"
+        if self.paused_all:
+            return "all auto-stops paused (kill switch)"
+        if t.paused:
+            return "auto-stop paused for this trade"
+        if now < st.exit_blocked_until:
+            return "a recent exit failed; retrying after a cool-down"
+        return None
+
+    def _may_send(self, ex: _Exit) -> bool:
+        return self._why_not_sending(ex) is None
+
+    def _why_not_sending(self, ex: _Exit) -> str | None:
+        if self.mode == Mode.ALERT_ONLY:
+            return "the mode is alert_only"
+        if ex.manual:
+            return None
+        t = self.trades.get(ex.trade_id)
+        if not self.armed:
+            return "the engine is disarmed"
+        if self.paused_all:
+            return "all auto-stops are paused"
+        if t is not None and t.paused:
+            return "the trade's auto-stop is paused"
+        return None
+
+    # ------------------------------------------------------------------ exits
+
+    def _context(self, t: Trade, fired: rules.RuleResult | None, now: float) -> dict[str, Any]:
+        st = self.status.get(t.trade_id) or _Status()
+        q = self.quotes.get(t.contract_id)
+        spot = self.spot_hist.latest()
+        vs = self.vol.state
+        return {
+            "ts": now,
+            "rule": fired.rule if fired else None,
+            "value": fired.value if fired else None,
+            "threshold": fired.threshold if fired else None,
+            "detail": dict(fired.detail) if fired else {},
+            "mark": st.mark,
+            "pnl": st.pnl,
+            "pnl_pct": st.pnl_pct,
+            "peak_pnl_pct": t.peak_pnl_pct,
+            "qty": t.qty,
+            "entry": t.entry_price,
+            "quote": {"bid": q.bid, "ask": q.ask, "ts": q.ts} if q else None,
+            "spot": spot[1] if spot else None,
+            "spot_ts": spot[0] if spot else None,
+            "momentum_bps": self.momentum_bps,
+            "momentum_pct": {str(k): v for k, v in self.momentum_deltas.items()},
+            "vol_sigma": vs.sigma,
+            "vol_score": vs.score,
+            "regime": vs.regime,
+            "mode": self.mode.value,
+            "armed": self.armed,
+            "rules": [
+                {
+                    "rule": r.rule,
+                    "fired": r.fired,
+                    "value": r.value,
+                    "threshold": r.threshold,
+                    "distance": r.distance,
+                }
+                for r in st.results
+            ],
+        }
+
+    async def _begin_exit(
+        self,
+        t: Trade,
+        reason: str,
+        now: float,
+        *,
+        manual: bool,
+        fired: rules.RuleResult | None = None,
+    ) -> _Exit | None:
+        # Mark before any await: no concurrent evaluation may start a second exit.
+        intent_id = "x" + uuid.uuid4().hex[:20]
+        ex = _Exit(intent_id, t.trade_id, reason, manual)
+        self.exits[t.trade_id] = ex
+        t.state = TradeState.CLOSING
+        self._dirty = True
+        context = self._context(t, fired, now)
+        try:
+            await self.store.add_intent(intent_id, t.trade_id, reason, t.qty, now, context)
+        except Exception as e:
+            self.exits.pop(t.trade_id, None)
+            t.state = TradeState.OPEN
+            await self._alert(
+                AlertKind.EXECUTION_FAILURE,
+                Severity.CRITICAL,
+                f"{t.trade_id}: could not journal the exit ({e}); nothing sent",
+                t.trade_id,
+            )
+            return None
+        await self.store.add_audit(
+            now, t.trade_id, "exit_intent", {"intent_id": intent_id, **context}
+        )
+        await self._attempt(t, ex, now)
+        return ex
+
+    async def _attempt(self, t: Trade, ex: _Exit, now: float) -> None:
+        """Send (or look up) one order for an exit, each order journaled before it is sent."""
+        if t.state == TradeState.CLOSED:
+            self.exits.pop(t.trade_id, None)
+            return
+        ex.last_attempt_ts = now
+        if ex.unknown_coid is not None:
+            coid = ex.unknown_coid
+            try:
+                res = await self.venue.lookup(coid)
+            except VenueError:
+                return
+            ex.unknown_coid = None
+            if res is not None:
+                await self._apply_result(t, ex, coid, res, now)
+                return
+            ex.resend_coid = coid
+        why = self._why_not_sending(ex)
+        if why is not None:
+            await self.store.update_intent(ex.intent_id, status="cancelled", ts=now)
+            self.exits.pop(t.trade_id, None)
+            t.state = TradeState.OPEN
+            await self.store.save_trade(t)
+            await self._alert(
+                AlertKind.EXIT_SIGNAL,
+                Severity.WARNING,
+                f"{t.trade_id}: exit ({ex.rule}) cancelled: {why}",
+                t.trade_id,
+            )
+            return
+        c = self.contracts.get(t.contract_id)
+        q = self.quotes.get(t.contract_id)
+        problem = self._data_problem(t, c, q, now)
+        if problem is not None:
+            await self._episode(f"quote:{t.contract_id}", problem, t.trade_id)
+            return  # never send on bad data; the tick retries when data recovers
+        assert q is not None
+        mark = pricing.mark_price(t, q, self.config.engine.mark)
+        if ex.resend_coid is not None:
+            coid, ex.resend_coid = ex.resend_coid, None
+        else:
+            ex.attempts += 1
+            coid = ex.intent_id if ex.attempts == 1 else f"{ex.intent_id}-{ex.attempts}"
+            action = "buy" if t.side == "short" else "sell"
+            await self.store.add_order(
+                client_order_id=coid,
+                intent_id=ex.intent_id,
+                trade_id=t.trade_id,
+                contract_id=t.contract_id,
+                side=t.side,
+                action=action,
+                qty=t.qty,
+                limit_price=None,
+                ts=now,
+            )
+            await self.store.update_intent(
+                ex.intent_id, status="sent", attempts=ex.attempts, ts=now
+            )
+        req = OrderRequest(
+            client_order_id=coid,
+            contract_id=t.contract_id,
+            side=t.side,
+            action="buy" if t.side == "short" else "sell",
+            qty=t.qty,
+            limit_price=None,
+            reference_price=mark,
+        )
+        try:
+            res = await self.venue.submit(req)
+        except VenueError as e:
+            ex.unknown_coid = coid
+            await self.store.update_order(coid, status="unknown", reason=str(e), ts=now)
+            await self._alert(
+                AlertKind.EXECUTION_FAILURE,
+                Severity.WARNING,
+                f"{t.trade_id}: exit order {coid} outcome unknown ({e}); will reconcile",
+                t.trade_id,
+            )
+            return
+        await self._apply_result(t, ex, coid, res, now)
+
+    async def _apply_result(
+        self,
+        t: Trade,
+        ex: _Exit,
+        coid: str,
+        res: OrderResult,
+        now: float,
+        prior: dict[str, Any] | None = None,
+    ) -> None:
+        already = float(prior.get("filled_qty") or 0.0) if prior else 0.0
+        new_qty = max(res.filled_qty - already, 0.0)
+        await self.store.update_order(
+            coid,
+            status=res.status,
+            filled_qty=res.filled_qty,
+            avg_price=res.avg_price,
+            fees=res.fees,
+            venue_order_id=res.venue_order_id,
+            reason=res.reason,
+            ts=now,
+        )
+        c = self.contracts.get(t.contract_id)
+        mult = c.multiplier if c else 1.0
+        if new_qty > EPS and res.avg_price is not None:
+            fees = res.fees * (new_qty / res.filled_qty) if res.filled_qty > 0 else res.fees
+            await self.store.add_fill(
+                client_order_id=coid,
+                trade_id=t.trade_id,
+                qty=new_qty,
+                price=res.avg_price,
+                fees=fees,
+                ts=now,
+            )
+            pricing.apply_fill(t, new_qty, res.avg_price, fees, mult)
+        if t.qty <= EPS:
+            await self._finish_exit(t, ex, now)
+            return
+        self._dirty = True
+        if res.status in ("rejected", "unfilled") or (res.status == "partial" and new_qty > EPS):
+            msg = (
+                f"{t.trade_id}: exit attempt {ex.attempts} {res.status}"
+                f"{' (' + res.reason + ')' if res.reason else ''}; {t.qty:g} left"
+            )
+            if ex.attempts >= self.config.auto_stop.exit_max_attempts:
+                await self.store.update_intent(ex.intent_id, status="failed", ts=now)
+                self.exits.pop(t.trade_id, None)
+                t.state = TradeState.OPEN
+                st = self.status.get(t.trade_id)
+                if st is not None:
+                    st.exit_blocked_until = now + EXIT_FAILED_COOLDOWN_SECONDS
+                    st.signalled.clear()
+                await self.store.save_trade(t)
+                await self._alert(
+                    AlertKind.EXECUTION_FAILURE,
+                    Severity.CRITICAL,
+                    f"{msg}: gave up after {ex.attempts} attempts — trade left OPEN, close it by hand",
+                    t.trade_id,
+                    data={"intent_id": ex.intent_id},
+                    subject=f"gaveup:{ex.intent_id}",
+                )
+            else:
+                await self.store.save_trade(t)
+                await self._alert(
+                    AlertKind.EXECUTION_FAILURE,
+                    Severity.WARNING,
+                    msg,
+                    t.trade_id,
+                    subject=f"attempt:{coid}",
+                )
+
+    async def _finish_exit(self, t: Trade, ex: _Exit, now: float) -> None:
+        pricing.close_record(
+            t, None, ex.rule, now
+        )  # everything is filled; qty back to the opened size
+        await self.store.save_trade(t)
+        await self.store.update_intent(ex.intent_id, status="filled", ts=now)
+        self._forget(t.trade_id)
+        self._realized_today += t.realized_pnl or 0.0
+        basis = t.closed_qty * t.entry_price
+        pnl = t.realized_pnl or 0.0
+        pnl_pct = 100.0 * pnl / basis if basis > 0 else 0.0
+        info = {
+            "ts": now,
+            "trade_id": t.trade_id,
+            "rule": ex.rule,
+            "mark": t.exit_price,
+            "pnl": pnl,
+            "pnl_pct": pnl_pct,
+            "manual": ex.manual,
+        }
+        await self.store.add_audit(
+            now, t.trade_id, "exit_filled", {"intent_id": ex.intent_id, **info}
+        )
+        for listener in self.exit_listeners:
+            listener(info)
+        if ex.manual:
+            await self._alert(
+                AlertKind.TRADE_CLOSED,
+                Severity.INFO,
+                f"{t.trade_id} closed ({ex.rule}) at {t.exit_price:.4f}, P&L {pnl:+.2f}",
+                t.trade_id,
+                data=info,
+            )
+        else:
+            await self._alert(
+                AlertKind.AUTO_STOP,
+                Severity.WARNING,
+                f"{t.trade_id} closed by {ex.rule} at {t.exit_price:.4f}, "
+                f"P&L {pnl:+.2f} ({pnl_pct:+.1f}%)",
+                t.trade_id,
+                data=info,
+            )
+
+    async def _close_in_journal(
+        self, t: Trade, price: float | None, reason: str, now: float, fees: float = 0.0
+    ) -> None:
+        """Close a trade in the journal without an order (settled, external, closed elsewhere)."""
+        c = self.contracts.get(t.contract_id)
+        pricing.close_record(t, price, reason, now, c.multiplier if c else 1.0)
+        await self.store.save_trade(t)
+        self._realized_today += t.realized_pnl or 0.0
+        await self.store.add_audit(now, t.trade_id, "closed", {"reason": reason, "price": price})
+        self._forget(t.trade_id)
+
+    # ------------------------------------------------------------------ trades in and out
+
+    async def _open_trade(self, ev: OpenEvent, source: str) -> CommandResult:
+        if ev.trade_id in self.trades or await self.store.get_trade(ev.trade_id) is not None:
+            return CommandResult(False, f"trade {ev.trade_id} already exists")
+        problem = _open_problem(ev)
+        if problem is not None:
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.WARNING,
+                f"ignored trade {ev.trade_id}: {problem}",
+                ev.trade_id,
+            )
+            return CommandResult(False, problem)
+        t = Trade(
+            trade_id=ev.trade_id,
+            contract_id=ev.contract_id,
+            side=ev.side,
+            qty=float(ev.qty),
+            entry_price=float(ev.price),
+            opened_ts=ev.ts,
+            strategy=ev.strategy,
+            venue=self.venue.name,
+        )
+        await self.store.add_trade(t, source=source)
+        open_position = getattr(self.venue, "open_position", None)
+        if open_position is not None:
+            open_position(t.contract_id, t.side, t.qty, t.entry_price)
+        self._adopt(t)
+        await self._alert(
+            AlertKind.TRADE_DETECTED,
+            Severity.INFO,
+            f"tracking {t.trade_id}: {t.side.upper()} {t.qty:g} {t.contract_id} @ "
+            f"{t.entry_price:.4f}{' [' + t.strategy + ']' if t.strategy else ''}",
+            t.trade_id,
+        )
+        await self._evaluate(t.trade_id, self.clock.now())
+        return CommandResult(True, f"tracking {t.trade_id}")
+
+    async def _poll_positions(self, now: float) -> None:
+        """Adopt positions that appeared at the venue; close as external those that vanished."""
+        try:
+            positions = await self.venue.positions()
+        except VenueError as e:
+            await self._episode("venue", f"venue {self.venue.name} unreachable: {e}", None)
+            return
+        await self._recover("venue")
+        held: dict[tuple[str, str], float] = {}
+        avg: dict[tuple[str, str], float] = {}
+        for p in positions:
+            if p.qty > EPS:
+                held[(p.contract_id, p.side)] = held.get((p.contract_id, p.side), 0.0) + p.qty
+                avg[(p.contract_id, p.side)] = p.avg_price
+        ours: dict[tuple[str, str], list[Trade]] = {}
+        for t in self.trades.values():
+            if t.venue == self.venue.name:
+                ours.setdefault((t.contract_id, t.side), []).append(t)
+        for key, ts in ours.items():
+            if any(t.trade_id in self.exits for t in ts):
+                continue  # an exit in flight explains any difference
+            if held.get(key, 0.0) <= EPS:
+                for t in ts:
+                    mark = self.status[t.trade_id].mark if t.trade_id in self.status else None
+                    await self._close_in_journal(t, mark, ExitReason.EXTERNAL, now)
+                    await self._alert(
+                        AlertKind.TRADE_CLOSED,
+                        Severity.WARNING,
+                        f"{t.trade_id} is no longer held at {self.venue.name}; closed as external",
+                        t.trade_id,
+                    )
+        for key, qty in held.items():
+            have = sum(t.qty for t in ours.get(key, []))
+            if qty - have > EPS and not any(t.trade_id in self.exits for t in ours.get(key, [])):
+                cid, side = key
+                tid = f"{self.venue.name}-{cid}-{side}-{uuid.uuid4().hex[:6]}"
+                await self._open_trade(
+                    OpenEvent(now, tid, cid, side, qty - have, avg.get(key, 0.0)),  # type: ignore[arg-type]
+                    source="venue",
+                )
+
+    async def _poll_journal(self, now: float) -> None:
+        """Pick up trades other programs inserted into the journal, and queued commands."""
+        for t in await self.store.load_trades(("open",)):
+            if t.trade_id not in self.trades:
+                self._adopt(t)
+                await self._sync_paper_positions()
+                await self._alert(
+                    AlertKind.TRADE_DETECTED,
+                    Severity.INFO,
+                    f"tracking {t.trade_id} from the journal: {t.side.upper()} {t.qty:g} "
+                    f"{t.contract_id} @ {t.entry_price:.4f}",
+                    t.trade_id,
+                )
+                await self._evaluate(t.trade_id, now)
+        take = getattr(self.store, "take_commands", None)
+        if take is not None:
+            for cmd in await take():
+                res = await self.command(
+                    Command(cmd["action"], cmd.get("trade_id"), cmd.get("payload") or {})
+                )
+                log.info("queued command %s: %s", cmd["action"], res.message)
+
+    # ------------------------------------------------------------------ commands
+
+    async def command(self, cmd: Command) -> CommandResult:
+        """The one way in for the UI, the CLI, replay and signals."""
+        now = self.clock.now()
+        a = cmd.action
+        if self.recorders and a in _REPLAYABLE:
+            for rec in self.recorders:
+                rec(CommandEvent(now, a, cmd.trade_id))
+        try:
+            if a in ("pause", "resume", "close", "set_overrides", "journal_close"):
+                t = self.trades.get(cmd.trade_id or "")
+                if t is None:
+                    return CommandResult(False, f"no open trade {cmd.trade_id!r}")
+                if a == "close":
+                    return await self._manual_close(t, now, ExitReason.MANUAL)
+                if a == "journal_close":
+                    price = cmd.payload.get("price")
+                    await self._close_in_journal(
+                        t, float(price) if price is not None else None, ExitReason.MANUAL, now
+                    )
+                    await self._alert(
+                        AlertKind.TRADE_CLOSED,
+                        Severity.INFO,
+                        f"{t.trade_id} closed in the journal (closed elsewhere)",
+                        t.trade_id,
+                    )
+                    return CommandResult(True, f"{t.trade_id} marked closed")
+                if a == "set_overrides":
+                    return await self._set_overrides(t, cmd.payload)
+                t.paused = a == "pause"
+                await self.store.save_trade(t)
+                st = self.status[t.trade_id]
+                st.signalled.clear()
+                await self._audit_command(now, cmd)
+                await self._evaluate(t.trade_id, now)
+                return CommandResult(
+                    True, f"{t.trade_id} auto-stop {'paused' if t.paused else 'resumed'}"
+                )
+            if a in ("pause_all", "resume_all"):
+                self.paused_all = a == "pause_all"
+                await self.store.set_state("paused_all", self.paused_all, now)
+                await self._audit_command(now, cmd)
+                await self._alert(
+                    AlertKind.RISK_LIMIT if self.paused_all else AlertKind.EXIT_SIGNAL,
+                    Severity.WARNING,
+                    "kill switch ON: all automatic exits paused"
+                    if self.paused_all
+                    else "kill switch OFF: automatic exits resume",
+                    subject="killswitch",
+                )
+                self._clear_signals()
+                await self._reevaluate_all(now)
+                return CommandResult(
+                    True, "all auto-stops paused" if self.paused_all else "auto-stops resumed"
+                )
+            if a in ("arm", "disarm"):
+                self.armed = a == "arm"
+                await self.store.set_state("armed", self.armed, now)
+                await self._audit_command(now, cmd)
+                await self._alert(
+                    AlertKind.EXIT_SIGNAL,
+                    Severity.WARNING,
+                    "ARMED: automatic exits will be sent"
+                    if self.armed
+                    else "DISARMED: exits are signalled, not sent",
+                    subject="arm",
+                )
+                self._clear_signals()
+                await self._reevaluate_all(now)
+                return CommandResult(True, "armed" if self.armed else "disarmed")
+            if a == "close_all":
+                results = [
+                    await self._manual_close(t, now, ExitReason.CLOSE_ALL)
+                    for t in list(self.trades.values())
+                ]
+                ok = sum(r.ok for r in results)
+                return CommandResult(ok == len(results), f"closing {ok} of {len(results)} trades")
+            if a == "reload":
+                return await self.reload()
+            if a == "add_trade":
+                p = cmd.payload
+                ev = OpenEvent(
+                    ts=float(p.get("opened_ts", now)),
+                    trade_id=str(p["trade_id"]),
+                    contract_id=str(p["contract_id"]),
+                    side=p["side"],
+                    qty=float(p["qty"]),
+                    price=float(p["price"]),
+                    strategy=str(p.get("strategy", "")),
+                )
+                return await self._open_trade(ev, source="manual")
+        except (KeyError, ValueError, TypeError) as e:
+            return CommandResult(False, f"bad {a} command: {e}")
+        return CommandResult(False, f"unknown command {a!r}")
+
+    async def _manual_close(self, t: Trade, now: float, reason: str) -> CommandResult:
+        if t.trade_id in self.exits:
+            return CommandResult(False, f"{t.trade_id} is already closing")
+        if self.mode == Mode.ALERT_ONLY:
+            return CommandResult(False, "alert_only mode sends no orders; close it at the venue")
+        await self._audit_command(now, Command("close", t.trade_id))
+        ex = await self._begin_exit(t, reason, now, manual=True)
+        if ex is None:
+            return CommandResult(False, f"{t.trade_id}: the exit could not be journaled")
+        if t.trade_id not in self.trades:
+            return CommandResult(True, f"{t.trade_id} closed")
+        return CommandResult(True, f"{t.trade_id} closing")
+
+    async def _set_overrides(self, t: Trade, payload: dict[str, Any]) -> CommandResult:
+        try:
+            merged = self.config.auto_stop.criteria_for(t.strategy, payload)
+        except Exception as e:
+            return CommandResult(False, f"invalid thresholds: {e}")
+        del merged
+        t.overrides = {k: v for k, v in payload.items()}
+        await self.store.save_trade(t)
+        self.status[t.trade_id].criteria = None
+        await self._evaluate(t.trade_id, self.clock.now())
+        return CommandResult(True, f"{t.trade_id} thresholds updated")
+
+    async def _audit_command(self, now: float, cmd: Command) -> None:
+        await self.store.add_audit(now, cmd.trade_id, f"command:{cmd.action}", dict(cmd.payload))
+
+    def _clear_signals(self) -> None:
+        for st in self.status.values():
+            st.signalled.clear()
+
+    async def _reevaluate_all(self, now: float) -> None:
+        for tid in list(self.trades):
+            await self._evaluate(tid, now)
+
+    async def reload(self) -> CommandResult:
+        """Re-read the config file; a file that fails validation keeps the running config."""
+        now = self.clock.now()
+        if self.config_path is None:
+            return CommandResult(False, "no config file to reload (running on built-in defaults)")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.CRITICAL,
+                "config reload failed, keeping the running config: " + "; ".join(e.lines),
+                subject="reload",
+            )
+            return CommandResult(False, "reload failed: " + "; ".join(e.lines))
+        old = self.config
+        restart_needed = [
+            s for s in ("engine", "sim", "paper", "venues") if getattr(old, s) != getattr(new, s)
+        ]
+        self.config = new
+        self.mode = new.auto_stop.mode
+        if new.auto_stop.armed != old.auto_stop.armed:
+            self.armed = new.auto_stop.armed
+            await self.store.set_state("armed", self.armed, now)
+        self.alerts.cooldown_seconds = new.alerts.cooldown_seconds
+        for st in self.status.values():
+            st.criteria = None
+            st.signalled.clear()
+        note = f"; restart to apply [{', '.join(restart_needed)}]" if restart_needed else ""
+        await self._alert(
+            AlertKind.EXIT_SIGNAL,
+            Severity.INFO,
+            f"config reloaded: mode {self.mode.value}, {'armed' if self.armed else 'disarmed'}{note}",
+            subject="reload",
+        )
+        await self._reevaluate_all(now)
+        return CommandResult(True, f"config reloaded{note}")
+
+    # ------------------------------------------------------------------ alerts, risk, health
+
+    async def _alert(
+        self,
+        kind: AlertKind,
+        severity: Severity,
+        message: str,
+        trade_id: str | None = None,
+        data: dict[str, Any] | None = None,
+        subject: str | None = None,
+    ) -> None:
+        await self.alerts.raise_(self.clock.now(), kind, severity, message, trade_id, data, subject)
+        self._dirty = True
+
+    async def _episode(self, key: str, problem: str, trade_id: str | None) -> None:
+        """Start a data-quality episode: one alert when it begins (not on every bad update)."""
+        if key in self._bad:
+            self._bad[key] = problem
+            return
+        self._bad[key] = problem
+        affected = (
+            sorted(self.by_contract.get(key.split(":", 1)[1], ()))
+            if key.startswith("quote:")
+            else []
+        )
+        suffix = f"; auto-stop suspended for {', '.join(affected)}" if affected else ""
+        await self._alert(
+            AlertKind.DATA_QUALITY,
+            Severity.WARNING,
+            f"{problem}{suffix}",
+            trade_id,
+            data={"source": key, "problem": problem},
+            subject=f"bad:{key}",
+        )
+
+    async def _recover(self, key: str) -> None:
+        problem = self._bad.pop(key, None)
+        if problem is not None:
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.INFO,
+                f"data recovered: {key} (was: {problem})",
+                data={"source": key},
+                subject=f"ok:{key}",
+            )
+
+    async def _check_risk(self, now: float) -> None:
+        day = _utc_day(now)
+        if day != self._today:
+            self._today, self._realized_today = day, 0.0
+        n = len(self.trades)
+        at_risk = 0.0
+        unreal = 0.0
+        for t in self.trades.values():
+            c = self.contracts.get(t.contract_id)
+            mult = c.multiplier if c else 1.0
+            at_risk += abs(t.qty) * t.entry_price * mult
+            st = self.status.get(t.trade_id)
+            if st is not None and st.pnl is not None:
+                unreal += st.pnl
+        daily = self._realized_today + unreal
+        r = self.config.risk
+        breaches: list[str] = []
+        if r.max_open_positions is not None and n > r.max_open_positions:
+            breaches.append(f"open positions {n} > {r.max_open_positions}")
+        if r.max_total_risk is not None and at_risk > r.max_total_risk:
+            breaches.append(f"total at risk ${at_risk:,.2f} > ${r.max_total_risk:,.2f}")
+        if r.max_daily_loss is not None and daily <= -r.max_daily_loss:
+            breaches.append(f"daily P&L ${daily:,.2f} beyond the -${r.max_daily_loss:,.2f} limit")
+        self._risk = RiskView(n, at_risk, daily, tuple(breaches))
+        kinds = {b.split(" ")[0] for b in breaches}
+        for b in breaches:
+            k = b.split(" ")[0]
+            if k not in self._breaches:
+                await self._alert(
+                    AlertKind.RISK_LIMIT, Severity.CRITICAL, f"risk limit: {b}", subject=f"risk:{k}"
+                )
+                if k == "daily" and r.halt_on_breach:
+                    await self._alert(
+                        AlertKind.RISK_LIMIT,
+                        Severity.CRITICAL,
+                        "max daily loss: halting — all automatic exits paused "
+                        "(resume with the kill-switch key)",
+                        subject="halt",
+                    )
+                    self.paused_all = True
+                    await self.store.set_state("paused_all", True, now)
+        for k in self._breaches - kinds:
+            await self._alert(
+                AlertKind.RISK_LIMIT,
+                Severity.INFO,
+                f"risk limit back within bounds: {k}",
+                subject=f"riskok:{k}",
+            )
+        self._breaches = kinds
+
+    async def _scan_opportunities(self, now: float) -> None:
+        thr = self.config.signals.edge_threshold
+        if thr <= 0:
+            return
+        for row in self._strike_rows(now):
+            for side, d in (("YES", row.diff_yes), ("NO", row.diff_no)):
+                key = f"{row.contract_id}:{side}"
+                if (
+                    d is not None
+                    and d >= thr
+                    and now - self._last_opportunity.get(key, -math.inf)
+                    >= OPPORTUNITY_COOLDOWN_SECONDS
+                ):
+                    self._last_opportunity[key] = now
+                    await self._alert(
+                        AlertKind.OPPORTUNITY,
+                        Severity.INFO,
+                        f"{row.contract_id} {side} edge {d * 100:+.1f}¢ (model {row.prob:.2f})",
+                        data={"contract": row.contract_id, "side": side, "edge": d},
+                        subject=f"opp:{row.contract_id}:{side}",
+                    )
+
+    def _heartbeat(self, now: float) -> dict[str, Any]:
+        return {
+            "ts": now,
+            "wall_ts": time.time(),
+            "started_ts": self.started_ts,
+            "venue": self.venue.name,
+            "mode": self.mode.value,
+            "armed": self.armed,
+            "paused_all": self.paused_all,
+            "open_trades": len(self.trades),
+            "sources": {h.name: h.age_seconds for h in self._health(now)},
+            "bad_data": dict(self._bad),
+        }
+
+    def _health(self, now: float) -> list[SourceHealth]:
+        out = []
+        spot = self.spot_hist.latest()
+        spot_age = now - spot[0] if spot else None
+        out.append(
+            SourceHealth(
+                f"spot {self.symbol}",
+                spot[0] if spot else None,
+                spot_age,
+                spot_age is None or spot_age > self.config.engine.max_spot_age_seconds,
+            )
+        )
+        qts = [q.ts for q in self.quotes.values()]
+        last_q = max(qts) if qts else None
+        q_age = now - last_q if last_q is not None else None
+        out.append(
+            SourceHealth(
+                "quotes",
+                last_q,
+                q_age,
+                q_age is None or q_age > self.config.engine.max_quote_age_seconds,
+            )
+        )
+        out.append(SourceHealth(f"venue {self.venue.name}", None, None, "venue" in self._bad))
+        return out
+
+    # ------------------------------------------------------------------ snapshot
+
+    def _maybe_publish(self) -> None:
+        if self.subscribers and self._dirty:
+            snap = self.snapshot()
+            for s in self.subscribers:
+                s(snap)
+
+    def snapshot(self) -> Snapshot:
+        """The current immutable picture (rebuilt only when something changed)."""
+        if self._snapshot is not None and not self._dirty:
+            return self._snapshot
+        now = self.clock.now()
+        self._seq += 1
+        self._dirty = False
+        self._snapshot = Snapshot(
+            seq=self._seq,
+            ts=now,
+            venue=self.venue.name,
+            mode=self.mode.value,
+            armed=self.armed,
+            paused_all=self.paused_all,
+            market=self._market_view(now),
+            strikes=tuple(self._strike_rows(now)),
+            trades=tuple(self._trade_rows(now)),
+            alerts=tuple(self.alerts.recent),
+            health=tuple(self._health(now)),
+            risk=self._risk,
+        )
+        return self._snapshot
+
+    def current_event(self, now: float) -> tuple[str, float | None, list[Contract]]:
+        """The listed event closing next (id, close time, its contracts by strike)."""
+        live = [c for c in self.contracts.values() if c.close_ts > now]
+        if not live:
+            return "", None, []
+        close = min(c.close_ts for c in live)
+        cs = sorted((c for c in live if c.close_ts == close), key=lambda c: c.strike or 0.0)
+        return cs[0].event_id or cs[0].id, close, cs
+
+    def sigma_used(self) -> float:
+        s = self.vol.state.sigma
+        return s if s is not None and s > 0 else self.config.signals.fallback_sigma
+
+    def _market_view(self, now: float) -> MarketView:
+        latest = self.spot_hist.latest()
+        spot = latest[1] if latest else None
+        past = self.spot_hist.price_at(latest[0] - 1800) if latest else None
+        change = 100.0 * (spot / past - 1.0) if spot and past else None
+        spark = tuple(self.spot_hist.minute_closes(now, 30)) if latest else ()
+        event_id, close, _ = self.current_event(now)
+        vs = self.vol.state
+        return MarketView(
+            symbol=self.symbol,
+            spot=spot,
+            spot_ts=latest[0] if latest else None,
+            change_30m_pct=change,
+            sparkline=spark,
+            momentum_pct=tuple(sorted(self.momentum_deltas.items())),
+            momentum_bps=self.momentum_bps,
+            sigma=vs.sigma,
+            sigma_used=self.sigma_used(),
+            vol_score=vs.score,
+            regime=vs.regime,
+            event_id=event_id,
+            close_ts=close,
+            ttc_seconds=(close - now) if close else None,
+        )
+
+    def _strike_rows(self, now: float) -> list[StrikeRow]:
+        latest = self.spot_hist.latest()
+        if latest is None:
+            return []
+        spot = latest[1]
+        _, close, cs = self.current_event(now)
+        if close is None:
+            return []
+        tau = signals.tau_years(close, now)
+        sigma = self.sigma_used()
+        mu = (
+            signals.momentum_drift(self.momentum_bps) if self.config.signals.momentum_drift else 0.0
+        )
+        thr = self.config.signals.edge_threshold
+        atm = min(cs, key=lambda c: abs((c.strike or 0.0) - spot)).id if cs else None
+        rows = []
+        for c in cs:
+            q = self.quotes.get(c.id)
+            bid = q.bid if q else None
+            ask = q.ask if q else None
+            m = signals.strike_metrics(spot, c.strike or 0.0, c.cap, sigma, tau, bid, ask, mu)
+            rows.append(
+                StrikeRow(
+                    contract_id=c.id,
+                    strike=c.strike or 0.0,
+                    cap=c.cap,
+                    buffer=m.buffer,
+                    buffer_pct=m.buffer_pct,
+                    expected_move=m.expected_move,
+                    bm=m.bm,
+                    prob=m.prob,
+                    yes_bid=bid,
+                    yes_ask=ask,
+                    no_bid=(1.0 - ask) if ask is not None else None,
+                    no_ask=(1.0 - bid) if bid is not None else None,
+                    diff_yes=m.diff_yes,
+                    diff_no=m.diff_no,
+                    volume=q.volume if q else 0.0,
+                    open_interest=q.open_interest if q else 0.0,
+                    atm=c.id == atm,
+                    held=c.id in self.by_contract,
+                    edge=thr > 0
+                    and any(d is not None and d >= thr for d in (m.diff_yes, m.diff_no)),
+                    quote_age=(now - q.ts) if q else None,
+                )
+            )
+        return rows
+
+    def _trade_rows(self, now: float) -> list[TradeRow]:
+        rows = []
+        for t in self.trades.values():
+            st = self.status.get(t.trade_id) or _Status()
+            near = rules.nearest(st.results)
+            rows.append(
+                TradeRow(
+                    trade_id=t.trade_id,
+                    contract_id=t.contract_id,
+                    side=t.side,
+                    qty=t.qty,
+                    entry=t.entry_price,
+                    mark=st.mark,
+                    pnl=st.pnl,
+                    pnl_pct=st.pnl_pct,
+                    peak_pnl=t.peak_pnl,
+                    peak_pnl_pct=t.peak_pnl_pct,
+                    drawdown=(t.peak_pnl - st.pnl) if st.pnl is not None else 0.0,
+                    opened_ts=t.opened_ts,
+                    held_seconds=max(now - t.opened_ts, 0.0),
+                    nearest=near.describe() if near else "—",
+                    rules=tuple(
+                        RuleView(
+                            r.rule, r.fired, r.value, r.threshold, r.distance, r.unit, r.describe()
+                        )
+                        for r in st.results
+                    ),
+                    state=self._trade_state(t, st, now),
+                    problem=st.problem,
+                    strategy=t.strategy,
+                    paused=t.paused,
+                )
+            )
+        return rows
+
+    def _trade_state(self, t: Trade, st: _Status, now: float) -> str:
+        if t.state == TradeState.CLOSING or t.trade_id in self.exits:
+            return "closing"
+        if st.problem is not None:
+            return "stale"
+        if self.mode == Mode.ALERT_ONLY:
+            return "alert_only"
+        if t.paused or self.paused_all:
+            return "paused"
+        if not self.armed:
+            return "disarmed"
+        return "armed"
+
+    @staticmethod
+    def _new_vol_tracker(config: Config) -> signals.VolatilityTracker:
+        s = config.signals
+        return signals.VolatilityTracker(
+            s.volatility_windows_minutes, s.volatility_lookback_minutes, s.regime_thresholds
+        )
+
+
+_REPLAYABLE = frozenset(
+    {"pause", "resume", "pause_all", "resume_all", "arm", "disarm", "close", "close_all"}
+)
+
+
+def _open_problem(ev: OpenEvent) -> str | None:
+    if ev.side not in ("yes", "no", "long", "short"):
+        return f"side {ev.side!r} is not yes/no/long/short"
+    for name, v in (("qty", ev.qty), ("price", ev.price)):
+        if not isinstance(v, int | float) or not math.isfinite(v):
+            return f"{name} {v!r} is not a number"
+    if ev.qty <= 0:
+        return f"qty {ev.qty} must be > 0"
+    if ev.price < 0:
+        return f"price {ev.price} must be >= 0"
+    return None
+
+
+def _utc_day(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
