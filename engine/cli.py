@@ -38,14 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="config file (default: ./config.toml, then the user's config dir)",
     )
     p.add_argument("--headless", action="store_true", help="run the engine without the screen")
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    # `--config` is also accepted after the command (`replay FILE --config CFG`); SUPPRESS keeps a
+    # value given before the command when none is given after it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="config file")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_parser_with(common))
 
     sub.add_parser("check-config", help="print the effective config, or the errors in it")
     st = sub.add_parser("status", help="running state, mode, armed, data ages, open trades")
     st.add_argument("--json", action="store_true", help="print JSON")
 
     tr = sub.add_parser("trades", help="the manual journal for trades opened elsewhere")
-    tsub = tr.add_subparsers(dest="trades_cmd", metavar="ACTION", required=True)
+    tsub = tr.add_subparsers(
+        dest="trades_cmd", metavar="ACTION", required=True, parser_class=_parser_with(common)
+    )
     add = tsub.add_parser("add", help="journal an open trade for the supervisor to watch")
     add.add_argument("--id", required=True, dest="trade_id")
     add.add_argument("--contract", required=True)
@@ -83,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", action="store_true", help="print JSON Lines (exits, alerts, summary)")
     rp.add_argument("--db", default=None, help="journal to write (default: a temporary one)")
     return p
+
+
+def _parser_with(common: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
+    """A parser class whose instances also take the options of `common` (e.g. `--config`)."""
+
+    class _Sub(argparse.ArgumentParser):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["parents"] = [*kwargs.get("parents", []), common]
+            super().__init__(*args, **kwargs)
+
+    return _Sub
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +216,10 @@ async def _status(config: Config, as_json: bool) -> int:
             f"{'ARMED' if hb.get('armed') else 'disarmed'}{', ALL PAUSED' if hb.get('paused_all') else ''}"
         )
         for name, a in (hb.get("sources") or {}).items():
-            print(f"  {name:<20} last update {_fmt_age(a)} ago")
+            print(
+                f"  {name:<20} "
+                + (f"last update {a:.0f}s ago" if a is not None else "no update time")
+            )
         for k, v in (hb.get("bad_data") or {}).items():
             print(f"  BAD DATA {k}: {v}")
     print(f"open trades: {len(trades)}")
@@ -375,9 +395,14 @@ async def _record(config: Config, path: Path | None, args: argparse.Namespace) -
             config.engine.data_dir = tmp
         out = open(args.out, "w", encoding="utf-8")  # noqa: SIM115 - closed below
         count = 0
+        end: float | None = None  # market time: the first event's + the duration
 
         def write(ev: Any) -> None:
-            nonlocal count
+            nonlocal count, end
+            if end is None:
+                end = ev.ts + args.duration
+            if ev.ts > end:
+                return  # a fast clock overshoots the stopper: keep to the requested duration
             out.write(dumps(ev) + "\n")
             count += 1
 
@@ -385,9 +410,11 @@ async def _record(config: Config, path: Path | None, args: argparse.Namespace) -
             rt = await build_runtime(
                 config, path, db_path=Path(args.db) if args.db else None, recorders=[write]
             )
-            end = rt.clock.now() + args.duration
+            if end is None:
+                end = rt.clock.now() + args.duration
 
             async def stopper() -> None:
+                assert end is not None
                 while rt.clock.now() < end:
                     await rt.clock.sleep(min(1.0, end - rt.clock.now()))
                 rt.engine.stop()

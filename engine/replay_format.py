@@ -130,7 +130,13 @@ def parse_event(obj: Any) -> MarketEvent:
             _str(obj, "strategy", optional=True),
         )
     if kind == "settle":
-        return SettleEvent(ts, _str(obj, "id"), _num(obj, "value"))  # type: ignore[arg-type]
+        value = _num(obj, "value")
+        assert value is not None
+        # A settlement books the payout straight into the journal (no data guard sees it first), and
+        # the engine pays YES `value` and NO `1 - value`: anything outside 0..1 (or NaN) is refused.
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ReplayLineError(f"'value' must be a number from 0 to 1, got {value}")
+        return SettleEvent(ts, _str(obj, "id"), value)
     if kind == "command":
         action = _str(obj, "action")
         if action not in _REPLAY_ACTIONS:

@@ -111,12 +111,19 @@ def _fmt(x: float, unit: str) -> str:
     return f"{n} {unit}"
 
 
+_isfinite = math.isfinite
+
+
 def _finite(*xs: float | None) -> bool:
-    return all(x is not None and math.isfinite(x) for x in xs)
+    # A loop rather than all(<generator>): this runs for every rule of every trade on every update.
+    for x in xs:  # noqa: SIM110
+        if x is None or not _isfinite(x):
+            return False
+    return True
 
 
 def _close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=_REL_TOL, abs_tol=_ABS_TOL)
+    return abs(a - b) <= max(_REL_TOL * max(abs(a), abs(b)), _ABS_TOL)
 
 
 def _at_or_above(value: float, threshold: float) -> bool:
@@ -394,6 +401,17 @@ RULES: dict[str, Callable[[RuleInput, Criteria], RuleResult | None]] = {
 assert tuple(RULES) == RULE_ORDER
 
 _RANK = {rule: i for i, rule in enumerate(RULE_ORDER)}
+
+# Rules that read only the market (plus the trade's direction and criteria), never its P&L, its
+# quote or its age: equal for every trade with the same direction and criteria.
+MARKET_RULES_ORDERED: tuple[str, ...] = (
+    "momentum",
+    "momentum_reversal",
+    "volatility",
+    "volatility_spike",
+    "price_gap",
+)
+MARKET_RULES = frozenset(MARKET_RULES_ORDERED)
 
 
 def evaluate(inp: RuleInput, c: Criteria) -> list[RuleResult]:

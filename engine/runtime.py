@@ -92,7 +92,8 @@ async def build_runtime(
         for ev in market.advance_to(now):
             await engine.handle(ev)
         demo = (
-            (lambda ts: market.demo_trades(ts, config.sim.demo_trades))
+            # Stamped with the market's own time, so a recording stays in time order.
+            (lambda _ts: market.demo_trades(market.now, config.sim.demo_trades))
             if config.sim.demo_trades
             else None
         )

@@ -22,6 +22,7 @@ import logging
 import math
 import time
 import uuid
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -72,7 +73,8 @@ POSITIONS_POLL_SECONDS = 5.0
 REGIME_CONFIRM_SAMPLES = 2  # volatility updates (one a minute) a new regime must hold
 REGIME_MIN_HISTORY = 15  # volatility-score samples needed before regime changes are alerted
 OPPORTUNITY_COOLDOWN_SECONDS = 300.0  # one opportunity alert per contract and side per 5 min
-HISTORY_SECONDS = 3600.0  # momentum / volatility score history kept for the window rules
+HISTORY_SECONDS = 3600.0
+CHECKPOINT_SECONDS = 30.0  # the journal's WAL is checkpointed from the tick, never on an exit  # momentum / volatility score history kept for the window rules
 
 
 @dataclass(slots=True)
@@ -145,6 +147,7 @@ class Engine:
         self.momentum_bps: float | None = None
         self.momentum_hist: deque[tuple[float, float]] = deque()
         self.vol_hist: deque[tuple[float, float]] = deque()
+        self._criteria_cache: dict[tuple[str, tuple[tuple[str, Any], ...]], Criteria] = {}
         self._window_cache: dict[tuple[str, float], tuple[tuple[float, float], ...]] = {}
         self._last_regime: str | None = None
         self._regime_candidate: str | None = None
@@ -160,6 +163,8 @@ class Engine:
         self._last_opportunity_scan = -math.inf
         self._last_positions_poll = -math.inf
         self._last_tick_ts = -math.inf
+        self._last_checkpoint = -math.inf
+        self._checkpoint_task: asyncio.Task[None] | None = None
         self._marks_pending: list[tuple[str, float, float, float, float]] = []
         self._seq = 0
         self._dirty = True
@@ -364,7 +369,15 @@ class Engine:
     async def _on_quote(self, q: Quote) -> None:
         old = self.quotes.get(q.id)
         if old is not None and q.ts < old.ts:
-            return  # out of order: never let an older quote replace a newer one
+            # Out of order: never let an older quote replace a newer one.
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.INFO,
+                f"{q.id}: dropped a quote {old.ts - q.ts:.1f}s older than the last one",
+                data={"source": f"quote:{q.id}"},
+                subject=f"order:{q.id}",
+            )
+            return
         self.quotes[q.id] = q
         self._dirty = True
         ids = self.by_contract.get(q.id)
@@ -400,9 +413,7 @@ class Engine:
         self._window_cache.clear()
         await self._track_regime(vs)
         await self._recover("spot")
-        self._dirty = True
-        for tid in list(self.trades):
-            await self._evaluate(tid, now)
+        await self._evaluate_on_spot(now)
 
     async def _track_regime(self, vs: signals.VolatilityState) -> None:
         """Alert on a regime change once it has held for REGIME_CONFIRM_SAMPLES volatility updates
@@ -435,9 +446,21 @@ class Engine:
 
     async def _on_settle(self, ev: SettleEvent) -> None:
         now = self.clock.now()
+        c = self.contracts.get(ev.contract_id)
+        if not (math.isfinite(ev.value) and 0.0 <= ev.value <= 1.0) or (
+            c is not None and not c.is_binary
+        ):
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.CRITICAL,
+                f"{ev.contract_id}: ignored a settlement value {ev.value!r} "
+                "(binary contracts settle at 0..1); its trades stay open",
+                subject=f"settle:{ev.contract_id}",
+            )
+            return
         for tid in list(self.by_contract.get(ev.contract_id, ())):
             t = self.trades[tid]
-            payout = ev.value if t.side in ("yes", "long") else 1.0 - ev.value
+            payout = ev.value if t.side == "yes" else 1.0 - ev.value
             ex = self.exits.pop(tid, None)
             if ex is not None:
                 await self.store.update_intent(ex.intent_id, status="cancelled", ts=now)
@@ -495,12 +518,24 @@ class Engine:
             self._last_positions_poll = now
             await self._poll_positions(now)
             await self._poll_journal(now)
-        await self.flush()
+        await self._flush_marks()
         await self.store.set_state("heartbeat", self._heartbeat(now), now)
+        if now - self._last_checkpoint >= CHECKPOINT_SECONDS and (
+            self._checkpoint_task is None or self._checkpoint_task.done()
+        ):
+            self._last_checkpoint = now
+            self._checkpoint_task = asyncio.create_task(self.store.checkpoint())
         self._dirty = True
         self._maybe_publish()
 
     async def flush(self) -> None:
+        """Write pending mark samples and wait for a running checkpoint (call before closing)."""
+        await self._flush_marks()
+        if self._checkpoint_task is not None:
+            await self._checkpoint_task
+            self._checkpoint_task = None
+
+    async def _flush_marks(self) -> None:
         if self._marks_pending:
             rows, self._marks_pending = self._marks_pending, []
             await self.store.add_marks(rows)
@@ -523,7 +558,15 @@ class Engine:
 
     def _criteria(self, t: Trade, st: _Status) -> Criteria:
         if st.criteria is None:
-            st.criteria = self.config.auto_stop.criteria_for(t.strategy, t.overrides)
+            # One shared object per (strategy, overrides): trades with equal criteria share
+            # market-rule results on spot updates.
+            key = (t.strategy, tuple(sorted(t.overrides.items())))
+            crit = self._criteria_cache.get(key)
+            if crit is None:
+                crit = self._criteria_cache[key] = self.config.auto_stop.criteria_for(
+                    t.strategy, t.overrides
+                )
+            st.criteria = crit
         return st.criteria
 
     def _window(self, which: str, seconds: float) -> tuple[tuple[float, float], ...]:
@@ -571,8 +614,12 @@ class Engine:
         pnl = pricing.position_pnl(t, mark, mult)
         basis = pricing.original_cost_basis(t, mult)
         pnl_pct = 100.0 * pnl / basis if basis > 0 else 0.0
-        if pnl > t.peak_pnl or (st.mark is None and t.peak_pnl == 0):
-            t.peak_pnl = max(t.peak_pnl, pnl)
+        if st.mark is None and t.peak_pnl == 0 and t.trough_pnl == 0:
+            # Never marked before: peak and trough start at the first observed P&L, not at 0.
+            t.peak_pnl = t.trough_pnl = pnl
+            t.peak_pnl_pct = t.trough_pnl_pct = pnl_pct
+        if pnl > t.peak_pnl:
+            t.peak_pnl = pnl
         if pnl_pct > t.peak_pnl_pct:
             t.peak_pnl_pct = pnl_pct
         if pnl < t.trough_pnl:
@@ -580,15 +627,17 @@ class Engine:
         if pnl_pct < t.trough_pnl_pct:
             t.trough_pnl_pct = pnl_pct
         st.mark, st.pnl, st.pnl_pct = mark, pnl, pnl_pct
-        if now - st.last_sample_ts >= self.config.engine.mark_sample_seconds:
+        every = self.config.engine.mark_sample_seconds
+        if st.last_sample_ts == -math.inf:
+            # Stagger samples across trades so a tick never writes every trade's mark at once.
+            st.last_sample_ts = now - every * (zlib.crc32(tid.encode()) % 1000) / 1000.0
+        if now - st.last_sample_ts >= every:
             st.last_sample_ts = now
             self._marks_pending.append((tid, now, mark, pnl, pnl_pct))
 
         crit = self._criteria(t, st)
-        spot_fresh = self._spot_fresh(now)
-        spot = self.spot_hist.latest()[1] if spot_fresh else None  # type: ignore[index]
-        prev = self.spot_hist.previous() if spot_fresh else None
-        direction = pricing.underlying_direction(t, c)
+        m = self._market_inputs(crit, now)
+        spot = m["spot"]
         time_value = None
         if spot is not None and c.type in ("option_call", "option_put"):
             intrinsic = pricing.intrinsic_value(c, spot)
@@ -599,20 +648,11 @@ class Engine:
             opened_ts=t.opened_ts,
             pnl_pct=pnl_pct,
             peak_pnl_pct=t.peak_pnl_pct,
-            direction=direction,
-            momentum_bps=self.momentum_bps if spot_fresh else None,
-            momentum_history=self._window("momentum", crit.reversal_window_seconds)
-            if crit.momentum_reversal_threshold_bps is not None and spot_fresh
-            else (),
-            vol_score=self.vol.state.score if spot_fresh else None,
-            vol_history=self._window("vol", crit.spike_window_seconds)
-            if crit.volatility_spike_threshold is not None and spot_fresh
-            else (),
-            spot=spot,
-            prev_spot=prev[1] if prev is not None else None,
+            direction=pricing.underlying_direction(t, c),
             ttc_seconds=c.close_ts - now,
             in_the_money=pricing.in_the_money(t, c, spot) if spot is not None else None,
             time_value=time_value,
+            **m,
         )
         results = rules.evaluate(inp, crit)
         st.results = results
@@ -622,6 +662,88 @@ class Engine:
         if fired is None or t.state != TradeState.OPEN:
             return
         await self._on_fired(t, st, fired, now)
+
+    def _market_inputs(self, crit: Criteria, now: float) -> dict[str, Any]:
+        """The RuleInput fields that come from the market alone (withheld when the spot is stale)."""
+        if not self._spot_fresh(now):
+            return {"momentum_bps": None, "vol_score": None, "spot": None, "prev_spot": None}
+        prev = self.spot_hist.previous()
+        return {
+            "momentum_bps": self.momentum_bps,
+            "momentum_history": self._window("momentum", crit.reversal_window_seconds)
+            if crit.momentum_reversal_threshold_bps is not None
+            else (),
+            "vol_score": self.vol.state.score,
+            "vol_history": self._window("vol", crit.spike_window_seconds)
+            if crit.volatility_spike_threshold is not None
+            else (),
+            "spot": self.spot_hist.latest()[1],  # type: ignore[index]
+            "prev_spot": prev[1] if prev is not None else None,
+        }
+
+    async def _evaluate_on_spot(self, now: float) -> None:
+        """A spot update: refresh the market rules of every trade, fully evaluating only the
+        trades where something can fire.
+
+        The market rules (momentum, reversal, volatility, spike, price gap) depend only on the
+        market, the trade's direction and its criteria, so they are computed once per group of
+        trades sharing those, not once per trade. Quote-based rules cannot change without a new
+        quote, and time-based ones are due on the tick (`next_time_trigger`). A trade is fully
+        evaluated when a market rule fires for its group, when it is inside its TTC cut-off
+        window (moneyness moves with spot), for options (time value), and while it is stale.
+        """
+        groups: dict[tuple[int, int], list[rules.RuleResult]] = {}
+        for tid, t in list(self.trades.items()):
+            st = self.status.get(tid)
+            c = self.contracts.get(t.contract_id)
+            if st is None or t.state != TradeState.OPEN:
+                continue
+            crit = self._criteria(t, st) if c is not None else None
+            if (
+                c is None
+                or crit is None
+                or st.problem is not None
+                or st.mark is None
+                or c.type in ("option_call", "option_put")
+                or (
+                    crit.ttc_cutoff_seconds is not None
+                    and c.close_ts - now <= crit.ttc_cutoff_seconds + 1
+                )
+            ):
+                await self._evaluate(tid, now)
+                continue
+            d = pricing.underlying_direction(t, c)
+            key = (d, id(crit))
+            res = groups.get(key)
+            if res is None:
+                res = groups[key] = self._market_rule_results(d, crit, now)
+            if any(r.fired for r in res):
+                await self._evaluate(tid, now)
+                continue
+            if res or st.results:
+                st.results = sorted(
+                    [r for r in st.results if r.rule not in rules.MARKET_RULES] + res,
+                    key=lambda r: _RULE_RANK[r.rule],
+                )
+        self._dirty = True
+
+    def _market_rule_results(
+        self, direction: int, crit: Criteria, now: float
+    ) -> list[rules.RuleResult]:
+        inp = rules.RuleInput(
+            now=now,
+            opened_ts=now,
+            pnl_pct=0.0,
+            peak_pnl_pct=0.0,
+            direction=direction,
+            **self._market_inputs(crit, now),
+        )
+        out = []
+        for name in rules.MARKET_RULES_ORDERED:
+            r = rules.RULES[name](inp, crit)
+            if r is not None:
+                out.append(r)
+        return out
 
     @staticmethod
     def _next_time_trigger(t: Trade, c: Contract, crit: Criteria) -> float:
@@ -743,8 +865,27 @@ class Engine:
         t.state = TradeState.CLOSING
         self._dirty = True
         context = self._context(t, fired, now)
+        c = self.contracts.get(t.contract_id)
+        q = self.quotes.get(t.contract_id)
+        ready = self._data_problem(t, c, q, now) is None and self._why_not_sending(ex) is None
         try:
-            await self.store.add_intent(intent_id, t.trade_id, reason, t.qty, now, context)
+            if ready:
+                # The common case, on the reaction path: intent and first order in one commit.
+                ex.attempts = 1
+                await self.store.begin_exit(
+                    intent_id=intent_id,
+                    trade_id=t.trade_id,
+                    rule=reason,
+                    qty=t.qty,
+                    ts=now,
+                    context=context,
+                    order=self._order_fields(t, intent_id),
+                )
+            else:
+                await self.store.add_intent(intent_id, t.trade_id, reason, t.qty, now, context)
+                await self.store.add_audit(
+                    now, t.trade_id, "exit_intent", {"intent_id": intent_id, **context}
+                )
         except Exception as e:
             self.exits.pop(t.trade_id, None)
             t.state = TradeState.OPEN
@@ -755,11 +896,25 @@ class Engine:
                 t.trade_id,
             )
             return None
-        await self.store.add_audit(
-            now, t.trade_id, "exit_intent", {"intent_id": intent_id, **context}
-        )
-        await self._attempt(t, ex, now)
+        if ready:
+            assert q is not None
+            await self._send(
+                t, ex, intent_id, pricing.mark_price(t, q, self.config.engine.mark), now
+            )
+        else:
+            await self._attempt(t, ex, now)
         return ex
+
+    def _order_fields(self, t: Trade, coid: str) -> dict[str, Any]:
+        action = "buy" if t.side == "short" else "sell"
+        return {
+            "client_order_id": coid,
+            "contract_id": t.contract_id,
+            "side": t.side,
+            "action": action,
+            "qty": t.qty,
+            "limit_price": None,
+        }
 
     async def _attempt(self, t: Trade, ex: _Exit, now: float) -> None:
         """Send (or look up) one order for an exit, each order journaled before it is sent."""
@@ -799,26 +954,23 @@ class Engine:
             return  # never send on bad data; the tick retries when data recovers
         assert q is not None
         mark = pricing.mark_price(t, q, self.config.engine.mark)
+        ex.last_attempt_ts = now
         if ex.resend_coid is not None:
             coid, ex.resend_coid = ex.resend_coid, None
         else:
             ex.attempts += 1
             coid = ex.intent_id if ex.attempts == 1 else f"{ex.intent_id}-{ex.attempts}"
-            action = "buy" if t.side == "short" else "sell"
             await self.store.add_order(
-                client_order_id=coid,
-                intent_id=ex.intent_id,
-                trade_id=t.trade_id,
-                contract_id=t.contract_id,
-                side=t.side,
-                action=action,
-                qty=t.qty,
-                limit_price=None,
-                ts=now,
+                intent_id=ex.intent_id, trade_id=t.trade_id, ts=now, **self._order_fields(t, coid)
             )
             await self.store.update_intent(
                 ex.intent_id, status="sent", attempts=ex.attempts, ts=now
             )
+        await self._send(t, ex, coid, mark, now)
+
+    async def _send(self, t: Trade, ex: _Exit, coid: str, mark: float, now: float) -> None:
+        """Send one journaled order and book its outcome (a timeout is 'unknown', not 'rejected')."""
+        ex.last_attempt_ts = now
         req = OrderRequest(
             client_order_id=coid,
             contract_id=t.contract_id,
@@ -969,9 +1121,11 @@ class Engine:
     # ------------------------------------------------------------------ trades in and out
 
     async def _open_trade(self, ev: OpenEvent, source: str) -> CommandResult:
-        if ev.trade_id in self.trades or await self.store.get_trade(ev.trade_id) is not None:
-            return CommandResult(False, f"trade {ev.trade_id} already exists")
-        problem = _open_problem(ev)
+        problem = _open_problem(ev, self.contracts.get(ev.contract_id))
+        if problem is None and (
+            ev.trade_id in self.trades or await self.store.get_trade(ev.trade_id) is not None
+        ):
+            problem = f"trade id {ev.trade_id} is already in the journal"
         if problem is not None:
             await self._alert(
                 AlertKind.DATA_QUALITY,
@@ -1048,8 +1202,9 @@ class Engine:
 
     async def _poll_journal(self, now: float) -> None:
         """Pick up trades other programs inserted into the journal, and queued commands."""
-        for t in await self.store.load_trades(("open",)):
-            if t.trade_id not in self.trades:
+        for tid in await self.store.open_trade_ids() - self.trades.keys():
+            t = await self.store.get_trade(tid)
+            if t is not None:
                 self._adopt(t)
                 await self._sync_paper_positions()
                 await self._alert(
@@ -1225,6 +1380,7 @@ class Engine:
             self.armed = new.auto_stop.armed
             await self.store.set_state("armed", self.armed, now)
         self.alerts.cooldown_seconds = new.alerts.cooldown_seconds
+        self._criteria_cache.clear()
         for st in self.status.values():
             st.criteria = None
             st.signalled.clear()
@@ -1569,12 +1725,13 @@ class Engine:
         )
 
 
+_RULE_RANK = {name: i for i, name in enumerate(rules.RULE_ORDER)}
 _REPLAYABLE = frozenset(
     {"pause", "resume", "pause_all", "resume_all", "arm", "disarm", "close", "close_all"}
 )
 
 
-def _open_problem(ev: OpenEvent) -> str | None:
+def _open_problem(ev: OpenEvent, contract: Contract | None) -> str | None:
     if ev.side not in ("yes", "no", "long", "short"):
         return f"side {ev.side!r} is not yes/no/long/short"
     for name, v in (("qty", ev.qty), ("price", ev.price)):
@@ -1584,6 +1741,11 @@ def _open_problem(ev: OpenEvent) -> str | None:
         return f"qty {ev.qty} must be > 0"
     if ev.price < 0:
         return f"price {ev.price} must be >= 0"
+    binary_side = ev.side in ("yes", "no")
+    if (binary_side or (contract is not None and contract.is_binary)) and ev.price > 1:
+        return f"price {ev.price} is outside 0..1 for a binary contract"
+    if contract is not None and contract.is_binary != binary_side:
+        return f"side {ev.side!r} does not fit a {contract.type} contract"
     return None
 
 

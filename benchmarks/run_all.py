@@ -1,0 +1,39 @@
+"""Run every engine benchmark and print the machine they ran on.
+
+Run: uv run python benchmarks/run_all.py [--profile] [--strict]
+  --profile  also cProfile the tick and spot-update paths (tick_cost.py --profile)
+  --strict   exit 1 when a target is missed (the default always exits 0: numbers, not a gate)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import reaction_latency
+import tick_cost
+from _harness import machine
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--profile", action="store_true", help="cProfile the tick and spot paths")
+    p.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    args = p.parse_args(argv)
+
+    print("Machine")
+    for key, value in machine():
+        print(f"  {key:<10} {value}")
+    print()
+    t0 = time.perf_counter()
+    ok = reaction_latency.main([])
+    print()
+    ok = tick_cost.main(["--profile"] if args.profile else []) and ok
+    print()
+    print(f"all targets met: {'yes' if ok else 'NO'} ({time.perf_counter() - t0:.0f} s)")
+    return 0 if ok or not args.strict else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
