@@ -290,24 +290,31 @@ class Engine:
         self._realized_today = total
 
     async def _sync_paper_positions(self) -> None:
-        """A simulated account holds what the journal holds: open missing paper positions."""
+        """A simulated account holds exactly what the journal holds: open missing paper
+        positions, and remove ones the journal closed while the account was not told (a trade
+        closed with `trades close` while no engine ran)."""
         open_position = getattr(self.venue, "open_position", None)
-        if open_position is None:
+        close_position = getattr(self.venue, "close_position", None)
+        if open_position is None or close_position is None:
             return
         held = {(p.contract_id, p.side): p.qty for p in await self.venue.positions()}
         want: dict[tuple[str, str], float] = {}
+        entry: dict[tuple[str, str], float] = {}
         for t in self.trades.values():
             if t.venue == self.venue.name:
-                want[(t.contract_id, t.side)] = want.get((t.contract_id, t.side), 0.0) + t.qty
-        for (cid, side), qty in want.items():
-            missing = qty - held.get((cid, side), 0.0)
-            if missing > EPS:
-                entry = next(
-                    t.entry_price
-                    for t in self.trades.values()
-                    if (t.contract_id, t.side) == (cid, side)
-                )
-                open_position(cid, side, missing, entry)
+                key = (t.contract_id, t.side)
+                want[key] = want.get(key, 0.0) + t.qty
+                entry.setdefault(key, t.entry_price)
+        for key in want.keys() | held.keys():
+            diff = want.get(key, 0.0) - held.get(key, 0.0)
+            if diff > EPS:
+                open_position(key[0], key[1], diff, entry[key])
+            elif diff < -EPS and not any(
+                (t.contract_id, t.side) == key
+                for t in self.trades.values()
+                if t.trade_id in self.exits
+            ):
+                close_position(key[0], key[1], -diff)
 
     # ------------------------------------------------------------------ running
 
@@ -1241,6 +1248,9 @@ class Engine:
                     return await self._manual_close(t, now, ExitReason.MANUAL)
                 if a == "journal_close":
                     price = cmd.payload.get("price")
+                    close_position = getattr(self.venue, "close_position", None)
+                    if close_position is not None:  # the simulated account follows the journal
+                        close_position(t.contract_id, t.side, t.qty)
                     await self._close_in_journal(
                         t, float(price) if price is not None else None, ExitReason.MANUAL, now
                     )

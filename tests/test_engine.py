@@ -399,7 +399,29 @@ async def test_queued_journal_close_from_the_cli_is_applied(tmp_path):
     assert t.state == TradeState.CLOSED and t.exit_reason == "manual"
     assert t.realized_pnl == pytest.approx(1.0)
     assert h.venue.submitted == []  # closed elsewhere: nothing sent
+    # The simulated account follows the journal: no phantom position is detected afterwards.
+    assert await h.venue.positions() == []
+    await h.tick(10)
+    assert h.engine.trades == {}
     await h.close()
+
+
+async def test_restart_aligns_the_simulated_account_with_the_journal(tmp_path):
+    h = await standard(tmp_path)
+    await h.close()
+    # `trades close` while no engine ran: the journal says closed, the paper account still holds.
+    from engine.pricing import close_record
+
+    h2 = await Harness(tmp_path, h.cfg).open()
+    t = await h2.store.get_trade("t1")
+    close_record(t, 0.55, "manual", T0 + 1)
+    await h2.store.save_trade(t)
+    assert len(await h2.venue.positions()) == 1
+    await h2.start()
+    await h2.tick(6)
+    assert await h2.venue.positions() == []
+    assert h2.engine.trades == {} and h2.of_kind("trade_detected") == []
+    await h2.close()
 
 
 # --- risk, reload, overrides ---------------------------------------------------------------

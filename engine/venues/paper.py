@@ -114,6 +114,20 @@ class PaperVenue:
         self._save()
         return pos
 
+    def close_position(self, contract_id: str, side: Side, qty: float) -> None:
+        """Remove up to `qty` from a position without an order: the trader closed it outside
+        the supervisor (the simulated account follows the journal)."""
+        key = (contract_id, side)
+        old = self._positions.get(key)
+        if old is None or qty <= 0:
+            return
+        left = old.qty - qty
+        if left <= _EPS:
+            del self._positions[key]
+        else:
+            self._positions[key] = VenuePosition(contract_id, side, left, old.avg_price)
+        self._save()
+
     def settle(self, contract_id: str, value: float) -> list[VenuePosition]:
         """Remove every position in a settled contract; returns the removed positions.
 
