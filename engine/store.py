@@ -29,7 +29,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +227,20 @@ def _loads(s: Any, default: Any = None) -> Any:
         return json.loads(s)
     except (TypeError, ValueError):
         return default
+
+
+@contextlib.asynccontextmanager
+async def _transaction(db: aiosqlite.Connection, begin: str) -> AsyncIterator[None]:
+    """BEGIN … COMMIT that rolls back on any exception, cancellation included: a transaction
+    left open would make every later write on the shared connection fail."""
+    await db.execute(begin)
+    try:
+        yield
+        await db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):  # "no transaction is active" after a COMMIT
+            await asyncio.shield(db.execute("ROLLBACK"))
+        raise
 
 
 def _num_ok(v: Any) -> bool:
@@ -777,14 +791,12 @@ class Store:
         db = self._wconn()
         async with self._wlock:
             try:
-                await db.execute("BEGIN")
-                await db.executemany(
-                    "INSERT INTO marks (trade_id, ts, mark, pnl, pnl_pct) VALUES (?, ?, ?, ?, ?)",
-                    clean,
-                )
-                await db.execute("COMMIT")
+                async with _transaction(db, "BEGIN"):
+                    await db.executemany(
+                        "INSERT INTO marks (trade_id, ts, mark, pnl, pnl_pct) VALUES (?, ?, ?, ?, ?)",
+                        clean,
+                    )
             except sqlite3.Error as e:
-                await db.execute("ROLLBACK")
                 raise StoreError(f"journal write to {self.path} failed: {e}") from e
 
     async def marks(self, trade_id: str) -> list[tuple[float, float, float, float]]:
@@ -843,38 +855,40 @@ class Store:
         db = self._wconn()
         async with self._wlock:
             try:
-                await db.execute("BEGIN IMMEDIATE")
-                await db.execute(
-                    "INSERT INTO exit_intents (intent_id, trade_id, rule, qty, created_ts, status,"
-                    " attempts, context, updated_ts) VALUES (?, ?, ?, ?, ?, 'sent', 1, ?, ?)",
-                    (intent_id, trade_id, str(rule), float(qty), ts, _dumps(context), ts),
-                )
-                await db.execute(
-                    "INSERT INTO orders (client_order_id, intent_id, trade_id, contract_id, side,"
-                    " action, qty, limit_price, status, created_ts, updated_ts)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-                    (
-                        order["client_order_id"],
-                        intent_id,
-                        trade_id,
-                        order["contract_id"],
-                        order["side"],
-                        order["action"],
-                        float(order["qty"]),
-                        order.get("limit_price"),
-                        ts,
-                        ts,
-                    ),
-                )
-                if audit_event:
+                async with _transaction(db, "BEGIN IMMEDIATE"):
                     await db.execute(
-                        "INSERT INTO audit (ts, trade_id, event, data) VALUES (?, ?, ?, ?)",
-                        (ts, trade_id, audit_event, _dumps({"intent_id": intent_id, **context})),
+                        "INSERT INTO exit_intents (intent_id, trade_id, rule, qty, created_ts, status,"
+                        " attempts, context, updated_ts) VALUES (?, ?, ?, ?, ?, 'sent', 1, ?, ?)",
+                        (intent_id, trade_id, str(rule), float(qty), ts, _dumps(context), ts),
                     )
-                await db.execute("COMMIT")
+                    await db.execute(
+                        "INSERT INTO orders (client_order_id, intent_id, trade_id, contract_id, side,"
+                        " action, qty, limit_price, status, created_ts, updated_ts)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                        (
+                            order["client_order_id"],
+                            intent_id,
+                            trade_id,
+                            order["contract_id"],
+                            order["side"],
+                            order["action"],
+                            float(order["qty"]),
+                            order.get("limit_price"),
+                            ts,
+                            ts,
+                        ),
+                    )
+                    if audit_event:
+                        await db.execute(
+                            "INSERT INTO audit (ts, trade_id, event, data) VALUES (?, ?, ?, ?)",
+                            (
+                                ts,
+                                trade_id,
+                                audit_event,
+                                _dumps({"intent_id": intent_id, **context}),
+                            ),
+                        )
             except sqlite3.Error as e:
-                with contextlib.suppress(sqlite3.Error):
-                    await db.execute("ROLLBACK")
                 raise StoreError(
                     f"could not journal exit {intent_id!r} for {trade_id!r}: {e}"
                 ) from e

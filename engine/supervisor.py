@@ -162,6 +162,7 @@ class Engine:
         self._today = ""
         self._last_opportunity_scan = -math.inf
         self._last_positions_poll = -math.inf
+        self._last_journal_poll = -math.inf
         self._last_tick_ts = -math.inf
         self._last_checkpoint = -math.inf
         self._checkpoint_task: asyncio.Task[None] | None = None
@@ -518,13 +519,16 @@ class Engine:
             ):
                 await self._attempt(t, ex, now)
         await self._check_risk(now)
-        if now - self._last_opportunity_scan >= OPPORTUNITY_SCAN_SECONDS:
-            self._last_opportunity_scan = now
-            await self._scan_opportunities(now)
+        # At most one of the slower periodic jobs per tick, so their costs never add up.
         if now - self._last_positions_poll >= POSITIONS_POLL_SECONDS:
             self._last_positions_poll = now
             await self._poll_positions(now)
+        elif now - self._last_journal_poll >= POSITIONS_POLL_SECONDS:
+            self._last_journal_poll = now
             await self._poll_journal(now)
+        elif now - self._last_opportunity_scan >= OPPORTUNITY_SCAN_SECONDS:
+            self._last_opportunity_scan = now
+            await self._scan_opportunities(now)
         await self._flush_marks()
         await self.store.set_state("heartbeat", self._heartbeat(now), now)
         if now - self._last_checkpoint >= CHECKPOINT_SECONDS and (

@@ -384,7 +384,8 @@ async def test_trades_inserted_by_another_program_are_picked_up(tmp_path):
 
     h = await standard(tmp_path)
     await h.store.add_trade(Trade("ext1", CID, "yes", 3, 0.50, T0, venue="sim"), source="bot")
-    await h.tick(5)
+    await h.tick(1)
+    await h.tick(2)  # the journal is polled on its own tick, every few seconds
     assert "ext1" in h.engine.trades
     await h.quote(0.30, 0.32, ts=T0 + 6)
     assert {e["trade_id"] for e in h.exits} == {"t1", "ext1"}
@@ -394,7 +395,8 @@ async def test_trades_inserted_by_another_program_are_picked_up(tmp_path):
 async def test_queued_journal_close_from_the_cli_is_applied(tmp_path):
     h = await standard(tmp_path)
     await h.store.add_command("journal_close", "t1", {"price": 0.6}, T0)
-    await h.tick(5)
+    await h.tick(1)
+    await h.tick(2)
     t = await h.store.get_trade("t1")
     assert t.state == TradeState.CLOSED and t.exit_reason == "manual"
     assert t.realized_pnl == pytest.approx(1.0)
