@@ -1172,6 +1172,111 @@ class Store:
 
     # --- atomic multi-statement write ------------------------------------------------------
 
+    async def book_result(
+        self,
+        *,
+        trade: Trade,
+        ts: float,
+        order: dict[str, Any] | None = None,
+        fill: dict[str, Any] | None = None,
+        intent: tuple[str, str | None, int | None] | None = None,
+        audit: tuple[str, dict] | None = None,
+    ) -> None:
+        """Book a venue answer in ONE transaction: the order's new status (`order`: the
+        update_order fields with `client_order_id`), the fill, the trade, the intent's
+        `(intent_id, status or None, attempts or None)` and an audit record.
+
+        A crash leaves either all of it or none of it: never an order marked filled whose fill
+        and closed trade are missing (reconciliation would then send the exit again).
+        """
+        problem = _trade_problem(trade)
+        if problem:
+            raise StoreError(f"trade {trade.trade_id!r} cannot be journaled: {problem}")
+        if order is not None and order["status"] not in ORDER_STATUSES:
+            raise StoreError(
+                f"order status {order['status']!r} is not one of {', '.join(ORDER_STATUSES)}"
+            )
+        if intent is not None and intent[1] is not None and intent[1] not in INTENT_STATUSES:
+            raise StoreError(
+                f"exit intent status {intent[1]!r} is not one of {', '.join(INTENT_STATUSES)}"
+            )
+        if fill is not None:
+            for name in ("qty", "price", "fees"):
+                if not _num_ok(fill[name]):
+                    raise StoreError(
+                        f"fill for trade {trade.trade_id!r}: {name} {fill[name]!r} is not a number"
+                    )
+        db = self._wconn()
+        async with self._wlock:
+            try:
+                async with _transaction(db, "BEGIN IMMEDIATE"):
+                    if order is not None:
+                        await db.execute(
+                            "UPDATE orders SET status = ?, filled_qty = COALESCE(?, filled_qty),"
+                            " avg_price = COALESCE(?, avg_price), fees = COALESCE(?, fees),"
+                            " venue_order_id = COALESCE(?, venue_order_id),"
+                            " reason = COALESCE(?, reason), updated_ts = ? WHERE client_order_id = ?",
+                            (
+                                order["status"],
+                                order.get("filled_qty"),
+                                order.get("avg_price"),
+                                order.get("fees"),
+                                order.get("venue_order_id") or None,
+                                order.get("reason") or None,
+                                ts,
+                                order["client_order_id"],
+                            ),
+                        )
+                    if fill is not None:
+                        await db.execute(
+                            "INSERT INTO fills (client_order_id, trade_id, qty, price, fees, ts)"
+                            " VALUES (?, ?, ?, ?, ?, ?)",
+                            (
+                                fill.get("client_order_id"),
+                                trade.trade_id,
+                                float(fill["qty"]),
+                                float(fill["price"]),
+                                float(fill["fees"]),
+                                ts,
+                            ),
+                        )
+                    async with db.execute(
+                        _UPDATE_TRADE, (*_trade_params(trade), ts, trade.trade_id)
+                    ) as cur:
+                        if cur.rowcount != 1:
+                            raise StoreError(f"trade {trade.trade_id!r} is not in the journal")
+                    if intent is not None:
+                        await db.execute(
+                            "UPDATE exit_intents SET status = COALESCE(?, status),"
+                            " attempts = COALESCE(?, attempts), updated_ts = ? WHERE intent_id = ?",
+                            (intent[1], intent[2], ts, intent[0]),
+                        )
+                    if audit is not None:
+                        await db.execute(
+                            "INSERT INTO audit (ts, trade_id, event, data) VALUES (?, ?, ?, ?)",
+                            (ts, trade.trade_id, str(audit[0]), _dumps(audit[1])),
+                        )
+            except sqlite3.Error as e:
+                raise StoreError(f"journal write to {self.path} failed: {e}") from e
+
+    async def save_peaks(self, rows: Sequence[tuple[str, float, float, float, float]]) -> None:
+        """Persist (trade_id, peak_pnl, peak_pnl_pct, trough_pnl, trough_pnl_pct) for many trades
+        in one transaction, so trailing stops keep their peak across a restart."""
+        if not rows:
+            return
+        clean = [(*[v if _num_ok(v) else 0.0 for v in r[1:]], r[0]) for r in rows]
+        db = self._wconn()
+        async with self._wlock:
+            try:
+                async with _transaction(db, "BEGIN"):
+                    await db.executemany(
+                        "UPDATE trades SET peak_pnl = ?, peak_pnl_pct = ?, trough_pnl = ?,"
+                        " trough_pnl_pct = ? WHERE trade_id = ?",
+                        clean,
+                    )
+            except sqlite3.Error as e:
+                raise StoreError(f"journal write to {self.path} failed: {e}") from e
+
     async def close_intent_and_trade(
         self,
         intent_id: str,

@@ -61,7 +61,7 @@ from engine.snapshot import (
     StrikeRow,
     TradeRow,
 )
-from engine.store import Store
+from engine.store import Store, StoreError
 from engine.venues.base import OrderRequest, OrderResult, Venue, VenueError
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ REGIME_CONFIRM_SAMPLES = 2  # volatility updates (one a minute) a new regime mus
 REGIME_MIN_HISTORY = 15  # volatility-score samples needed before regime changes are alerted
 OPPORTUNITY_COOLDOWN_SECONDS = 300.0  # one opportunity alert per contract and side per 5 min
 HISTORY_SECONDS = 3600.0
-CHECKPOINT_SECONDS = 30.0  # the journal's WAL is checkpointed from the tick, never on an exit  # momentum / volatility score history kept for the window rules
+CHECKPOINT_SECONDS = 30.0
+FUTURE_TOLERANCE_SECONDS = 5.0  # how far ahead of our clock a venue timestamp may be  # the journal's WAL is checkpointed from the tick, never on an exit  # momentum / volatility score history kept for the window rules
 
 
 @dataclass(slots=True)
@@ -92,6 +93,7 @@ class _Status:
     exit_blocked_until: float = 0.0
     last_sample_ts: float = -math.inf
     criteria: Criteria | None = None
+    peaks_dirty: bool = False  # peak/trough moved since last persisted
 
 
 @dataclass(slots=True)
@@ -102,6 +104,7 @@ class _Exit:
     manual: bool
     attempts: int = 0
     last_attempt_ts: float = -math.inf
+    in_flight: bool = False  # an order (or its journal write) is outstanding: no retry may start
     unknown_coid: str | None = None  # an order whose outcome is unknown (timeout): look it up
     resend_coid: str | None = None  # an order the venue never saw: send again with the same id
 
@@ -196,6 +199,18 @@ class Engine:
             await self._alert(AlertKind.DATA_QUALITY, Severity.CRITICAL, f"journal: {problem}")
         await self._load_realized_today(now)
         await self._reconcile_intents(now)
+        for t in list(self.trades.values()):
+            if t.state == TradeState.CLOSING and t.trade_id not in self.exits:
+                # A crash between two journal writes left it CLOSING with no exit in flight:
+                # it must be protected again, not shown as closing forever.
+                t.state = TradeState.OPEN
+                await self.store.save_trade(t)
+                await self._alert(
+                    AlertKind.EXECUTION_FAILURE,
+                    Severity.WARNING,
+                    f"{t.trade_id} was left 'closing' with no exit in flight; watching it again",
+                    t.trade_id,
+                )
         if demo is not None and not await self.store.all_trades(limit=1):
             for ev in demo(now):
                 await self._open_trade(ev, source="demo")
@@ -375,6 +390,8 @@ class Engine:
         self._maybe_publish()
 
     async def _on_quote(self, q: Quote) -> None:
+        if await self._from_the_future(q.ts, f"quote:{q.id}"):
+            return
         old = self.quotes.get(q.id)
         if old is not None and q.ts < old.ts:
             # Out of order: never let an older quote replace a newer one.
@@ -394,7 +411,24 @@ class Engine:
             for tid in list(ids):
                 await self._evaluate(tid, now)
 
+    async def _from_the_future(self, ts: float, source: str) -> bool:
+        """A timestamp beyond now + tolerance is bad data (clock skew, a broken feed): believing
+        it would freeze the book, since every real update would then look out of order."""
+        ahead = ts - self.clock.now()
+        if ahead <= FUTURE_TOLERANCE_SECONDS:
+            return False
+        await self._alert(
+            AlertKind.DATA_QUALITY,
+            Severity.WARNING,
+            f"{source}: ignored an update stamped {ahead:.0f}s in the future (check the clocks)",
+            data={"source": source, "ahead_seconds": ahead},
+            subject=f"future:{source}",
+        )
+        return True
+
     async def _on_spot(self, ev: SpotEvent) -> None:
+        if await self._from_the_future(ev.ts, f"spot {ev.symbol}"):
+            return
         latest = self.spot_hist.latest()
         if latest is not None and ev.ts < latest[0]:
             return
@@ -547,9 +581,19 @@ class Engine:
             self._checkpoint_task = None
 
     async def _flush_marks(self) -> None:
+        """Write pending mark samples and the peaks/troughs that moved (trailing stops need
+        their peak after a restart)."""
         if self._marks_pending:
             rows, self._marks_pending = self._marks_pending, []
             await self.store.add_marks(rows)
+        peaks = []
+        for tid, st in self.status.items():
+            if st.peaks_dirty:
+                st.peaks_dirty = False
+                t = self.trades[tid]
+                peaks.append((tid, t.peak_pnl, t.peak_pnl_pct, t.trough_pnl, t.trough_pnl_pct))
+        if peaks:
+            await self.store.save_peaks(peaks)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -629,14 +673,19 @@ class Engine:
             # Never marked before: peak and trough start at the first observed P&L, not at 0.
             t.peak_pnl = t.trough_pnl = pnl
             t.peak_pnl_pct = t.trough_pnl_pct = pnl_pct
+            st.peaks_dirty = True
         if pnl > t.peak_pnl:
             t.peak_pnl = pnl
+            st.peaks_dirty = True
         if pnl_pct > t.peak_pnl_pct:
             t.peak_pnl_pct = pnl_pct
+            st.peaks_dirty = True
         if pnl < t.trough_pnl:
             t.trough_pnl = pnl
+            st.peaks_dirty = True
         if pnl_pct < t.trough_pnl_pct:
             t.trough_pnl_pct = pnl_pct
+            st.peaks_dirty = True
         st.mark, st.pnl, st.pnl_pct = mark, pnl, pnl_pct
         every = self.config.engine.mark_sample_seconds
         if st.last_sample_ts == -math.inf:
@@ -871,10 +920,19 @@ class Engine:
     ) -> _Exit | None:
         # Mark before any await: no concurrent evaluation may start a second exit.
         intent_id = "x" + uuid.uuid4().hex[:20]
-        ex = _Exit(intent_id, t.trade_id, reason, manual)
+        ex = _Exit(intent_id, t.trade_id, reason, manual, in_flight=True, last_attempt_ts=now)
         self.exits[t.trade_id] = ex
         t.state = TradeState.CLOSING
         self._dirty = True
+        try:
+            return await self._journal_and_send(t, ex, reason, now, fired)
+        finally:
+            ex.in_flight = False
+
+    async def _journal_and_send(
+        self, t: Trade, ex: _Exit, reason: str, now: float, fired: rules.RuleResult | None
+    ) -> _Exit | None:
+        intent_id = ex.intent_id
         context = self._context(t, fired, now)
         c = self.contracts.get(t.contract_id)
         q = self.quotes.get(t.contract_id)
@@ -927,11 +985,24 @@ class Engine:
             "limit_price": None,
         }
 
-    async def _attempt(self, t: Trade, ex: _Exit, now: float) -> None:
-        """Send (or look up) one order for an exit, each order journaled before it is sent."""
+    async def _attempt(self, t: Trade, ex: _Exit, now: float, force: bool = False) -> None:
+        """Send (or look up) one order for an exit, each order journaled before it is sent.
+
+        Never while another order of the same exit is outstanding (`in_flight`): a slow venue
+        must not get a second closing order for the same position.
+        """
         if t.state == TradeState.CLOSED:
             self.exits.pop(t.trade_id, None)
             return
+        if ex.in_flight and not force:
+            return
+        ex.in_flight = True
+        try:
+            await self._attempt_once(t, ex, now)
+        finally:
+            ex.in_flight = False
+
+    async def _attempt_once(self, t: Trade, ex: _Exit, now: float) -> None:
         ex.last_attempt_ts = now
         if ex.unknown_coid is not None:
             coid = ex.unknown_coid
@@ -1014,92 +1085,97 @@ class Engine:
         now: float,
         prior: dict[str, Any] | None = None,
     ) -> None:
+        """Book a venue answer: order status, fill, trade and intent in one journal commit."""
         already = float(prior.get("filled_qty") or 0.0) if prior else 0.0
         new_qty = max(res.filled_qty - already, 0.0)
-        await self.store.update_order(
-            coid,
-            status=res.status,
-            filled_qty=res.filled_qty,
-            avg_price=res.avg_price,
-            fees=res.fees,
-            venue_order_id=res.venue_order_id,
-            reason=res.reason,
-            ts=now,
-        )
         c = self.contracts.get(t.contract_id)
         mult = c.multiplier if c else 1.0
+        fill = None
         if new_qty > EPS and res.avg_price is not None:
             fees = res.fees * (new_qty / res.filled_qty) if res.filled_qty > 0 else res.fees
-            await self.store.add_fill(
-                client_order_id=coid,
-                trade_id=t.trade_id,
-                qty=new_qty,
-                price=res.avg_price,
-                fees=fees,
-                ts=now,
-            )
+            fill = {"client_order_id": coid, "qty": new_qty, "price": res.avg_price, "fees": fees}
             pricing.apply_fill(t, new_qty, res.avg_price, fees, mult)
+        order = {
+            "client_order_id": coid,
+            "status": res.status,
+            "filled_qty": res.filled_qty,
+            "avg_price": res.avg_price,
+            "fees": res.fees,
+            "venue_order_id": res.venue_order_id,
+            "reason": res.reason,
+        }
+        failed = res.status in ("rejected", "unfilled") or (
+            res.status == "partial" and new_qty > EPS
+        )
         if t.qty <= EPS:
-            await self._finish_exit(t, ex, now)
+            pricing.close_record(t, None, ex.rule, now)  # all filled; qty back to the opened size
+            info = self._exit_info(t, ex, now, mult)
+            await self.store.book_result(
+                trade=t,
+                ts=now,
+                order=order,
+                fill=fill,
+                intent=(ex.intent_id, "filled", None),
+                audit=("exit_filled", {"intent_id": ex.intent_id, **info}),
+            )
+            await self._after_exit(t, ex, info)
             return
         self._dirty = True
-        if res.status in ("rejected", "unfilled") or (res.status == "partial" and new_qty > EPS):
-            msg = (
-                f"{t.trade_id}: exit attempt {ex.attempts} {res.status}"
-                f"{' (' + res.reason + ')' if res.reason else ''}; {t.qty:g} left"
+        if not failed:
+            await self.store.book_result(trade=t, ts=now, order=order, fill=fill)
+            return
+        msg = (
+            f"{t.trade_id}: exit attempt {ex.attempts} {res.status}"
+            f"{' (' + res.reason + ')' if res.reason else ''}; {t.qty:g} left"
+        )
+        if ex.attempts < self.config.auto_stop.exit_max_attempts:
+            await self.store.book_result(trade=t, ts=now, order=order, fill=fill)
+            await self._alert(
+                AlertKind.EXECUTION_FAILURE,
+                Severity.WARNING,
+                msg,
+                t.trade_id,
+                subject=f"attempt:{coid}",
             )
-            if ex.attempts >= self.config.auto_stop.exit_max_attempts:
-                await self.store.update_intent(ex.intent_id, status="failed", ts=now)
-                self.exits.pop(t.trade_id, None)
-                t.state = TradeState.OPEN
-                st = self.status.get(t.trade_id)
-                if st is not None:
-                    st.exit_blocked_until = now + EXIT_FAILED_COOLDOWN_SECONDS
-                    st.signalled.clear()
-                await self.store.save_trade(t)
-                await self._alert(
-                    AlertKind.EXECUTION_FAILURE,
-                    Severity.CRITICAL,
-                    f"{msg}: gave up after {ex.attempts} attempts — trade left OPEN, close it by hand",
-                    t.trade_id,
-                    data={"intent_id": ex.intent_id},
-                    subject=f"gaveup:{ex.intent_id}",
-                )
-            else:
-                await self.store.save_trade(t)
-                await self._alert(
-                    AlertKind.EXECUTION_FAILURE,
-                    Severity.WARNING,
-                    msg,
-                    t.trade_id,
-                    subject=f"attempt:{coid}",
-                )
+            return
+        t.state = TradeState.OPEN
+        await self.store.book_result(
+            trade=t, ts=now, order=order, fill=fill, intent=(ex.intent_id, "failed", None)
+        )
+        self.exits.pop(t.trade_id, None)
+        st = self.status.get(t.trade_id)
+        if st is not None:
+            st.exit_blocked_until = now + EXIT_FAILED_COOLDOWN_SECONDS
+            st.signalled.clear()
+        await self._alert(
+            AlertKind.EXECUTION_FAILURE,
+            Severity.CRITICAL,
+            f"{msg}: gave up after {ex.attempts} attempts — trade left OPEN, close it by hand",
+            t.trade_id,
+            data={"intent_id": ex.intent_id},
+            subject=f"gaveup:{ex.intent_id}",
+        )
 
-    async def _finish_exit(self, t: Trade, ex: _Exit, now: float) -> None:
-        pricing.close_record(
-            t, None, ex.rule, now
-        )  # everything is filled; qty back to the opened size
-        await self.store.save_trade(t)
-        await self.store.update_intent(ex.intent_id, status="filled", ts=now)
-        self._forget(t.trade_id)
-        self._realized_today += t.realized_pnl or 0.0
-        basis = t.closed_qty * t.entry_price
+    def _exit_info(self, t: Trade, ex: _Exit, now: float, mult: float) -> dict[str, Any]:
+        basis = t.closed_qty * t.entry_price * mult  # the closed size (qty is reset to it on close)
         pnl = t.realized_pnl or 0.0
-        pnl_pct = 100.0 * pnl / basis if basis > 0 else 0.0
-        info = {
+        return {
             "ts": now,
             "trade_id": t.trade_id,
             "rule": ex.rule,
             "mark": t.exit_price,
             "pnl": pnl,
-            "pnl_pct": pnl_pct,
+            "pnl_pct": 100.0 * pnl / basis if basis > 0 else 0.0,
             "manual": ex.manual,
         }
-        await self.store.add_audit(
-            now, t.trade_id, "exit_filled", {"intent_id": ex.intent_id, **info}
-        )
+
+    async def _after_exit(self, t: Trade, ex: _Exit, info: dict[str, Any]) -> None:
+        """In-memory bookkeeping and alerts once a closed exit is in the journal."""
+        self._forget(t.trade_id)
+        self._realized_today += t.realized_pnl or 0.0
         for listener in self.exit_listeners:
             listener(info)
+        pnl, pnl_pct = info["pnl"], info["pnl_pct"]
         if ex.manual:
             await self._alert(
                 AlertKind.TRADE_CLOSED,
@@ -1157,7 +1233,7 @@ class Engine:
         )
         await self.store.add_trade(t, source=source)
         open_position = getattr(self.venue, "open_position", None)
-        if open_position is not None:
+        if open_position is not None and source != "venue":  # found at the venue: it holds it
             open_position(t.contract_id, t.side, t.qty, t.entry_price)
         self._adopt(t)
         await self._alert(
@@ -1329,17 +1405,20 @@ class Engine:
                     strategy=str(p.get("strategy", "")),
                 )
                 return await self._open_trade(ev, source="manual")
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, StoreError) as e:
             return CommandResult(False, f"bad {a} command: {e}")
         return CommandResult(False, f"unknown command {a!r}")
 
     async def _manual_close(self, t: Trade, now: float, reason: str) -> CommandResult:
-        if t.trade_id in self.exits:
+        # Checked and marked with no await in between (an auto-stop may fire at any await).
+        if t.trade_id not in self.trades or t.state == TradeState.CLOSED:
+            return CommandResult(False, f"{t.trade_id} is already closed")
+        if t.trade_id in self.exits or t.state != TradeState.OPEN:
             return CommandResult(False, f"{t.trade_id} is already closing")
         if self.mode == Mode.ALERT_ONLY:
             return CommandResult(False, "alert_only mode sends no orders; close it at the venue")
-        await self._audit_command(now, Command("close", t.trade_id))
         ex = await self._begin_exit(t, reason, now, manual=True)
+        await self._audit_command(now, Command("close", t.trade_id))
         if ex is None:
             return CommandResult(False, f"{t.trade_id}: the exit could not be journaled")
         if t.trade_id not in self.trades:
@@ -1347,13 +1426,22 @@ class Engine:
         return CommandResult(True, f"{t.trade_id} closing")
 
     async def _set_overrides(self, t: Trade, payload: dict[str, Any]) -> CommandResult:
+        # `false` switches a rule off, as in the config; the journal stores that as null.
+        if any(v is True for v in payload.values()):
+            return CommandResult(
+                False, "invalid thresholds: use a number, or false to switch a rule off"
+            )
+        overrides = {k: (None if v is False else v) for k, v in payload.items()}
         try:
-            merged = self.config.auto_stop.criteria_for(t.strategy, payload)
+            self.config.auto_stop.criteria_for(t.strategy, overrides)
         except Exception as e:
             return CommandResult(False, f"invalid thresholds: {e}")
-        del merged
-        t.overrides = {k: v for k, v in payload.items()}
-        await self.store.save_trade(t)
+        old, t.overrides = t.overrides, overrides
+        try:
+            await self.store.save_trade(t)
+        except StoreError as e:
+            t.overrides = old
+            return CommandResult(False, f"thresholds not saved: {e}")
         self.status[t.trade_id].criteria = None
         await self._evaluate(t.trade_id, self.clock.now())
         return CommandResult(True, f"{t.trade_id} thresholds updated")
@@ -1746,6 +1834,10 @@ _REPLAYABLE = frozenset(
 
 
 def _open_problem(ev: OpenEvent, contract: Contract | None) -> str | None:
+    if not isinstance(ev.trade_id, str) or not ev.trade_id.strip():
+        return "the trade id is empty"
+    if not isinstance(ev.ts, int | float) or not math.isfinite(ev.ts) or ev.ts <= 0:
+        return f"open time {ev.ts!r} is not a Unix timestamp"
     if ev.side not in ("yes", "no", "long", "short"):
         return f"side {ev.side!r} is not yes/no/long/short"
     for name, v in (("qty", ev.qty), ("price", ev.price)):

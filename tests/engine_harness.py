@@ -80,6 +80,10 @@ class Harness:
         await self.engine.start()
 
     async def close(self) -> None:
+        """The process ends: nothing more is written (a running checkpoint is let finish)."""
+        task = self.engine._checkpoint_task
+        if task is not None:
+            await task
         await self.store.close()
 
     def at(self, dt: float) -> float:

@@ -130,8 +130,9 @@ async def test_invalid_quote_never_exits_and_alerts_once(tmp_path, bid, ask, why
 
 async def test_stale_quote_suspends_rules_until_a_fresh_one(tmp_path):
     h = await standard(tmp_path)
-    await h.spot(97100.0, ts=T0 + 11)  # the spot stays fresh; only the quote ages
-    await h.tick(11)  # the quote from T0 is now 11 s old (limit 10 s)
+    h.at(11)
+    await h.spot(97100.0)  # the spot stays fresh; only the quote ages
+    await h.tick()  # the quote from T0 is now 11 s old (limit 10 s)
     await h.tick(12)
     dq = h.of_kind("data_quality")
     assert len(dq) == 1 and "quote 11s old" in dq[0].message
