@@ -369,6 +369,20 @@ class Engine:
                     AlertKind.DATA_QUALITY, Severity.CRITICAL, "engine tick failed; see the log"
                 )
 
+    async def handle_safely(self, ev: MarketEvent) -> None:
+        """`handle` for feed tasks: an unexpected error in one event raises a critical alert and
+        the feed goes on — a dead feed task would leave every trade unprotected."""
+        try:
+            await self.handle(ev)
+        except Exception as e:
+            log.exception("event %r failed", ev)
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.CRITICAL,
+                f"internal error on a {ev.kind} event ({type(e).__name__}: {e}); the engine goes on",
+                subject=f"internal:{type(e).__name__}",
+            )
+
     async def handle(self, ev: MarketEvent) -> None:
         """Take one market event and react to it at once."""
         if self.recorders and not isinstance(ev, OpenEvent | CommandEvent):

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from engine.commands import Command
-from engine.models import TradeState
+from engine.models import Quote, QuoteEvent, TradeState
 from tests.engine_harness import CID, T0, Harness, config, standard
 
 # --- exits ---------------------------------------------------------------------------------
@@ -583,4 +583,21 @@ async def test_spot_update_refreshes_market_rules_without_reevaluating_quotes(tm
     await h.quote(0.50, 0.52)
     await h.spot(96000.0)  # -1.1 % in a minute: about -80 bps of momentum against the holder
     assert [e["rule"] for e in h.exits] == ["momentum"]
+    await h.close()
+
+
+async def test_an_internal_error_on_one_event_does_not_stop_the_feed(tmp_path):
+    h = await standard(tmp_path)
+
+    async def broken(ev):
+        raise RuntimeError("boom")
+
+    real = h.engine.handle
+    h.engine.handle = broken
+    await h.engine.handle_safely(QuoteEvent(T0, Quote(CID, 0.5, 0.52, T0)))
+    h.engine.handle = real
+    crit = [a for a in h.of_kind("data_quality") if a.severity.value == "critical"]
+    assert len(crit) == 1 and "RuntimeError: boom" in crit[0].message
+    await h.quote(0.30, 0.32)  # the engine still protects the trade
+    assert [e["rule"] for e in h.exits] == ["max_loss"]
     await h.close()

@@ -29,7 +29,7 @@ class SimFeed:
         while True:
             now = self.clock.now()
             for ev in self.market.advance_to(now):
-                await engine.handle(ev)
+                await engine.handle_safely(ev)
             if now - self._last_save >= SAVE_EVERY_SECONDS:
                 self._last_save = now
                 await engine.store.set_state(STATE_KEY, self.market.state(), now)
