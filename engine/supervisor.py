@@ -159,6 +159,7 @@ class Engine:
         self._last_opportunity: dict[str, float] = {}
 
         self._bad: dict[str, str] = {}  # data-quality episodes: key -> problem
+        self._alerted: set[str] = set()  # episodes whose start was alerted (recovery is too)
         self._breaches: set[str] = set()
         self._risk = RiskView(0, 0.0, 0.0, ())
         self._realized_today = 0.0
@@ -533,6 +534,7 @@ class Engine:
         self.contracts.pop(ev.contract_id, None)
         self.quotes.pop(ev.contract_id, None)
         self._bad.pop(f"quote:{ev.contract_id}", None)
+        self._alerted.discard(f"quote:{ev.contract_id}")
         for side in ("YES", "NO"):
             self._last_opportunity.pop(f"{ev.contract_id}:{side}", None)
         self._dirty = True
@@ -542,12 +544,14 @@ class Engine:
         now = self.clock.now()
         self._last_tick_ts = now
         spot = self.spot_hist.latest()
+        # A spot that never arrived shows in the health row; spot-based rules stay off meanwhile.
         if spot is not None and now - spot[0] > self.config.engine.max_spot_age_seconds:
             await self._episode(
                 "spot",
                 f"spot {now - spot[0]:.0f}s old (limit "
                 f"{self.config.engine.max_spot_age_seconds:g}s)",
                 None,
+                waiting=True,
             )
         max_age = self.config.engine.max_quote_age_seconds
         for cid, ids in list(self.by_contract.items()):
@@ -672,7 +676,8 @@ class Engine:
         if problem is not None:
             st.problem = problem
             self._dirty = True
-            await self._episode(f"quote:{t.contract_id}", problem, tid)
+            waiting = c is None or q is None or quote_problem(q, c.is_binary) is None
+            await self._episode(f"quote:{t.contract_id}", problem, tid, waiting=waiting)
             return
         if st.problem is not None:
             st.problem = None
@@ -1524,12 +1529,23 @@ class Engine:
         await self.alerts.raise_(self.clock.now(), kind, severity, message, trade_id, data, subject)
         self._dirty = True
 
-    async def _episode(self, key: str, problem: str, trade_id: str | None) -> None:
-        """Start a data-quality episode: one alert when it begins (not on every bad update)."""
-        if key in self._bad:
-            self._bad[key] = problem
-            return
+    async def _episode(
+        self, key: str, problem: str, trade_id: str | None, waiting: bool = False
+    ) -> None:
+        """Start a data-quality episode: one alert when it begins (not on every bad update).
+
+        Right after start-up feeds have not delivered yet: data that is only missing or old
+        (`waiting`) is alerted once it outlasts `max_quote_age_seconds` from the start; the trade
+        is treated as stale meanwhile all the same. Invalid data is alerted at once.
+        """
         self._bad[key] = problem
+        if key in self._alerted:
+            return
+        now = self.clock.now()
+        grace = self.config.engine.max_quote_age_seconds
+        if waiting and self.started_ts is not None and now - self.started_ts < grace:
+            return
+        self._alerted.add(key)
         affected = (
             sorted(self.by_contract.get(key.split(":", 1)[1], ()))
             if key.startswith("quote:")
@@ -1547,7 +1563,8 @@ class Engine:
 
     async def _recover(self, key: str) -> None:
         problem = self._bad.pop(key, None)
-        if problem is not None:
+        if key in self._alerted:
+            self._alerted.discard(key)
             await self._alert(
                 AlertKind.DATA_QUALITY,
                 Severity.INFO,

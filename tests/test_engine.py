@@ -601,3 +601,20 @@ async def test_an_internal_error_on_one_event_does_not_stop_the_feed(tmp_path):
     await h.quote(0.30, 0.32)  # the engine still protects the trade
     assert [e["rule"] for e in h.exits] == ["max_loss"]
     await h.close()
+
+
+async def test_missing_quotes_right_after_start_are_alerted_only_if_they_last(tmp_path):
+    h = await Harness(tmp_path).open()
+    await h.contract()
+    await h.spot(97100.0)
+    await h.start()
+    await h.open_trade()  # no quote yet: stale, but feeds are still connecting
+    await h.tick(5)
+    assert h.engine.snapshot().trades[0].state == "stale"
+    assert h.of_kind("data_quality") == []
+    h.at(11)
+    await h.spot(97100.0)
+    await h.tick()  # still nothing after max_quote_age_seconds: now it is a problem
+    dq = h.of_kind("data_quality")
+    assert len(dq) == 1 and "no quote" in dq[0].message
+    await h.close()
