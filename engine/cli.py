@@ -297,8 +297,16 @@ async def _trades(config: Config, args: argparse.Namespace) -> int:
             return EXIT_OK
         from engine.pricing import close_record
 
+        qty_open = t.qty
         close_record(t, args.price, "manual", time.time())
         await store.save_trade(t)
+        # A simulated account lets go of the position when the engine next starts.
+        await store.add_command(
+            "release_position",
+            t.trade_id,
+            {"contract_id": t.contract_id, "side": t.side, "qty": qty_open, "venue": t.venue},
+            time.time(),
+        )
         await store.add_audit(
             time.time(), t.trade_id, "closed", {"reason": "manual", "price": args.price}
         )

@@ -18,6 +18,7 @@ Action = Literal[
     "add_trade",
     "set_overrides",
     "journal_close",
+    "release_position",
 ]
 
 ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]

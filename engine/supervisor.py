@@ -159,14 +159,16 @@ class Engine:
         self._last_opportunity: dict[str, float] = {}
 
         self._bad: dict[str, str] = {}  # data-quality episodes: key -> problem
-        self._alerted: set[str] = set()  # episodes whose start was alerted (recovery is too)
+        self._alerted: set[str] = set()
+        self._pending_settle: dict[
+            str, float
+        ] = {}  # trade -> payout, settled during an exit  # episodes whose start was alerted (recovery is too)
         self._breaches: set[str] = set()
         self._risk = RiskView(0, 0.0, 0.0, ())
         self._realized_today = 0.0
         self._today = ""
         self._last_opportunity_scan = -math.inf
         self._last_positions_poll = -math.inf
-        self._last_journal_poll = -math.inf
         self._last_tick_ts = -math.inf
         self._last_checkpoint = -math.inf
         self._checkpoint_task: asyncio.Task[None] | None = None
@@ -212,6 +214,7 @@ class Engine:
                     f"{t.trade_id} was left 'closing' with no exit in flight; watching it again",
                     t.trade_id,
                 )
+        await self._take_commands()  # e.g. positions released by `trades close` while stopped
         if demo is not None and not await self.store.all_trades(limit=1):
             for ev in demo(now):
                 await self._open_trade(ev, source="demo")
@@ -307,12 +310,11 @@ class Engine:
         self._realized_today = total
 
     async def _sync_paper_positions(self) -> None:
-        """A simulated account holds exactly what the journal holds: open missing paper
-        positions, and remove ones the journal closed while the account was not told (a trade
-        closed with `trades close` while no engine ran)."""
+        """A simulated account holds at least what the journal holds: open missing paper
+        positions (e.g. trades another program journaled). Extra positions are left to the
+        positions poll, which adopts them like any position opened at a broker."""
         open_position = getattr(self.venue, "open_position", None)
-        close_position = getattr(self.venue, "close_position", None)
-        if open_position is None or close_position is None:
+        if open_position is None:
             return
         held = {(p.contract_id, p.side): p.qty for p in await self.venue.positions()}
         want: dict[tuple[str, str], float] = {}
@@ -322,16 +324,10 @@ class Engine:
                 key = (t.contract_id, t.side)
                 want[key] = want.get(key, 0.0) + t.qty
                 entry.setdefault(key, t.entry_price)
-        for key in want.keys() | held.keys():
-            diff = want.get(key, 0.0) - held.get(key, 0.0)
-            if diff > EPS:
-                open_position(key[0], key[1], diff, entry[key])
-            elif diff < -EPS and not any(
-                (t.contract_id, t.side) == key
-                for t in self.trades.values()
-                if t.trade_id in self.exits
-            ):
-                close_position(key[0], key[1], -diff)
+        for key, qty in want.items():
+            missing = qty - held.get(key, 0.0)
+            if missing > EPS:
+                open_position(key[0], key[1], missing, entry[key])
 
     # ------------------------------------------------------------------ running
 
@@ -501,6 +497,24 @@ class Engine:
                 subject="regime",
             )
 
+    async def _settle_trade(self, t: Trade, payout: float, now: float) -> None:
+        ex = self.exits.pop(t.trade_id, None)
+        if ex is not None:
+            await self.store.update_intent(ex.intent_id, status="cancelled", ts=now)
+        await self._close_in_journal(t, payout, ExitReason.SETTLED, now, fees=0.0)
+        await self._alert(
+            AlertKind.TRADE_CLOSED,
+            Severity.INFO,
+            f"{t.trade_id} settled at {payout:.2f} ({t.contract_id}), P&L {t.realized_pnl:+.2f}",
+            t.trade_id,
+        )
+
+    async def _after_in_flight(self, t: Trade) -> None:
+        """Once an exit's order is answered: apply a settlement that arrived meanwhile."""
+        payout = self._pending_settle.pop(t.trade_id, None)
+        if payout is not None and t.trade_id in self.trades and t.state != TradeState.CLOSED:
+            await self._settle_trade(t, payout, self.clock.now())
+
     async def _on_settle(self, ev: SettleEvent) -> None:
         now = self.clock.now()
         c = self.contracts.get(ev.contract_id)
@@ -518,16 +532,12 @@ class Engine:
         for tid in list(self.by_contract.get(ev.contract_id, ())):
             t = self.trades[tid]
             payout = ev.value if t.side == "yes" else 1.0 - ev.value
-            ex = self.exits.pop(tid, None)
-            if ex is not None:
-                await self.store.update_intent(ex.intent_id, status="cancelled", ts=now)
-            await self._close_in_journal(t, payout, ExitReason.SETTLED, now, fees=0.0)
-            await self._alert(
-                AlertKind.TRADE_CLOSED,
-                Severity.INFO,
-                f"{tid} settled at {payout:.2f} ({t.contract_id}), P&L {t.realized_pnl:+.2f}",
-                tid,
-            )
+            ex = self.exits.get(tid)
+            if ex is not None and ex.in_flight:
+                # The exit's answer is still coming: book it first, settle what is left after.
+                self._pending_settle[tid] = payout
+                continue
+            await self._settle_trade(t, payout, now)
         settle = getattr(self.venue, "settle", None)
         if settle is not None:
             settle(ev.contract_id, ev.value)
@@ -573,11 +583,11 @@ class Engine:
         await self._check_risk(now)
         # At most one of the slower periodic jobs per tick, so their costs never add up.
         if now - self._last_positions_poll >= POSITIONS_POLL_SECONDS:
+            # The journal first: a trade another program journaled and holds at the venue must
+            # be adopted from its journal row, not invented a second time from the position.
             self._last_positions_poll = now
-            await self._poll_positions(now)
-        elif now - self._last_journal_poll >= POSITIONS_POLL_SECONDS:
-            self._last_journal_poll = now
             await self._poll_journal(now)
+            await self._poll_positions(now)
         elif now - self._last_opportunity_scan >= OPPORTUNITY_SCAN_SECONDS:
             self._last_opportunity_scan = now
             await self._scan_opportunities(now)
@@ -947,6 +957,7 @@ class Engine:
             return await self._journal_and_send(t, ex, reason, now, fired)
         finally:
             ex.in_flight = False
+            await self._after_in_flight(t)
 
     async def _journal_and_send(
         self, t: Trade, ex: _Exit, reason: str, now: float, fired: rules.RuleResult | None
@@ -1020,6 +1031,7 @@ class Engine:
             await self._attempt_once(t, ex, now)
         finally:
             ex.in_flight = False
+            await self._after_in_flight(t)
 
     async def _attempt_once(self, t: Trade, ex: _Exit, now: float) -> None:
         ex.last_attempt_ts = now
@@ -1191,7 +1203,7 @@ class Engine:
     async def _after_exit(self, t: Trade, ex: _Exit, info: dict[str, Any]) -> None:
         """In-memory bookkeeping and alerts once a closed exit is in the journal."""
         self._forget(t.trade_id)
-        self._realized_today += t.realized_pnl or 0.0
+        self._add_realized(t.realized_pnl or 0.0, t.closed_ts or self.clock.now())
         for listener in self.exit_listeners:
             listener(info)
         pnl, pnl_pct = info["pnl"], info["pnl_pct"]
@@ -1220,7 +1232,7 @@ class Engine:
         c = self.contracts.get(t.contract_id)
         pricing.close_record(t, price, reason, now, c.multiplier if c else 1.0)
         await self.store.save_trade(t)
-        self._realized_today += t.realized_pnl or 0.0
+        self._add_realized(t.realized_pnl or 0.0, t.closed_ts or self.clock.now())
         await self.store.add_audit(now, t.trade_id, "closed", {"reason": reason, "price": price})
         self._forget(t.trade_id)
 
@@ -1321,6 +1333,9 @@ class Engine:
                     t.trade_id,
                 )
                 await self._evaluate(t.trade_id, now)
+        await self._take_commands()
+
+    async def _take_commands(self) -> None:
         take = getattr(self.store, "take_commands", None)
         if take is not None:
             for cmd in await take():
@@ -1346,6 +1361,11 @@ class Engine:
                 if a == "close":
                     return await self._manual_close(t, now, ExitReason.MANUAL)
                 if a == "journal_close":
+                    if t.trade_id in self.exits:
+                        return CommandResult(
+                            False,
+                            f"{t.trade_id} has an exit in flight; check again once it is done",
+                        )
                     price = cmd.payload.get("price")
                     close_position = getattr(self.venue, "close_position", None)
                     if close_position is not None:  # the simulated account follows the journal
@@ -1412,6 +1432,17 @@ class Engine:
                 return CommandResult(ok == len(results), f"closing {ok} of {len(results)} trades")
             if a == "reload":
                 return await self.reload()
+            if a == "release_position":
+                # `trades close` with no engine running: the trade is closed in the journal;
+                # a simulated account lets go of its position too.
+                close_position = getattr(self.venue, "close_position", None)
+                p = cmd.payload
+                if (
+                    close_position is not None
+                    and p.get("venue", self.venue.name) == self.venue.name
+                ):
+                    close_position(str(p["contract_id"]), p["side"], float(p["qty"]))
+                return CommandResult(True, "position released")
             if a == "add_trade":
                 p = cmd.payload
                 ev = OpenEvent(
@@ -1572,6 +1603,15 @@ class Engine:
                 data={"source": key},
                 subject=f"ok:{key}",
             )
+
+    def _add_realized(self, pnl: float, ts: float) -> None:
+        """Add realised P&L to the UTC day it happened on (rolling the day over if needed)."""
+        day = _utc_day(ts)
+        if day != self._today:
+            if day < self._today:
+                return  # a late booking for a day already over
+            self._today, self._realized_today = day, 0.0
+        self._realized_today += pnl
 
     async def _check_risk(self, now: float) -> None:
         day = _utc_day(now)

@@ -417,8 +417,11 @@ async def test_restart_aligns_the_simulated_account_with_the_journal(tmp_path):
 
     h2 = await Harness(tmp_path, h.cfg).open()
     t = await h2.store.get_trade("t1")
-    close_record(t, 0.55, "manual", T0 + 1)
+    close_record(t, 0.55, "manual", T0 + 1)  # what the CLI does: close, and release the position
     await h2.store.save_trade(t)
+    await h2.store.add_command(
+        "release_position", "t1", {"contract_id": CID, "side": "yes", "qty": 10, "venue": "sim"}, T0
+    )
     assert len(await h2.venue.positions()) == 1
     await h2.start()
     await h2.tick(6)
