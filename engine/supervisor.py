@@ -498,6 +498,18 @@ class Engine:
             )
 
     async def _settle_trade(self, t: Trade, payout: float, now: float) -> None:
+        ex = self.exits.get(t.trade_id)
+        if ex is not None and ex.unknown_coid is not None:
+            # An order whose outcome is unknown may have filled: book that before settling.
+            try:
+                res = await self.venue.lookup(ex.unknown_coid)
+            except VenueError:
+                res = None
+            if res is not None:
+                coid, ex.unknown_coid = ex.unknown_coid, None
+                await self._apply_result(t, ex, coid, res, now)
+                if t.trade_id not in self.trades:
+                    return
         ex = self.exits.pop(t.trade_id, None)
         if ex is not None:
             await self.store.update_intent(ex.intent_id, status="cancelled", ts=now)
@@ -1348,6 +1360,12 @@ class Engine:
 
     async def command(self, cmd: Command) -> CommandResult:
         """The one way in for the UI, the CLI, replay and signals."""
+        result = await self._command(cmd)
+        self._dirty = True
+        self._maybe_publish()
+        return result
+
+    async def _command(self, cmd: Command) -> CommandResult:
         now = self.clock.now()
         a = cmd.action
         if self.recorders and a in _REPLAYABLE:

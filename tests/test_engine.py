@@ -621,3 +621,18 @@ async def test_missing_quotes_right_after_start_are_alerted_only_if_they_last(tm
     dq = h.of_kind("data_quality")
     assert len(dq) == 1 and "no quote" in dq[0].message
     await h.close()
+
+
+async def test_subscribers_get_a_new_immutable_snapshot_after_each_change(tmp_path):
+    import dataclasses
+
+    h = await standard(tmp_path)
+    seen = []
+    h.engine.subscribers.append(seen.append)
+    await h.quote(0.45, 0.47)
+    await h.engine.command(Command("pause", "t1"))
+    assert len(seen) >= 2 and seen[-1].seq > seen[0].seq
+    assert seen[0].trades[0].mark == 0.45 and seen[-1].trades[0].state == "paused"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seen[-1].armed = False  # type: ignore[misc]
+    await h.close()

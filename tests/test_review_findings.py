@@ -1,13 +1,9 @@
-"""Review findings: scenario tests that demonstrate money-safety bugs in the supervisor.
+"""Regression tests from a money-safety review of the supervisor.
 
-Sections 1-11 were written against 30f3390, where every one of them FAILED. The engine was
-changed while this review ran (2437252 "Fix exit races and crash windows found in review",
-25960cd "handle_safely"); against HEAD 25960cd they PASS and are kept as regression guards
-(each is marked "GUARD: passes at 25960cd").
-
-Sections 12-16 are findings against HEAD 25960cd and FAIL there: they demonstrate open bugs.
-
-Run: uv run pytest -q tests/test_review_findings.py
+Each test reproduces a bug the review found (races between the tick, quotes and commands on one
+loop; crash windows between journal writes; double bookings; bad input killing a feed). The
+comments describe the bug as it was and the behaviour now required; every test here failed
+before its fix and must keep passing.
 """
 
 from __future__ import annotations
