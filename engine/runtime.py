@@ -36,10 +36,13 @@ class Runtime:
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     async def close(self) -> None:
-        await self.engine.flush()
-        await self.store.close()
-        for c in self.closers:
-            c()
+        try:
+            await self.engine.flush()
+        finally:
+            # Always close: an open aiosqlite connection's thread keeps the process alive.
+            await self.store.close()
+            for c in self.closers:
+                c()
 
 
 def sim_clock(config: Config) -> Clock:

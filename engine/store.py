@@ -233,8 +233,10 @@ def _loads(s: Any, default: Any = None) -> Any:
 async def _transaction(db: aiosqlite.Connection, begin: str) -> AsyncIterator[None]:
     """BEGIN … COMMIT that rolls back on any exception, cancellation included: a transaction
     left open would make every later write on the shared connection fail."""
-    await db.execute(begin)
     try:
+        # BEGIN inside the try: a cancellation while awaiting it must roll back too, since the
+        # statement still runs on aiosqlite's thread.
+        await db.execute(begin)
         yield
         await db.execute("COMMIT")
     except BaseException:
@@ -1299,8 +1301,7 @@ class Store:
         db = self._wconn()
         async with self._wlock:
             try:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
+                async with _transaction(db, "BEGIN IMMEDIATE"):
                     async with db.execute(
                         "UPDATE exit_intents SET status = ?, updated_ts = ? WHERE intent_id = ?",
                         (status, now, intent_id),
@@ -1320,10 +1321,5 @@ class Store:
                             "INSERT INTO audit (ts, trade_id, event, data) VALUES (?, ?, ?, ?)",
                             (now, trade.trade_id, str(audit[0]), _dumps(audit[1])),
                         )
-                    await db.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        await db.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as e:
                 raise StoreError(f"journal write to {self.path} failed: {e}") from e

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -574,3 +575,27 @@ async def test_write_latency_is_small(store: Store) -> None:
         await store.add_intent(f"I{i}", "T1", "max_loss", 1.0, float(i), {"i": i, "spot": 97000.0})
     mean = (time.perf_counter() - t0) / n
     assert mean < 0.005, f"mean journal write {mean * 1000:.2f} ms"
+
+
+@pytest.mark.parametrize("yields", [0, 1, 2, 3, 5, 8])
+async def test_a_cancelled_transaction_leaves_the_journal_writable(tmp_path, yields):
+    """An engine stopping mid-write (its task cancelled) must not leave the shared connection
+    inside a transaction, or every later write fails ('cannot start a transaction within a
+    transaction') — seen when `record` stopped while marks were being flushed."""
+    store = Store(tmp_path / "j.db")
+    await store.open()
+    t = Trade("t1", "C", "yes", 1, 0.5, 1.0)
+    await store.add_trade(t)
+    rows = [("t1", float(i), 0.5, 0.0, 0.0) for i in range(2000)]
+    task = asyncio.create_task(store.add_marks(rows))
+    for _ in range(yields):
+        await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await store.add_marks([("t1", 9999.0, 0.4, -0.1, -20.0)])  # must not raise
+    await store.set_state("k", 1)
+    marks = await store.marks("t1")
+    assert marks[-1] == (9999.0, 0.4, -0.1, -20.0)
+    assert len(marks) in (1, 2001)  # the cancelled batch is all in or all out
+    await store.close()
