@@ -75,6 +75,7 @@ REGIME_MIN_HISTORY = 15  # volatility-score samples needed before regime changes
 OPPORTUNITY_COOLDOWN_SECONDS = 300.0  # one opportunity alert per contract and side per 5 min
 HISTORY_SECONDS = 3600.0
 CHECKPOINT_SECONDS = 30.0
+HEARTBEAT_SECONDS = 2.0  # how often the engine's state is written for `status`
 FUTURE_TOLERANCE_SECONDS = 5.0  # how far ahead of our clock a venue timestamp may be  # the journal's WAL is checkpointed from the tick, never on an exit  # momentum / volatility score history kept for the window rules
 
 
@@ -171,6 +172,7 @@ class Engine:
         self._last_positions_poll = -math.inf
         self._last_tick_ts = -math.inf
         self._last_checkpoint = -math.inf
+        self._last_heartbeat = -math.inf
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._marks_pending: list[tuple[str, float, float, float, float]] = []
         self._seq = 0
@@ -604,7 +606,9 @@ class Engine:
             self._last_opportunity_scan = now
             await self._scan_opportunities(now)
         await self._flush_marks()
-        await self.store.set_state("heartbeat", self._heartbeat(now), now)
+        if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            self._last_heartbeat = now
+            await self.store.set_state("heartbeat", self._heartbeat(now), now)
         if now - self._last_checkpoint >= CHECKPOINT_SECONDS and (
             self._checkpoint_task is None or self._checkpoint_task.done()
         ):
