@@ -208,13 +208,13 @@ class Engine:
             if t.state == TradeState.CLOSING and t.trade_id not in self.exits:
                 # A crash between two journal writes left it CLOSING with no exit in flight:
                 # it must be protected again, not shown as closing forever.
-                t.state = TradeState.OPEN
-                await self.store.save_trade(t)
-                await self._alert(
+                await self._reopen(
+                    t,
+                    now,
+                    None,
                     AlertKind.EXECUTION_FAILURE,
                     Severity.WARNING,
                     f"{t.trade_id} was left 'closing' with no exit in flight; watching it again",
-                    t.trade_id,
                 )
         await self._take_commands()  # e.g. positions released by `trades close` while stopped
         if demo is not None and not await self.store.all_trades(limit=1):
@@ -284,16 +284,14 @@ class Engine:
             if t.state == TradeState.CLOSED:
                 continue
             if not self._may_send(ex):
-                await self.store.update_intent(iid, status="cancelled", ts=now)
-                self.exits.pop(tid, None)
-                t.state = TradeState.OPEN
-                await self.store.save_trade(t)
-                await self._alert(
+                await self._reopen(
+                    t,
+                    now,
+                    iid,
                     AlertKind.EXECUTION_FAILURE,
                     Severity.CRITICAL,
                     f"exit of {tid} ({ex.rule}) was journaled but not completed before the restart; "
                     f"not re-sent because {self._why_not_sending(ex)} — the trade is left open",
-                    tid,
                 )
             else:
                 await self._alert(
@@ -302,6 +300,23 @@ class Engine:
                     f"resuming exit of {tid} ({ex.rule}) journaled before the restart",
                     tid,
                 )
+
+    async def _reopen(
+        self,
+        t: Trade,
+        now: float,
+        intent_id: str | None,
+        kind: AlertKind,
+        severity: Severity,
+        message: str,
+    ) -> None:
+        """Give up an exit and watch the trade again: the intent's cancellation and the trade's
+        return to OPEN are one journal commit (a crash between them would strand the trade)."""
+        self.exits.pop(t.trade_id, None)
+        t.state = TradeState.OPEN
+        intent = (intent_id, "cancelled", None) if intent_id is not None else None
+        await self.store.book_result(trade=t, ts=now, intent=intent)
+        await self._alert(kind, severity, message, t.trade_id)
 
     async def _load_realized_today(self, now: float) -> None:
         self._today = _utc_day(now)
@@ -1064,15 +1079,13 @@ class Engine:
             ex.resend_coid = coid
         why = self._why_not_sending(ex)
         if why is not None:
-            await self.store.update_intent(ex.intent_id, status="cancelled", ts=now)
-            self.exits.pop(t.trade_id, None)
-            t.state = TradeState.OPEN
-            await self.store.save_trade(t)
-            await self._alert(
+            await self._reopen(
+                t,
+                now,
+                ex.intent_id,
                 AlertKind.EXIT_SIGNAL,
                 Severity.WARNING,
                 f"{t.trade_id}: exit ({ex.rule}) cancelled: {why}",
-                t.trade_id,
             )
             return
         c = self.contracts.get(t.contract_id)
