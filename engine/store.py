@@ -784,22 +784,7 @@ class Store:
 
     async def add_marks(self, rows: Sequence[tuple[str, float, float, float, float]]) -> None:
         """Record many (trade_id, ts, mark, pnl, pnl_pct) samples in one transaction."""
-        if not rows:
-            return
-        clean = [
-            (tid, float(ts), *[v if _num_ok(v) else None for v in (m, p, pp)])
-            for tid, ts, m, p, pp in rows
-        ]
-        db = self._wconn()
-        async with self._wlock:
-            try:
-                async with _transaction(db, "BEGIN"):
-                    await db.executemany(
-                        "INSERT INTO marks (trade_id, ts, mark, pnl, pnl_pct) VALUES (?, ?, ?, ?, ?)",
-                        clean,
-                    )
-            except sqlite3.Error as e:
-                raise StoreError(f"journal write to {self.path} failed: {e}") from e
+        await self.flush_tick(rows, (), None, time.time())
 
     async def marks(self, trade_id: str) -> list[tuple[float, float, float, float]]:
         """(ts, mark, pnl, pnl_pct) for a trade, oldest first."""
@@ -1261,21 +1246,41 @@ class Store:
             except sqlite3.Error as e:
                 raise StoreError(f"journal write to {self.path} failed: {e}") from e
 
-    async def save_peaks(self, rows: Sequence[tuple[str, float, float, float, float]]) -> None:
-        """Persist (trade_id, peak_pnl, peak_pnl_pct, trough_pnl, trough_pnl_pct) for many trades
-        in one transaction, so trailing stops keep their peak across a restart."""
-        if not rows:
+    async def flush_tick(
+        self,
+        marks: Sequence[tuple[str, float, float, float, float]],
+        peaks: Sequence[tuple[str, float, float, float, float]],
+        state: dict[str, Any] | None,
+        ts: float,
+    ) -> None:
+        """The tick's bookkeeping in one commit: mark samples, moved peaks, state values."""
+        if not marks and not peaks and not state:
             return
-        clean = [(*[v if _num_ok(v) else 0.0 for v in r[1:]], r[0]) for r in rows]
         db = self._wconn()
         async with self._wlock:
             try:
                 async with _transaction(db, "BEGIN"):
-                    await db.executemany(
-                        "UPDATE trades SET peak_pnl = ?, peak_pnl_pct = ?, trough_pnl = ?,"
-                        " trough_pnl_pct = ? WHERE trade_id = ?",
-                        clean,
-                    )
+                    if marks:
+                        await db.executemany(
+                            "INSERT INTO marks (trade_id, ts, mark, pnl, pnl_pct) VALUES (?, ?, ?, ?, ?)",
+                            [
+                                (tid, float(t), *[v if _num_ok(v) else None for v in (m, p, pp)])
+                                for tid, t, m, p, pp in marks
+                            ],
+                        )
+                    if peaks:
+                        await db.executemany(
+                            "UPDATE trades SET peak_pnl = ?, peak_pnl_pct = ?, trough_pnl = ?,"
+                            " trough_pnl_pct = ? WHERE trade_id = ?",
+                            [(*[v if _num_ok(v) else 0.0 for v in r[1:]], r[0]) for r in peaks],
+                        )
+                    for key, value in (state or {}).items():
+                        await db.execute(
+                            "INSERT INTO state (key, value, updated_ts) VALUES (?, ?, ?)"
+                            " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                            " updated_ts = excluded.updated_ts",
+                            (key, _dumps(value), ts),
+                        )
             except sqlite3.Error as e:
                 raise StoreError(f"journal write to {self.path} failed: {e}") from e
 

@@ -620,10 +620,11 @@ class Engine:
         elif now - self._last_opportunity_scan >= OPPORTUNITY_SCAN_SECONDS:
             self._last_opportunity_scan = now
             await self._scan_opportunities(now)
-        await self._flush_marks()
+        state = None
         if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
             self._last_heartbeat = now
-            await self.store.set_state("heartbeat", self._heartbeat(now), now)
+            state = {"heartbeat": self._heartbeat(now)}
+        await self._flush_marks(state)
         if now - self._last_checkpoint >= CHECKPOINT_SECONDS and (
             self._checkpoint_task is None or self._checkpoint_task.done()
         ):
@@ -639,20 +640,17 @@ class Engine:
             await self._checkpoint_task
             self._checkpoint_task = None
 
-    async def _flush_marks(self) -> None:
-        """Write pending mark samples and the peaks/troughs that moved (trailing stops need
-        their peak after a restart)."""
-        if self._marks_pending:
-            rows, self._marks_pending = self._marks_pending, []
-            await self.store.add_marks(rows)
+    async def _flush_marks(self, state: dict[str, Any] | None = None) -> None:
+        """Write pending mark samples, the peaks/troughs that moved (trailing stops need their
+        peak after a restart) and any state values, in one journal commit."""
+        rows, self._marks_pending = self._marks_pending, []
         peaks = []
         for tid, st in self.status.items():
             if st.peaks_dirty:
                 st.peaks_dirty = False
                 t = self.trades[tid]
                 peaks.append((tid, t.peak_pnl, t.peak_pnl_pct, t.trough_pnl, t.trough_pnl_pct))
-        if peaks:
-            await self.store.save_peaks(peaks)
+        await self.store.flush_tick(rows, peaks, state, self.clock.now())
 
     # ------------------------------------------------------------------ evaluation
 
