@@ -6,7 +6,7 @@ dollars, percentages as percent (5.0 = 5 %), momentum in basis points, times in 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from engine.alerts import Alert
 
@@ -117,5 +117,3 @@ class Snapshot:
     alerts: tuple[Alert, ...]
     health: tuple[SourceHealth, ...]
     risk: RiskView
-    closed_today: int = 0
-    notes: tuple[str, ...] = field(default_factory=tuple)

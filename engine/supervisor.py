@@ -170,7 +170,6 @@ class Engine:
         self._today = ""
         self._last_opportunity_scan = -math.inf
         self._last_positions_poll = -math.inf
-        self._last_tick_ts = -math.inf
         self._last_checkpoint = -math.inf
         self._last_heartbeat = -math.inf
         self._checkpoint_task: asyncio.Task[None] | None = None
@@ -530,7 +529,7 @@ class Engine:
         ex = self.exits.pop(t.trade_id, None)
         if ex is not None:
             await self.store.update_intent(ex.intent_id, status="cancelled", ts=now)
-        await self._close_in_journal(t, payout, ExitReason.SETTLED, now, fees=0.0)
+        await self._close_in_journal(t, payout, ExitReason.SETTLED, now)
         await self._alert(
             AlertKind.TRADE_CLOSED,
             Severity.INFO,
@@ -581,7 +580,6 @@ class Engine:
     async def tick(self) -> None:
         """Periodic work: staleness, time-based rules, exit retries, risk, journal, heartbeat."""
         now = self.clock.now()
-        self._last_tick_ts = now
         spot = self.spot_hist.latest()
         # A spot that never arrived shows in the health row; spot-based rules stay off meanwhile.
         if spot is not None and now - spot[0] > self.config.engine.max_spot_age_seconds:
@@ -1253,7 +1251,7 @@ class Engine:
             )
 
     async def _close_in_journal(
-        self, t: Trade, price: float | None, reason: str, now: float, fees: float = 0.0
+        self, t: Trade, price: float | None, reason: str, now: float
     ) -> None:
         """Close a trade in the journal without an order (settled, external, closed elsewhere)."""
         c = self.contracts.get(t.contract_id)
