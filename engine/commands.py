@@ -23,6 +23,18 @@ Action = Literal[
 
 ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]
 
+# The commands a replay file may carry (and `record` writes): the trader's own actions.
+REPLAY_ACTIONS: tuple[str, ...] = (
+    "pause",
+    "resume",
+    "pause_all",
+    "resume_all",
+    "arm",
+    "disarm",
+    "close",
+    "close_all",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Command:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, get_args
 
-from engine.commands import ACTIONS
+from engine.commands import ACTIONS, REPLAY_ACTIONS
 from engine.models import (
     CommandEvent,
     Contract,
     ContractEvent,
+    ContractType,
     MarketEvent,
     OpenEvent,
     Quote,
@@ -25,17 +26,7 @@ from engine.models import (
     SpotEvent,
 )
 
-_CONTRACT_TYPES = ("binary_above", "binary_range", "option_call", "option_put", "stock")
-_REPLAY_ACTIONS = (
-    "pause",
-    "resume",
-    "pause_all",
-    "resume_all",
-    "arm",
-    "disarm",
-    "close",
-    "close_all",
-)
+_CONTRACT_TYPES: tuple[str, ...] = get_args(ContractType)
 
 
 class ReplayLineError(ValueError):
@@ -139,9 +130,9 @@ def parse_event(obj: Any) -> MarketEvent:
         return SettleEvent(ts, _str(obj, "id"), value)
     if kind == "command":
         action = _str(obj, "action")
-        if action not in _REPLAY_ACTIONS:
+        if action not in REPLAY_ACTIONS:
             raise ReplayLineError(
-                f"'action' must be one of {', '.join(_REPLAY_ACTIONS)}, got {action!r}"
+                f"'action' must be one of {', '.join(REPLAY_ACTIONS)}, got {action!r}"
             )
         assert action in ACTIONS
         tid = obj.get("trade_id")

@@ -32,7 +32,7 @@ from typing import Any
 from engine import pricing, rules, signals
 from engine.alerts import AlertBus
 from engine.clock import Clock
-from engine.commands import Command, CommandResult
+from engine.commands import REPLAY_ACTIONS, Command, CommandResult
 from engine.config import Config, ConfigError, Criteria, load_config
 from engine.models import (
     AlertKind,
@@ -1381,7 +1381,7 @@ class Engine:
     async def _command(self, cmd: Command) -> CommandResult:
         now = self.clock.now()
         a = cmd.action
-        if self.recorders and a in _REPLAYABLE:
+        if self.recorders and a in REPLAY_ACTIONS:
             for rec in self.recorders:
                 rec(CommandEvent(now, a, cmd.trade_id))
         try:
@@ -1424,35 +1424,31 @@ class Engine:
                 )
             if a in ("pause_all", "resume_all"):
                 self.paused_all = a == "pause_all"
-                await self.store.set_state("paused_all", self.paused_all, now)
-                await self._audit_command(now, cmd)
-                await self._alert(
+                await self._switched(
+                    now,
+                    cmd,
+                    "paused_all",
+                    self.paused_all,
                     AlertKind.RISK_LIMIT if self.paused_all else AlertKind.EXIT_SIGNAL,
-                    Severity.WARNING,
                     "kill switch ON: all automatic exits paused"
                     if self.paused_all
                     else "kill switch OFF: automatic exits resume",
-                    subject="killswitch",
                 )
-                self._clear_signals()
-                await self._reevaluate_all(now)
                 return CommandResult(
                     True, "all auto-stops paused" if self.paused_all else "auto-stops resumed"
                 )
             if a in ("arm", "disarm"):
                 self.armed = a == "arm"
-                await self.store.set_state("armed", self.armed, now)
-                await self._audit_command(now, cmd)
-                await self._alert(
+                await self._switched(
+                    now,
+                    cmd,
+                    "armed",
+                    self.armed,
                     AlertKind.EXIT_SIGNAL,
-                    Severity.WARNING,
                     "ARMED: automatic exits will be sent"
                     if self.armed
                     else "DISARMED: exits are signalled, not sent",
-                    subject="arm",
                 )
-                self._clear_signals()
-                await self._reevaluate_all(now)
                 return CommandResult(True, "armed" if self.armed else "disarmed")
             if a == "close_all":
                 results = [
@@ -1526,6 +1522,17 @@ class Engine:
         self.status[t.trade_id].criteria = None
         await self._evaluate(t.trade_id, self.clock.now())
         return CommandResult(True, f"{t.trade_id} thresholds updated")
+
+    async def _switched(
+        self, now: float, cmd: Command, key: str, value: bool, kind: AlertKind, message: str
+    ) -> None:
+        """After arm/disarm or the kill switch: persist it, audit it, say it, and re-evaluate
+        every trade under the new switch (exit signals may be raised again)."""
+        await self.store.set_state(key, value, now)
+        await self._audit_command(now, cmd)
+        await self._alert(kind, Severity.WARNING, message, subject=key)
+        self._clear_signals()
+        await self._reevaluate_all(now)
 
     async def _audit_command(self, now: float, cmd: Command) -> None:
         await self.store.add_audit(now, cmd.trade_id, f"command:{cmd.action}", dict(cmd.payload))
@@ -1930,9 +1937,6 @@ class Engine:
 
 
 _RULE_RANK = {name: i for i, name in enumerate(rules.RULE_ORDER)}
-_REPLAYABLE = frozenset(
-    {"pause", "resume", "pause_all", "resume_all", "arm", "disarm", "close", "close_all"}
-)
 
 
 def _open_problem(ev: OpenEvent, contract: Contract | None) -> str | None:

@@ -150,7 +150,7 @@ async def test_close_all_recloses_a_trade_closed_during_the_command(tmp_path):
 # skipped; the intent is "resumed" and a NEW order `<intent>-2` is sent for the full size — a
 # second close of a position that is already flat (on a live venue: a short/opposite position),
 # and the real fill is never booked (P&L lost). Expected: booking an order result (order status,
-# fill, trade, intent) is one transaction (`store.close_intent_and_trade` exists but is unused),
+# fill, trade, intent) is one transaction (now `store.book_result`),
 # and/or reconcile re-reads every order of an open intent whose fills are not all booked.
 
 

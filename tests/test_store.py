@@ -460,7 +460,7 @@ async def test_marks_round_trip(store: Store) -> None:
     assert await store.marks("other") == []
 
 
-async def test_close_intent_and_trade_is_atomic(store: Store) -> None:
+async def test_book_result_is_atomic(store: Store) -> None:
     t = make_trade()
     await store.add_trade(t)
     await store.add_intent("I1", "T1", "max_loss", 10.0, 1.0, {})
@@ -470,11 +470,15 @@ async def test_close_intent_and_trade_is_atomic(store: Store) -> None:
     t.closed_ts = 5.0
     t.closed_qty = 10.0
     t.exit_reason = "max_loss"
-    with pytest.raises(StoreError, match="exit intent 'nope'"):
-        await store.close_intent_and_trade("nope", "filled", t, ts=5.0)
-    assert (await store.get_trade("T1")).state is TradeState.OPEN  # nothing half-written
+    ghost = make_trade()
+    ghost.trade_id = "NOPE"
+    with pytest.raises(StoreError, match="'NOPE' is not in the journal"):
+        await store.book_result(trade=ghost, ts=5.0, intent=("I1", "filled", None))
+    assert (await store.get_intent("I1"))["status"] == "pending"  # nothing half-written
 
-    await store.close_intent_and_trade("I1", "filled", t, ts=5.0, audit=("closed", {"x": 1}))
+    await store.book_result(
+        trade=t, ts=5.0, intent=("I1", "filled", None), audit=("closed", {"x": 1})
+    )
     assert await store.get_trade("T1") == t
     assert (await store.get_intent("I1"))["status"] == "filled"
     assert [a["event"] for a in await store.audit_for_trade("T1")] == ["closed"]
