@@ -30,6 +30,7 @@ class Alert:
     trade_id: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
     repeats: int = 0  # how many identical alerts the throttle held back before this one
+    seq: int = 0  # 1, 2, 3... in the order the bus raised them (the UI's key for new alerts)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -129,10 +130,17 @@ class AlertBus:
             self._held[key] = self._held.get(key, 0) + 1
             return None
         self._last[key] = ts
-        alert = Alert(
-            ts, kind, severity, message, trade_id, dict(data or {}), self._held.pop(key, 0)
-        )
         self.total += 1
+        alert = Alert(
+            ts,
+            kind,
+            severity,
+            message,
+            trade_id,
+            dict(data or {}),
+            self._held.pop(key, 0),
+            self.total,
+        )
         self.recent.appendleft(alert)
         if self.store is not None:
             try:

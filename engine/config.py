@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import platformdirs
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -225,8 +226,49 @@ class AlertsConfig(Strict):
     print_headless: bool = True
 
 
+UI_KEY_IDS: tuple[str, ...] = (
+    "close_trade",
+    "pause_trade",
+    "kill_switch",
+    "arm",
+    "close_all",
+    "detail",
+    "edit",
+    "reload",
+    "filter",
+    "alert_severity",
+    "alert_kind",
+    "next_pane",
+    "previous_pane",
+    "help",
+    "quit",
+)
+"""The ids of the screen's key bindings, remappable in `[ui.keys]` (the UI checks it has each)."""
+
+UiKeyId = Literal[UI_KEY_IDS]  # type: ignore[valid-type]
+_KEY_LIST = re.compile(r"^\s*([A-Za-z0-9_+-]+|[!-~])(\s*,\s*([A-Za-z0-9_+-]+|[!-~]))*\s*$")
+
+
+def _key_names(v: str) -> str:
+    if not _KEY_LIST.match(v):
+        raise PydanticCustomError(
+            "ui_key",
+            'expected Textual key names such as "c", "ctrl+k", "f5", several separated by commas',
+        )
+    return v
+
+
+KeyName = Annotated[str, AfterValidator(_key_names)]
+
+
 class UiConfig(Strict):
     theme: str = "textual-dark"
+    refresh_seconds: Annotated[float, Field(ge=0.05, le=5)] = 0.25
+    up_color: str = "green"
+    down_color: str = "red"
+    toasts: bool = True
+    bell: bool = True
+    keys: dict[UiKeyId, KeyName] = Field(default_factory=dict)
 
 
 class KalshiConfig(Strict):
@@ -398,7 +440,7 @@ def _describe_syntax(e: tomllib.TOMLDecodeError, where: str) -> str:
 def _describe(err: Any, text: str, where: str) -> str:
     """One pydantic error as `file, line N: dotted.key: what was expected, got what`."""
     loc: list[str | int] = list(err["loc"])
-    key = _dotted(loc) if loc else "(top level)"
+    key = _dotted([p for p in loc if p != "[key]"]) if loc else "(top level)"
     line = _find_line(text, loc)
     at = f", line {line}" if line else ""
     try:

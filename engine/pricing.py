@@ -105,6 +105,12 @@ def position_pnl(trade: Trade, mark: float, multiplier: float = 1.0) -> float:
     return base + sign * abs(trade.qty) * (mark - trade.entry_price) * multiplier
 
 
+def exit_value(trade: Trade, mark: float, multiplier: float = 1.0) -> float:
+    """What closing the open quantity at `mark` brings before fees (negative: a short pays)."""
+    sign = -1.0 if trade.side == "short" else 1.0
+    return sign * abs(trade.qty) * mark * multiplier
+
+
 def original_cost_basis(trade: Trade, multiplier: float = 1.0) -> float:
     """Cost basis of the whole position as opened (open and closed parts), dollars."""
     return (abs(trade.qty) + trade.closed_qty) * trade.entry_price * multiplier

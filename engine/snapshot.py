@@ -85,6 +85,7 @@ class TradeRow:
     problem: str | None  # why the data is not usable, when stale
     strategy: str
     paused: bool
+    proceeds: float | None  # what closing the open quantity at the mark brings (negative: costs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,8 @@ class Snapshot:
     ts: float
     venue: str
     mode: str
+    badge: str  # SIM / PAPER / LIVE / ALERT-ONLY
+    real_money: bool  # arming sends real orders (live mode on a real venue)
     armed: bool
     paused_all: bool
     market: MarketView | None
@@ -117,3 +120,34 @@ class Snapshot:
     alerts: tuple[Alert, ...]
     health: tuple[SourceHealth, ...]
     risk: RiskView
+
+
+@dataclass(frozen=True, slots=True)
+class PnlLevel:
+    """A horizontal line on a trade's P&L chart: where a stop or a reference sits, in dollars."""
+
+    name: str  # entry / peak / max_loss / profit_target / trailing_stop
+    pnl: float
+    text: str  # e.g. "max_loss −40% = −$12.00"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    ts: float
+    event: str
+    text: str  # the record's data, compact
+
+
+@dataclass(frozen=True, slots=True)
+class TradeDetail:
+    """Everything the trade detail screen shows for one open trade."""
+
+    row: TradeRow
+    contract: str  # the contract's title, e.g. "BTC above $97,250 at 15:00"
+    cost_basis: float
+    marks: tuple[tuple[float, float], ...]  # (ts, P&L $), oldest first, ending with the latest
+    levels: tuple[PnlLevel, ...]
+    criteria: tuple[tuple[str, float | None], ...]  # the thresholds in force (None = rule off)
+    overrides: tuple[tuple[str, float | None], ...]  # the trade's own, as saved
+    audit: tuple[AuditEntry, ...]  # oldest first
+    alerts: tuple[Alert, ...]  # newest first

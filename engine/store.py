@@ -1095,6 +1095,19 @@ class Store:
             out.append(d)
         return out
 
+    async def alerts_for_trade(self, trade_id: str, limit: int = 200) -> list[dict]:
+        """A trade's latest alerts, newest first, each with `data` parsed."""
+        rows = await self._fetchall(
+            "SELECT * FROM alerts WHERE trade_id = ? ORDER BY id DESC LIMIT ?",
+            (trade_id, int(limit)),
+        )
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["data"] = _loads(d.get("data"), {})
+            out.append(d)
+        return out
+
     async def add_audit(self, ts: float, trade_id: str | None, event: str, data: dict) -> None:
         await self._write(
             "INSERT INTO audit (ts, trade_id, event, data) VALUES (?, ?, ?, ?)",

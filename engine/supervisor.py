@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import pricing, rules, signals
-from engine.alerts import AlertBus
+from engine.alerts import Alert, AlertBus
 from engine.clock import Clock
 from engine.commands import REPLAY_ACTIONS, Command, CommandResult
 from engine.config import Config, ConfigError, Criteria, load_config
@@ -53,12 +53,15 @@ from engine.models import (
     quote_problem,
 )
 from engine.snapshot import (
+    AuditEntry,
     MarketView,
+    PnlLevel,
     RiskView,
     RuleView,
     Snapshot,
     SourceHealth,
     StrikeRow,
+    TradeDetail,
     TradeRow,
 )
 from engine.store import Store, StoreError
@@ -1783,6 +1786,8 @@ class Engine:
             ts=now,
             venue=self.venue.name,
             mode=self.mode.value,
+            badge=self.badge(),
+            real_money=self.real_money(),
             armed=self.armed,
             paused_all=self.paused_all,
             market=self._market_view(now),
@@ -1881,39 +1886,100 @@ class Engine:
         return rows
 
     def _trade_rows(self, now: float) -> list[TradeRow]:
-        rows = []
-        for t in self.trades.values():
-            st = self.status.get(t.trade_id) or _Status()
-            near = rules.nearest(st.results)
-            rows.append(
-                TradeRow(
-                    trade_id=t.trade_id,
-                    contract_id=t.contract_id,
-                    side=t.side,
-                    qty=t.qty,
-                    entry=t.entry_price,
-                    mark=st.mark,
-                    pnl=st.pnl,
-                    pnl_pct=st.pnl_pct,
-                    peak_pnl=t.peak_pnl,
-                    peak_pnl_pct=t.peak_pnl_pct,
-                    drawdown=(t.peak_pnl - st.pnl) if st.pnl is not None else 0.0,
-                    opened_ts=t.opened_ts,
-                    held_seconds=max(now - t.opened_ts, 0.0),
-                    nearest=near.describe() if near else "—",
-                    rules=tuple(
-                        RuleView(
-                            r.rule, r.fired, r.value, r.threshold, r.distance, r.unit, r.describe()
-                        )
-                        for r in st.results
-                    ),
-                    state=self._trade_state(t, st, now),
-                    problem=st.problem,
-                    strategy=t.strategy,
-                    paused=t.paused,
-                )
+        return [self._trade_row(t, now) for t in self.trades.values()]
+
+    def _trade_row(self, t: Trade, now: float) -> TradeRow:
+        st = self.status.get(t.trade_id) or _Status()
+        near = rules.nearest(st.results)
+        c = self.contracts.get(t.contract_id)
+        return TradeRow(
+            trade_id=t.trade_id,
+            contract_id=t.contract_id,
+            side=t.side,
+            qty=t.qty,
+            entry=t.entry_price,
+            mark=st.mark,
+            pnl=st.pnl,
+            pnl_pct=st.pnl_pct,
+            peak_pnl=t.peak_pnl,
+            peak_pnl_pct=t.peak_pnl_pct,
+            drawdown=(t.peak_pnl - st.pnl) if st.pnl is not None else 0.0,
+            opened_ts=t.opened_ts,
+            held_seconds=max(now - t.opened_ts, 0.0),
+            nearest=near.describe() if near else "—",
+            rules=tuple(
+                RuleView(r.rule, r.fired, r.value, r.threshold, r.distance, r.unit, r.describe())
+                for r in st.results
+            ),
+            state=self._trade_state(t, st, now),
+            problem=st.problem,
+            strategy=t.strategy,
+            paused=t.paused,
+            proceeds=pricing.exit_value(t, st.mark, c.multiplier if c else 1.0)
+            if st.mark is not None
+            else None,
+        )
+
+    def badge(self) -> str:
+        """The mode badge the header shows: SIM, PAPER, LIVE or ALERT-ONLY."""
+        if self.mode == Mode.ALERT_ONLY:
+            return "ALERT-ONLY"
+        if self.venue.name == "sim":
+            return "SIM"
+        if self.venue.name == "paper" or self.mode == Mode.DRY_RUN:
+            return "PAPER"
+        return "LIVE"
+
+    def real_money(self) -> bool:
+        """Whether arming lets the engine send real orders (asked to confirm in the UI)."""
+        return self.badge() == "LIVE"
+
+    async def trade_detail(self, trade_id: str) -> TradeDetail | None:
+        """The detail screen's picture of one open trade (None once it is closed)."""
+        t = self.trades.get(trade_id)
+        if t is None:
+            return None
+        now = self.clock.now()
+        st = self.status.get(trade_id) or _Status()
+        row = self._trade_row(t, now)
+        c = self.contracts.get(t.contract_id)
+        mult = c.multiplier if c else 1.0
+        basis = pricing.original_cost_basis(t, mult)
+        crit = self._criteria(t, st) if trade_id in self.status else Criteria()
+        marks = [
+            (ts, pnl) for ts, _m, pnl, _p in await self.store.marks(trade_id) if pnl is not None
+        ]
+        marks.extend((ts, pnl) for tid, ts, _m, pnl, _p in self._marks_pending if tid == trade_id)
+        if st.pnl is not None and (not marks or marks[-1][0] < now):
+            marks.append((now, st.pnl))
+        audit = [
+            AuditEntry(a["ts"], a["event"], _compact(a.get("data") or {}))
+            for a in await self.store.audit_for_trade(trade_id)
+        ]
+        alerts = [
+            Alert(
+                a["ts"],
+                AlertKind(a["kind"]),
+                Severity(a["severity"]),
+                a["message"],
+                a["trade_id"],
+                a.get("data") or {},
             )
-        return rows
+            for a in await self.store.alerts_for_trade(trade_id)
+            if a["kind"] in AlertKind._value2member_map_
+            and a["severity"] in Severity._value2member_map_
+        ]
+        return TradeDetail(
+            row=row,
+            contract=_contract_title(c) if c else t.contract_id,
+            cost_basis=basis,
+            marks=tuple(sorted(marks)),
+            levels=tuple(_pnl_levels(t, crit, basis)),
+            criteria=tuple(crit.model_dump().items()),
+            overrides=tuple(sorted(t.overrides.items())),
+            audit=tuple(audit),
+            alerts=tuple(alerts),
+        )
 
     def _trade_state(self, t: Trade, st: _Status, now: float) -> str:
         if t.state == TradeState.CLOSING or t.trade_id in self.exits:
@@ -1963,3 +2029,47 @@ def _open_problem(ev: OpenEvent, contract: Contract | None) -> str | None:
 
 def _utc_day(ts: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def _pnl_levels(t: Trade, crit: Criteria, basis: float) -> list[PnlLevel]:
+    """Where entry, peak and the P&L-based stops sit, in P&L dollars, for the detail chart."""
+
+    def at(pct: float) -> float:
+        return pct / 100.0 * basis
+
+    out = [
+        PnlLevel("entry", 0.0, "entry (P&L 0)"),
+        PnlLevel("peak", t.peak_pnl, f"peak {t.peak_pnl:+,.2f}"),
+    ]
+    if crit.max_loss_percent is not None:
+        v = at(-crit.max_loss_percent)
+        out.append(PnlLevel("max_loss", v, f"max_loss -{crit.max_loss_percent:g}% = {v:+,.2f}"))
+    if crit.profit_target_percent is not None:
+        v = at(crit.profit_target_percent)
+        out.append(
+            PnlLevel(
+                "profit_target", v, f"profit_target +{crit.profit_target_percent:g}% = {v:+,.2f}"
+            )
+        )
+    dd = crit.trailing_drawdown_percent
+    if dd is not None and t.peak_pnl_pct >= (crit.trailing_activation_percent or 0.0):
+        v = at(t.peak_pnl_pct - dd)
+        out.append(PnlLevel("trailing_stop", v, f"trailing_stop {dd:g}% below peak = {v:+,.2f}"))
+    return out
+
+
+def _contract_title(c: Contract) -> str:
+    close = time.strftime("%H:%M UTC", time.gmtime(c.close_ts))
+    if c.type == "binary_above" and c.strike is not None:
+        return f"{c.underlying} above ${c.strike:,.0f} at {close}"
+    if c.type == "binary_range" and c.cap is not None:
+        return f"{c.underlying} ${c.strike:,.0f}–${c.cap:,.0f} at {close}"
+    if c.type in ("option_call", "option_put"):
+        kind = "call" if c.type == "option_call" else "put"
+        day = time.strftime("%Y-%m-%d", time.gmtime(c.close_ts))
+        return f"{c.underlying} {c.strike:g} {kind}, expires {day}"
+    return f"{c.underlying} ({c.type})"
+
+
+def _compact(data: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in data.items())

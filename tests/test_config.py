@@ -107,6 +107,9 @@ def test_shipped_config_shows_and_explains_every_key() -> None:
             ann = field.annotation
             if (isinstance(ann, type) and issubclass(ann, BaseModel)) or key == "strategies":
                 continue  # a sub-table, checked on its own
+            if key == "keys":
+                assert "ui.keys" in sections, "[ui.keys] is missing from config.toml"
+                continue
             body = sections.get(table, "")
             if table.startswith("auto_stop.strategies"):
                 assert re.search(r"^max_loss_percent = 25$", body, re.M)
@@ -560,3 +563,14 @@ def test_true_is_not_a_threshold() -> None:
         "c.toml, line 2: auto_stop.strategies.scalp.criteria.max_loss_percent: "
         "expected a number, or false to switch the rule off, got true"
     ]
+
+
+def test_ui_keys_name_known_binding_ids(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[ui.keys]\nclose_trad = "C"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    text = str(e.value)
+    assert "line 2" in text and "close_trad" in text and "close_trade" in text
+    p.write_text('[ui.keys]\nclose_trade = "ctrl+k,C"\n', encoding="utf-8")
+    assert load_config(p).ui.keys == {"close_trade": "ctrl+k,C"}
