@@ -147,15 +147,17 @@ def _run(config: Config, path: Path | None, headless: bool) -> int:
     from engine.runtime import run_headless
 
     if not headless:
+        from tui.app import run_app
+
         try:
-            from tui.app import run_app  # type: ignore[import-not-found]
-        except ImportError:
+            return int(run_app(config, path) or 0)
+        except ConfigError as e:
+            print("\n".join(e.lines), file=sys.stderr)
             print(
-                "trade-supervisor: the screen is not available in this version; running headless",
+                "trade-supervisor: not started; fix the config (nothing was written)",
                 file=sys.stderr,
             )
-        else:
-            return int(run_app(config, path) or 0)
+            return EXIT_CONFIG
     return asyncio.run(run_headless(config, path))
 
 
