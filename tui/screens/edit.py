@@ -114,14 +114,19 @@ class EditThresholdsScreen(ModalScreen[bool]):
     }
     EditThresholdsScreen #edit-form {
         width: 96;
+        max-width: 100%;
         height: auto;
         max-height: 100%;
+        overflow-y: auto;
         border: thick $primary;
         background: $surface;
         padding: 0 1;
     }
     EditThresholdsScreen #edit-title {
         text-style: bold;
+    }
+    EditThresholdsScreen #edit-help {
+        color: $text-muted;
         margin-bottom: 1;
     }
     EditThresholdsScreen .edit-row {
@@ -171,10 +176,13 @@ class EditThresholdsScreen(ModalScreen[bool]):
         row = self.detail.row
         with Vertical(id="edit-form"):
             yield Label(
-                f"Thresholds for {row.trade_id} — {self.detail.contract}  "
-                f"(tab: next field, ctrl+s: save, esc: cancel)",
+                f"Thresholds for {row.trade_id} — {self.detail.contract}",
                 id="edit-title",
                 markup=False,
+            )
+            yield Label(
+                "empty = rule off · tab: next field · ctrl+s: save · esc: cancel",
+                id="edit-help",
             )
             for name, hint in FIELDS:
                 with Horizontal(classes="edit-row"):
@@ -187,7 +195,7 @@ class EditThresholdsScreen(ModalScreen[bool]):
                         tooltip=f"{hint}; {_OFF_HINT}",
                     )
                     yield Static(
-                        f"{hint}; {_OFF_HINT}",
+                        hint,
                         id=f"hint-{name}",
                         classes="edit-hint",
                         markup=False,
@@ -262,7 +270,7 @@ class EditThresholdsScreen(ModalScreen[bool]):
         if not errors:
             errors = self.validate(values)
         self._show_errors(errors)
-        if False:
+        if errors:
             self._message("fix the fields in red; nothing was sent", error=True)
             return
         payload = self.payload(values)
@@ -289,7 +297,7 @@ class EditThresholdsScreen(ModalScreen[bool]):
                 note.update(errors[name])
                 note.add_class("-error")
             else:
-                note.update(f"{hint}; {_OFF_HINT}")
+                note.update(hint)
                 note.remove_class("-error")
 
     def _message(self, text: str, *, error: bool) -> None:
