@@ -1,0 +1,143 @@
+"""End to end: the real `trade-supervisor` in tmux, driven by keys, read with capture-pane.
+
+This is how traders run it (over SSH, in tmux). The test waits for what should appear on the
+screen (polling capture-pane up to a deadline), never for a fixed time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = Path(sys.executable).parent / "trade-supervisor"
+DEADLINE_SECONDS = 40.0
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("tmux") is None,
+        reason="tmux is not installed (apt install tmux); the end-to-end screen test needs it",
+    ),
+]
+
+
+class Tmux:
+    """One private tmux server (its own socket) with one session running the app."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.socket = f"ts-e2e-{os.getpid()}"
+        self.session = "ts"
+        self.tmp = tmp
+
+    def run(self, *args: str) -> str:
+        # COLUMNS/LINES (set by pytest's terminal handling) would pin the app's size.
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        out = subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=20, env=env
+        )
+        return out.stdout
+
+    def start(self, command: list[str], width: int = 160, height: int = 50) -> None:
+        self.run(
+            "new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height),
+            "-c", str(self.tmp), " ".join(_quote(c) for c in command),
+        )  # fmt: skip
+        self.run("set-option", "-t", self.session, "remain-on-exit", "on")
+
+    def screen(self, history: bool = False) -> str:
+        """The visible screen (with `history`, the scrollback too), wrapped lines joined."""
+        more = ["-S", "-"] if history else []
+        return self.run("capture-pane", "-p", "-J", *more, "-t", self.session)
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", self.session, *keys)
+
+    def wait_for(self, what: Callable[[str], bool], why: str) -> str:
+        end = time.monotonic() + DEADLINE_SECONDS
+        screen = ""
+        while time.monotonic() < end:
+            screen = self.screen()
+            if what(screen):
+                return screen
+            time.sleep(0.1)  # polling the screen, not timing the app
+        raise AssertionError(f"timed out waiting for {why}; the screen was:\n{screen}")
+
+    def dead(self) -> bool:
+        return self.run("display-message", "-p", "-t", self.session, "#{pane_dead}").strip() == "1"
+
+    def kill(self) -> None:
+        self.run("kill-server")
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+@pytest.fixture
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
+    t = Tmux(tmp_path)
+    try:
+        yield t
+    finally:
+        t.kill()
+
+
+def _config(tmp: Path) -> Path:
+    text = (ROOT / "config.toml").read_text(encoding="utf-8")
+    data_dir = tmp / "data"
+    text = text.replace('data_dir = "./data"', f'data_dir = "{data_dir}"', 1)
+    assert tomllib.loads(text)["engine"]["data_dir"] == str(data_dir)
+    path = tmp / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_real_app_in_tmux_shows_the_panes_and_obeys_the_keys(
+    tmux: Tmux, tmp_path: Path
+) -> None:
+    assert APP.exists(), f"{APP} is missing: install the project (uv sync) first"
+    cfg = _config(tmp_path)
+    tmux.start([str(APP), "--config", str(cfg)])
+
+    screen = tmux.wait_for(
+        lambda s: all(w in s for w in ("Open trades", "demo-4", "Market", "Strikes", "Alerts")),
+        "the four panes with the demo trades",
+    )
+    assert " SIM " in screen and "ARMED" in screen and "Market" in screen, screen
+
+    tmux.keys("P")
+    tmux.wait_for(lambda s: "PAUSED" in s.splitlines()[0], "the kill switch in the header")
+    tmux.keys("P")
+    tmux.wait_for(lambda s: "PAUSED" not in s.splitlines()[0], "the kill switch off again")
+
+    tmux.keys("?")
+    tmux.wait_for(lambda s: "kill_switch" in s and "close_all" in s, "the help screen")
+    tmux.keys("Escape")
+    tmux.wait_for(lambda s: "kill_switch" not in s, "the help screen closed")
+
+    tmux.keys("q")
+    tmux.wait_for(lambda s: "--headless" in s, "the quit warning pointing to --headless")
+    tmux.keys("n")
+    tmux.wait_for(lambda s: "--headless" not in s and "Open trades" in s, "the warning gone")
+    assert not tmux.dead()
+
+    tmux.keys("q")
+    tmux.wait_for(lambda s: "--headless" in s, "the quit warning again")
+    tmux.keys("y")
+    tmux.wait_for(lambda _s: tmux.dead(), "the app to exit")
+    screen = tmux.screen(history=True)
+    assert "stopped; the journal is closed" in screen, screen
+
+    status = subprocess.run(
+        [str(APP), "--config", str(cfg), "status"], capture_output=True, text=True, timeout=30
+    )
+    assert "not running" in status.stdout, status.stdout
