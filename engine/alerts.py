@@ -30,7 +30,9 @@ class Alert:
     trade_id: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
     repeats: int = 0  # how many identical alerts the throttle held back before this one
-    seq: int = 0  # 1, 2, 3... in the order the bus raised them (the UI's key for new alerts)
+    # 1, 2, 3... in the order the bus raised them (the UI's key for new alerts); alerts restored
+    # from the journal at start-up count up to 0 (-n ... 0), so nothing old is announced again.
+    seq: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +114,30 @@ class AlertBus:
         self._last: dict[tuple[str, str], float] = {}
         self._held: dict[tuple[str, str], int] = {}
         self.listeners: list[Callable[[Alert], None]] = []
+
+    def restore(self, rows: list[dict[str, Any]]) -> int:
+        """Put stored alerts (newest first, as `Store.recent_alerts` returns them) back into
+        `recent`, so the alerts pane shows what happened before a restart. Not re-delivered."""
+        known_kinds = AlertKind._value2member_map_
+        known_sev = Severity._value2member_map_
+        usable = [
+            r for r in rows if r.get("kind") in known_kinds and r.get("severity") in known_sev
+        ]
+        usable = usable[: self.recent.maxlen]
+        for i, r in enumerate(reversed(usable)):  # oldest first, so the newest ends up in front
+            self.recent.appendleft(
+                Alert(
+                    float(r["ts"]),
+                    AlertKind(r["kind"]),
+                    Severity(r["severity"]),
+                    str(r["message"]),
+                    r.get("trade_id"),
+                    dict(r.get("data") or {}),
+                    0,
+                    i - len(usable) + 1,
+                )
+            )
+        return len(usable)
 
     async def raise_(
         self,

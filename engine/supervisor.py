@@ -200,6 +200,8 @@ class Engine:
             self.paused_all = bool(saved_paused)
         await self.store.set_state("config_armed", self.config.auto_stop.armed, now)
 
+        if not self.alerts.recent:
+            self.alerts.restore(await self.store.recent_alerts(self.alerts.recent.maxlen or 200))
         for t in await self.store.load_trades():
             self._adopt(t)
         for problem in getattr(self.store, "last_load_problems", []):

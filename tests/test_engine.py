@@ -636,3 +636,22 @@ async def test_subscribers_get_a_new_immutable_snapshot_after_each_change(tmp_pa
     with pytest.raises(dataclasses.FrozenInstanceError):
         seen[-1].armed = False  # type: ignore[misc]
     await h.close()
+
+
+async def test_alerts_before_a_restart_are_shown_again_but_not_announced_again(tmp_path):
+    h1 = await standard(tmp_path)
+    await h1.engine.command(Command("pause_all"))
+    before = [(a.kind, a.message) for a in h1.engine.snapshot().alerts]
+    assert before and all(a.seq > 0 for a in h1.engine.snapshot().alerts)
+    await h1.close()
+    h2 = await _restart(tmp_path, h1.cfg)
+    restored = h2.engine.snapshot().alerts
+    assert [(a.kind, a.message) for a in restored][-len(before) :] == before
+    assert all(a.seq <= 0 for a in restored)  # the UI announces only seq > what it has seen
+    assert sorted(a.seq for a in restored) == [a.seq for a in reversed(restored)]
+    await h2.engine.command(Command("resume_all"))
+    after = h2.engine.snapshot().alerts
+    await h2.close()
+    new = [a for a in after if a.seq > 0]
+    assert sorted(a.seq for a in new) == list(range(1, len(new) + 1))
+    assert any("resume" in a.message.lower() for a in new)

@@ -200,8 +200,10 @@ class MainScreen(Screen[None]):
 
     @on(DataTable.RowSelected)
     def _row_selected(self, event: DataTable.RowSelected) -> None:
-        if isinstance(event.data_table.parent, TradesPane):
-            self.app.run_action("app.detail")
+        app = self.app
+        if isinstance(event.data_table.parent, TradesPane) and isinstance(app, TradeSupervisorApp):
+            event.stop()
+            app.action_detail()
 
 
 class TradeSupervisorApp(App[int]):
@@ -238,7 +240,7 @@ class TradeSupervisorApp(App[int]):
         self.snapshot: Snapshot | None = None
         self.engine_error: str | None = None
         self.main: MainScreen | None = None
-        self._last_alert_seq: int | None = None
+        self._last_alert_seq = 0
         self.bells = 0  # rings sent (the bell is silent headless; tests read this)
 
     # ------------------------------------------------------------------ start-up
@@ -283,10 +285,12 @@ class TradeSupervisorApp(App[int]):
             main.query_one(AlertsPane).render_rows(snap, pal)
 
     def _announce_alerts(self, snap: Snapshot) -> None:
-        newest = max((a.seq for a in snap.alerts), default=0)
+        """Toast new warning/critical alerts and ring the bell for critical ones (once each).
+
+        Alerts restored from the journal at start-up have seq <= 0 and are never announced."""
         last = self._last_alert_seq
-        self._last_alert_seq = max(newest, last or 0)
-        fresh = [a for a in snap.alerts if last is None or a.seq > last]
+        fresh = [a for a in snap.alerts if a.seq > last]
+        self._last_alert_seq = max((a.seq for a in snap.alerts), default=last)
         loud = [a for a in fresh if a.severity.value in ("warning", "critical")]
         if self.config.ui.toasts:
             for a in reversed(loud[:MAX_TOASTS_PER_UPDATE]):
