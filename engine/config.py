@@ -236,6 +236,7 @@ UI_KEY_IDS: tuple[str, ...] = (
     "edit",
     "reload",
     "filter",
+    "clear_filter",
     "alert_severity",
     "alert_kind",
     "next_pane",

@@ -133,7 +133,14 @@ class MainScreen(Screen[None]):
             show=False,
             tooltip="Move to the previous pane",
         ),
-        Binding("escape", "app.clear_filter", "Clear filter", show=False),
+        Binding(
+            "escape",
+            "app.clear_filter",
+            "Clear filter",
+            id="clear_filter",
+            show=False,
+            tooltip="Clear the focused table's filter",
+        ),
     ]
 
     def compose(self) -> ComposeResult:

@@ -13,7 +13,11 @@ from textual.widgets import Label, Static
 
 
 class HelpScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,question_mark,q", "close", "Close", id="help_close")]
+    BINDINGS = [
+        Binding(
+            "escape,question_mark,q", "close", "Close", id="help_close", tooltip="Close the help"
+        )
+    ]
 
     def __init__(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
         """rows: (keys as shown, binding id, description, tooltip)."""
