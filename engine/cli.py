@@ -137,6 +137,14 @@ def _load(explicit: str | None) -> tuple[Config, Path | None]:
 
 
 def _check_config(config: Config, path: Path | None) -> int:
+    # The screen's settings (theme, colours) are checked by the screen's own code, imported
+    # here only, so that the engine itself never loads the UI toolkit.
+    from tui.app import ui_config_problems
+
+    problems = ui_config_problems(config, str(path or "config"))
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return EXIT_CONFIG
     src = str(path) if path else "built-in defaults (no config file found)"
     print(f"# effective config, from {src}; secrets are hidden")
     print(config.redacted_toml(), end="")

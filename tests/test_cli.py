@@ -190,6 +190,23 @@ def test_every_command_refuses_a_bad_config(cli: Cli, args: list[str]) -> None:
     assert f"{cli.config}, line 3: engine.extra" in proc.stderr
 
 
+def test_the_screens_settings_are_checked_before_anything_starts(cli: Cli) -> None:
+    cli.write_config(
+        """
+        [ui]
+        theme = "no-such-theme"
+        down_color = "redd"
+        """
+    )
+    for args in (["check-config"], []):
+        proc = cli.run("--config", str(cli.config), *args)
+        assert proc.returncode == 2, proc.stderr
+        assert "ui.theme: unknown theme 'no-such-theme'" in proc.stderr
+        assert "textual-dark" in proc.stderr  # the choices are listed
+        assert "ui.down_color: 'redd' is not a colour" in proc.stderr
+    assert not cli.data.exists()
+
+
 def test_missing_config_file(cli: Cli) -> None:
     missing = cli.root / "nowhere" / "config.toml"
     proc = cli.run("--config", str(missing), "--headless", timeout=30)
