@@ -6,7 +6,10 @@ goes through the engine's one command interface (`host.command`). See ARCHITECTU
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import signal
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -253,6 +256,12 @@ class TradeSupervisorApp(App[int]):
     # ------------------------------------------------------------------ start-up
 
     def on_mount(self) -> None:
+        # A closed terminal (SIGHUP) or a service stop (SIGTERM) ends the app cleanly, so the
+        # engine flushes and closes the journal instead of dying mid-write.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.exit, 0)
         self.theme = self.config.ui.theme
         if self.config.ui.keys:
             self.set_keymap(dict(self.config.ui.keys))
@@ -322,7 +331,8 @@ class TradeSupervisorApp(App[int]):
         if self.main is not None and self.main.is_mounted:
             self.main.query_one(StatusBar).show(self.snapshot, self.engine_error)
         self.notify(
-            f"{self.engine_error}. Open trades are NOT protected. Quit (q) and start again.",
+            f"{self.engine_error}. Open trades are NOT protected. Quit (q) and start again; "
+            "details in trade-supervisor.log in the data directory.",
             title="Engine stopped",
             severity="error",
             timeout=60,
@@ -589,6 +599,20 @@ def ui_config_problems(config: Config, where: str) -> list[str]:
     return problems
 
 
+def _log_to_file(config: Config) -> Path | None:
+    """Send log records to `data_dir/trade-supervisor.log`: the screen owns the terminal."""
+    root = logging.getLogger()
+    if root.handlers:
+        return None
+    path = config.data_path() / "trade-supervisor.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return path
+
+
 def run_app(config: Config, config_path: Path | None) -> int:
     """Start the engine on its thread, run the screen, stop the engine cleanly afterwards."""
     problems = ui_config_problems(config, str(config_path or "config"))
@@ -596,6 +620,7 @@ def run_app(config: Config, config_path: Path | None) -> int:
         raise ConfigError(problems)
     # The engine thread must get the GIL back quickly while the screen renders (default 5 ms).
     sys.setswitchinterval(0.001)
+    _log_to_file(config)
     host = EngineHost(config, config_path)
     try:
         host.start()
