@@ -92,16 +92,17 @@ class MainScreen(Screen[None]):
         Binding(
             "e",
             "app.edit",
-            "Edit rules",
+            "Edit",
             id="edit",
             tooltip="Edit the selected trade's rule thresholds",
         ),
-        Binding("r", "app.reload", "Reload", id="reload", tooltip="Reload config.toml"),
+        Binding("r", "app.reload", "Reload", id="reload", show=False, tooltip="Reload config.toml"),
         Binding(
             "slash",
             "app.filter",
             "Filter",
             id="filter",
+            show=False,
             tooltip="Filter the focused table (escape clears)",
         ),
         Binding(
@@ -154,7 +155,7 @@ class MainScreen(Screen[None]):
             yield MarketPane("Market", id="market", classes="pane")
             yield StrikesPane(id="strikes", classes="pane")
             yield AlertsPane(id="alerts", classes="pane")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one(TradesPane).table.focus()
