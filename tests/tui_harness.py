@@ -47,9 +47,10 @@ async def running_app(
     size: tuple[int, int] = (160, 50),
     config: Config | None = None,
     warmup_seconds: float = 5.0,
+    config_path: Path | None = None,
 ) -> AsyncIterator[tuple[TradeSupervisorApp, Pilot[Any], EngineHost]]:
     cfg = config or ui_config(tmp)
-    host = EngineHost(cfg, None, clock=ManualClock(T0), drive=False, auto_publish=False)
+    host = EngineHost(cfg, config_path, clock=ManualClock(T0), drive=False, auto_publish=False)
     host.start()
     app = TradeSupervisorApp(cfg, host)
     try:
@@ -60,6 +61,11 @@ async def running_app(
             yield app, pilot, host
     finally:
         host.stop()
+
+
+def screen_text(app: TradeSupervisorApp) -> str:
+    """The text the active screen shows now, one line per terminal row (styles dropped)."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
 
 
 async def journal_trade(cfg: Config, trade_id: str) -> dict[str, Any]:

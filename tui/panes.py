@@ -14,7 +14,7 @@ from engine.snapshot import MarketView, RiskView, Snapshot, SourceHealth
 from tui import format as fmt
 from tui.format import Palette
 from tui.rows import ALERT_COLUMNS, STRIKE_COLUMNS, TRADE_COLUMNS, alert_row, strike_row, trade_row
-from tui.tables import Column, LiveTable, Row
+from tui.tables import Column, LazyRow, LiveTable, Row
 
 BADGE_STYLE = {
     "SIM": "bold black on cyan",
@@ -74,7 +74,7 @@ class StatusBar(Static):
         text = header_text(snap, engine_error)
         if text != self._last:
             self._last = text
-            self.update(text)
+            self.update(text, layout=False)  # one line always (CSS height 1): no re-layout
 
 
 class Pane(Vertical):
@@ -164,9 +164,12 @@ _REGIME_STYLE = {
 
 
 def _set(widget: Static, text: Text) -> None:
-    if getattr(widget, "_shown", None) != text:
+    old = getattr(widget, "_shown", None)
+    if old != text:
         widget._shown = text  # type: ignore[attr-defined]
-        widget.update(text)
+        # A re-layout (of the whole screen) only when the number of lines changes.
+        lines = text.plain.count("\n")
+        widget.update(text, layout=old is None or old.plain.count("\n") != lines)
 
 
 class TablePane(Pane):
@@ -187,11 +190,16 @@ class TablePane(Pane):
     def focus_target(self) -> object:
         return self.table
 
-    def sync(self, rows: Sequence[Row]) -> None:
+    def sync(self, rows: Sequence[Row | LazyRow]) -> None:
         self.table.sync(rows)
         shown, total = self.table.row_count, len(rows)
         extra = f" [{self.table.filter_text}] {shown}/{total}" if self.table.filter_text else ""
-        self.border_subtitle = f"{total}{extra}" if total else ""
+        subtitle = f"{total}{extra}" if total else ""
+        # Setting a border title repaints the whole pane, even when it is the same: only on change.
+        if subtitle != getattr(self, "_subtitle", None):
+            self._subtitle = subtitle
+            # Text, not a str: the filter is what the trader typed, not markup ("[x]" would vanish).
+            self.border_subtitle = Text(subtitle) if subtitle else ""
 
     def open_filter(self) -> None:
         box = self.query_one(Input)
@@ -223,7 +231,8 @@ class TradesPane(TablePane):
         super().__init__("Open trades", TRADE_COLUMNS, **kwargs)
 
     def render_rows(self, snap: Snapshot, pal: Palette) -> None:
-        self.sync([trade_row(t, pal) for t in snap.trades])
+        # Formatted only when shown (or filtered): most of 500 rows are off screen.
+        self.sync([LazyRow(t.trade_id, trade_row, t, pal) for t in snap.trades])
 
 
 class StrikesPane(TablePane):
@@ -231,7 +240,7 @@ class StrikesPane(TablePane):
         super().__init__("Strikes", STRIKE_COLUMNS, **kwargs)
 
     def render_rows(self, snap: Snapshot, pal: Palette) -> None:
-        self.sync([strike_row(s, pal) for s in snap.strikes])
+        self.sync([LazyRow(s.contract_id, strike_row, s, pal) for s in snap.strikes])
 
 
 SEVERITY_FILTERS: tuple[str | None, ...] = (None, "warning", "critical")
