@@ -12,7 +12,7 @@ import logging
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -118,25 +118,9 @@ class AlertBus:
     def restore(self, rows: list[dict[str, Any]]) -> int:
         """Put stored alerts (newest first, as `Store.recent_alerts` returns them) back into
         `recent`, so the alerts pane shows what happened before a restart. Not re-delivered."""
-        known_kinds = AlertKind._value2member_map_
-        known_sev = Severity._value2member_map_
-        usable = [
-            r for r in rows if r.get("kind") in known_kinds and r.get("severity") in known_sev
-        ]
-        usable = usable[: self.recent.maxlen]
-        for i, r in enumerate(reversed(usable)):  # oldest first, so the newest ends up in front
-            self.recent.appendleft(
-                Alert(
-                    float(r["ts"]),
-                    AlertKind(r["kind"]),
-                    Severity(r["severity"]),
-                    str(r["message"]),
-                    r.get("trade_id"),
-                    dict(r.get("data") or {}),
-                    0,
-                    i - len(usable) + 1,
-                )
-            )
+        usable = [a for a in map(alert_from_row, rows) if a is not None][: self.recent.maxlen]
+        for i, a in enumerate(reversed(usable)):  # oldest first, so the newest ends up in front
+            self.recent.appendleft(replace(a, seq=i - len(usable) + 1))
         return len(usable)
 
     async def raise_(
@@ -190,6 +174,23 @@ class AlertBus:
         for listener in self.listeners:
             listener(alert)
         return alert
+
+
+def alert_from_row(r: Mapping[str, Any]) -> Alert | None:
+    """An alert as the journal stores it (a `Store` alerts row), or None if its kind or severity
+    is one this version does not know."""
+    if r.get("kind") not in AlertKind._value2member_map_:
+        return None
+    if r.get("severity") not in Severity._value2member_map_:
+        return None
+    return Alert(
+        float(r["ts"]),
+        AlertKind(r["kind"]),
+        Severity(r["severity"]),
+        str(r["message"]),
+        r.get("trade_id"),
+        dict(r.get("data") or {}),
+    )
 
 
 def _clean(v: Any) -> Any:

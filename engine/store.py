@@ -1087,19 +1087,15 @@ class Store:
 
     async def recent_alerts(self, limit: int = 200) -> list[dict]:
         """The latest alerts, newest first, each with `data` parsed."""
-        rows = await self._fetchall("SELECT * FROM alerts ORDER BY id DESC LIMIT ?", (int(limit),))
-        out = []
-        for r in rows:
-            d = dict(r)
-            d["data"] = _loads(d.get("data"), {})
-            out.append(d)
-        return out
+        return await self._alert_rows("", (int(limit),))
 
     async def alerts_for_trade(self, trade_id: str, limit: int = 200) -> list[dict]:
         """A trade's latest alerts, newest first, each with `data` parsed."""
+        return await self._alert_rows("WHERE trade_id = ?", (trade_id, int(limit)))
+
+    async def _alert_rows(self, where: str, params: Sequence[Any]) -> list[dict]:
         rows = await self._fetchall(
-            "SELECT * FROM alerts WHERE trade_id = ? ORDER BY id DESC LIMIT ?",
-            (trade_id, int(limit)),
+            f"SELECT * FROM alerts {where} ORDER BY id DESC LIMIT ?", params
         )
         out = []
         for r in rows:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import pricing, rules, signals
-from engine.alerts import Alert, AlertBus
+from engine.alerts import AlertBus, alert_from_row
 from engine.clock import Clock
 from engine.commands import REPLAY_ACTIONS, Command, CommandResult
 from engine.config import Config, ConfigError, Criteria, load_config
@@ -1958,19 +1958,8 @@ class Engine:
             AuditEntry(a["ts"], a["event"], _compact(a.get("data") or {}))
             for a in await self.store.audit_for_trade(trade_id)
         ]
-        alerts = [
-            Alert(
-                a["ts"],
-                AlertKind(a["kind"]),
-                Severity(a["severity"]),
-                a["message"],
-                a["trade_id"],
-                a.get("data") or {},
-            )
-            for a in await self.store.alerts_for_trade(trade_id)
-            if a["kind"] in AlertKind._value2member_map_
-            and a["severity"] in Severity._value2member_map_
-        ]
+        stored = await self.store.alerts_for_trade(trade_id)
+        alerts = [a for a in map(alert_from_row, stored) if a is not None]
         return TradeDetail(
             row=row,
             contract=_contract_title(c) if c else t.contract_id,
