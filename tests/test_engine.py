@@ -655,3 +655,25 @@ async def test_alerts_before_a_restart_are_shown_again_but_not_announced_again(t
     new = [a for a in after if a.seq > 0]
     assert sorted(a.seq for a in new) == list(range(1, len(new) + 1))
     assert any("resume" in a.message.lower() for a in new)
+
+
+async def test_trade_detail_places_the_stops_in_dollars_and_lists_the_trades_alerts(tmp_path):
+    cfg = config(
+        auto_stop={"criteria": {"max_loss_percent": 30, "profit_target_percent": 50}},
+    )
+    h = await standard(tmp_path, cfg)  # t1: YES 10 @ 0.50, cost basis $5.00
+    await h.engine.command(Command("pause", "t1"))
+    h.at(10)
+    await h.quote(0.55, 0.57)
+    d = await h.engine.trade_detail("t1")
+    assert d is not None and d.cost_basis == 5.0
+    levels = {lv.name: lv.pnl for lv in d.levels}
+    assert levels["max_loss"] == -1.5 and levels["profit_target"] == 2.5
+    assert levels["entry"] == 0.0 and levels["peak"] == d.row.peak_pnl
+    assert d.marks[-1][1] == d.row.pnl  # the chart ends at the P&L the trades table shows
+    assert any(a.kind.value == "trade_detected" for a in d.alerts)
+    assert all(a.trade_id == "t1" for a in d.alerts)
+    assert dict(d.criteria)["max_loss_percent"] == 30
+    await h.engine.command(Command("close", "t1"))
+    assert await h.engine.trade_detail("t1") is None  # closed: the screen says so
+    await h.close()
