@@ -79,6 +79,7 @@ async def build_runtime(
         venue = PaperVenue(
             config.paper, quotes.get, state_path=data / "paper_venue.json", name=config.engine.venue
         )
+        closers.append(venue.close)
         engine = Engine(config, clock, store, venue, alerts=bus, config_path=config_path)
         engine.quotes = quotes  # the paper venue fills against the engine's own quote book
         engine.recorders.extend(recorders or [])
