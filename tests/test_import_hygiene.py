@@ -40,3 +40,24 @@ def test_engine_imports_no_ui_library() -> None:
     assert {"engine.cli", "engine.supervisor", "engine.replay"} <= set(report["modules"])
     # ...and none of them pulled in textual or rich.
     assert report["ui"] == []
+
+
+ENGINE_PROCESS_PROBE = """
+import json, sys
+import tui.engine_process
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("textual", "rich"))))
+"""
+
+
+def test_the_engine_process_loads_no_ui_library() -> None:
+    """The screen's engine process (`python -m tui.engine_process`) stays an engine: no
+    Textual in its memory or its start-up time."""
+    proc = subprocess.run(
+        [sys.executable, "-c", ENGINE_PROCESS_PROBE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == []

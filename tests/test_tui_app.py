@@ -10,6 +10,7 @@ bid), so the rule keeps firing on every evaluation until something lets it act.
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from engine.commands import Command
 from engine.config import UI_KEY_IDS, load_config
 from engine.models import AlertKind, Severity
 from engine.supervisor import Engine
+from engine.venues.base import VenuePosition
 from tests.tui_harness import (
     ROOT,
     journal_trade,
@@ -31,7 +33,7 @@ from tests.tui_harness import (
     ui_config,
 )
 from tui.app import MainScreen, TradeSupervisorApp
-from tui.host import EngineHost
+from tui.host import Host
 from tui.panes import AlertsPane, MarketPane, StatusBar, StrikesPane, TradesPane
 from tui.screens.confirm import ConfirmScreen, TypedConfirmScreen
 from tui.screens.detail import TradeDetailScreen
@@ -40,6 +42,9 @@ from tui.screens.help import HelpScreen
 from tui.tables import LiveTable
 
 DEMO = ["demo-1", "demo-2", "demo-3", "demo-4"]
+# The money paths run over both engine hosts: a thread of this process and a child process (what
+# run_app uses by default).
+BOTH_HOSTS = pytest.mark.parametrize("host_kind", ["thread", "process"])
 WORKERS_TIMEOUT = 10.0  # seconds; the actions take milliseconds
 
 
@@ -104,7 +109,7 @@ def _max_loss_fired(app: TradeSupervisorApp, trade_id: str) -> bool:
     return any(r.rule == "max_loss" and r.fired for r in row.rules)
 
 
-async def _open_ids(host: EngineHost) -> list[str]:
+async def _open_ids(host: Host) -> list[str]:
     return await host.call(_engine_trade_ids)
 
 
@@ -112,15 +117,20 @@ async def _engine_trade_ids(e: Engine) -> list[str]:
     return sorted(e.trades)
 
 
-async def _engine_attr(host: EngineHost, name: str) -> object:
-    async def read(e: Engine) -> object:
-        return getattr(e, name)
-
-    return await host.call(read)
+async def _read_attr(name: str, e: Engine) -> object:
+    return getattr(e, name)
 
 
-async def _held(host: EngineHost, contract_id: str, side: str) -> float:
-    positions = await host.call(lambda e: e.venue.positions())
+async def _engine_attr(host: Host, name: str) -> object:
+    return await host.call(functools.partial(_read_attr, name))
+
+
+async def _positions(e: Engine) -> list[VenuePosition]:
+    return await e.venue.positions()
+
+
+async def _held(host: Host, contract_id: str, side: str) -> float:
+    positions = await host.call(_positions)
     return sum(p.qty for p in positions if p.contract_id == contract_id and p.side == side)
 
 
@@ -131,10 +141,12 @@ def _notes(app: TradeSupervisorApp) -> list[tuple[str, str, str]]:
 # --- close the selected trade ---------------------------------------------------------------
 
 
+@BOTH_HOSTS
 async def test_close_selected_trade_closes_it_on_the_venue_and_in_the_journal(
     tmp_path: Path,
+    host_kind: str,
 ) -> None:
-    async with running_app(tmp_path) as (app, pilot, host):
+    async with running_app(tmp_path, host_kind=host_kind) as (app, pilot, host):
         table = app.main.query_one(TradesPane).table
         assert table.keys[:2] == ["demo-1", "demo-2"]
         await pilot.press("down")  # demo-2
@@ -148,7 +160,7 @@ async def test_close_selected_trade_closes_it_on_the_venue_and_in_the_journal(
         await app.workers.wait_for_complete()
         await settle(pilot)
         assert "demo-2" not in table.keys
-        assert "demo-2" not in host.engine.trades
+        assert "demo-2" not in await _open_ids(host)
         row = await journal_trade(app.config, "demo-2")
         assert row["state"] == "closed" and row["exit_reason"] == "manual"
         assert await _held(host, t.contract_id, t.side) == held_before - t.qty
@@ -157,8 +169,11 @@ async def test_close_selected_trade_closes_it_on_the_venue_and_in_the_journal(
 # --- 1. pause one trade -------------------------------------------------------------------
 
 
-async def test_paused_trade_is_not_auto_stopped_until_resumed(tmp_path: Path) -> None:
-    async with running_app(tmp_path) as (app, pilot, host):
+@BOTH_HOSTS
+async def test_paused_trade_is_not_auto_stopped_until_resumed(
+    tmp_path: Path, host_kind: str
+) -> None:
+    async with running_app(tmp_path, host_kind=host_kind) as (app, pilot, host):
         # demo-2 and demo-3: the same contract, side and strategy; only demo-3 is paused.
         await _select(app, pilot, "demo-3")
         await _press(pilot, "p")
@@ -186,8 +201,11 @@ async def test_paused_trade_is_not_auto_stopped_until_resumed(tmp_path: Path) ->
 # --- 2. kill switch --------------------------------------------------------------------------
 
 
-async def test_kill_switch_stops_every_automatic_exit_until_switched_off(tmp_path: Path) -> None:
-    async with running_app(tmp_path) as (app, pilot, host):
+@BOTH_HOSTS
+async def test_kill_switch_stops_every_automatic_exit_until_switched_off(
+    tmp_path: Path, host_kind: str
+) -> None:
+    async with running_app(tmp_path, host_kind=host_kind) as (app, pilot, host):
         assert "PAUSED" not in _header(app)
         await _press(pilot, "P")
         assert await _engine_attr(host, "paused_all") is True
@@ -246,8 +264,11 @@ async def test_capital_p_in_the_filter_box_is_typed_not_the_kill_switch(tmp_path
 # --- 3. arm / disarm -------------------------------------------------------------------------
 
 
-async def test_disarmed_engine_closes_nothing_until_armed_again(tmp_path: Path) -> None:
-    async with running_app(tmp_path) as (app, pilot, host):
+@BOTH_HOSTS
+async def test_disarmed_engine_closes_nothing_until_armed_again(
+    tmp_path: Path, host_kind: str
+) -> None:
+    async with running_app(tmp_path, host_kind=host_kind) as (app, pilot, host):
         assert " ARMED " in _header(app)
         await _press(pilot, "a")  # sim is not real money: no confirmation
         assert isinstance(app.screen, MainScreen)
@@ -299,8 +320,9 @@ async def test_arming_a_real_money_venue_asks_to_confirm(
 # --- 4. close all ----------------------------------------------------------------------------
 
 
-async def test_close_all_needs_the_typed_word_in_capitals(tmp_path: Path) -> None:
-    async with running_app(tmp_path) as (app, pilot, host):
+@BOTH_HOSTS
+async def test_close_all_needs_the_typed_word_in_capitals(tmp_path: Path, host_kind: str) -> None:
+    async with running_app(tmp_path, host_kind=host_kind) as (app, pilot, host):
         await pilot.press("X")
         await settle(pilot)
         assert isinstance(app.screen, TypedConfirmScreen)
@@ -366,8 +388,11 @@ async def test_quit_exits_at_once_when_nothing_is_armed_and_open(tmp_path: Path,
 # --- 6. detail and edit ----------------------------------------------------------------------
 
 
-async def test_enter_opens_the_selected_trades_detail_and_escape_returns(tmp_path: Path) -> None:
-    async with running_app(tmp_path) as (app, pilot, _host):
+@BOTH_HOSTS
+async def test_enter_opens_the_selected_trades_detail_and_escape_returns(
+    tmp_path: Path, host_kind: str
+) -> None:
+    async with running_app(tmp_path, host_kind=host_kind) as (app, pilot, _host):
         await _select(app, pilot, "demo-3")
         await _press(pilot, "enter")
         assert isinstance(app.screen, TradeDetailScreen)
@@ -377,8 +402,11 @@ async def test_enter_opens_the_selected_trades_detail_and_escape_returns(tmp_pat
         assert _trades(app).selected_key == "demo-3"
 
 
-async def test_e_opens_the_threshold_form_for_the_selected_trade(tmp_path: Path) -> None:
-    async with running_app(tmp_path) as (app, pilot, _host):
+@BOTH_HOSTS
+async def test_e_opens_the_threshold_form_for_the_selected_trade(
+    tmp_path: Path, host_kind: str
+) -> None:
+    async with running_app(tmp_path, host_kind=host_kind) as (app, pilot, _host):
         await _select(app, pilot, "demo-2")
         await _press(pilot, "e")
         assert isinstance(app.screen, EditThresholdsScreen)
@@ -565,3 +593,19 @@ async def test_narrow_terminal_shows_one_pane_at_a_time(tmp_path: Path) -> None:
         await _press(pilot, "tab")
         assert shown() == ["strikes"]
         assert "Strikes" in screen_text(app)
+
+
+# --- the engine process dies -----------------------------------------------------------------
+
+
+async def test_a_dead_engine_process_shows_engine_stopped_and_unprotected(tmp_path: Path) -> None:
+    async with running_app(tmp_path, host_kind="process") as (app, pilot, host):
+        assert "ENGINE STOPPED" not in _header(app)
+        host.process.kill()
+        assert await asyncio.to_thread(host.stopped.wait, 20.0)
+        await settle(pilot)
+        assert "ENGINE STOPPED" in _header(app)
+        (title, message, severity) = _notes(app)[-1]
+        assert title == "Engine stopped" and severity == "error"
+        assert "exit code -9" in message and "NOT protected" in message
+        assert app.bells == 1

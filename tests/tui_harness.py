@@ -1,6 +1,8 @@
 """Runs the real app over a real engine host in tests: fixed seed, manual clock, temp journal.
 
-The host is built with `drive=False`: nothing moves on its own. `host.advance(seconds)` moves the
+The host is built with `drive=False`: nothing moves on its own. `host_kind` picks where the engine
+runs: "thread" (`EngineHost`) or "process" (`ProcessEngineHost`, what `run_app` uses by default;
+functions given to its `host.call` must be module-level, since they are pickled). `host.advance(seconds)` moves the
 clock, steps the simulated market, ticks the engine and publishes a snapshot; `settle(pilot)`
 then lets the app render it. No sleeps anywhere.
 """
@@ -19,7 +21,8 @@ from engine.clock import ManualClock
 from engine.config import Config, parse_config
 from engine.store import JOURNAL_FILENAME, Store
 from tui.app import TradeSupervisorApp
-from tui.host import EngineHost
+from tui.engine_process import ProcessEngineHost
+from tui.host import EngineHost, Host
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_764_000_000.0  # 2025-11-24 16:00:00 UTC
@@ -48,9 +51,10 @@ async def running_app(
     config: Config | None = None,
     warmup_seconds: float = 5.0,
     config_path: Path | None = None,
-) -> AsyncIterator[tuple[TradeSupervisorApp, Pilot[Any], EngineHost]]:
+    host_kind: str = "thread",
+) -> AsyncIterator[tuple[TradeSupervisorApp, Pilot[Any], Any]]:
     cfg = config or ui_config(tmp)
-    host = EngineHost(cfg, config_path, clock=ManualClock(T0), drive=False, auto_publish=False)
+    host = make_host(host_kind, cfg, config_path)
     host.start()
     app = TradeSupervisorApp(cfg, host)
     try:
@@ -61,6 +65,12 @@ async def running_app(
             yield app, pilot, host
     finally:
         host.stop()
+
+
+def make_host(kind: str, cfg: Config, config_path: Path | None = None) -> Host:
+    """A host over the simulated market with a manual clock: nothing moves until `advance`."""
+    hosts = {"thread": EngineHost, "process": ProcessEngineHost}
+    return hosts[kind](cfg, config_path, clock=ManualClock(T0), drive=False, auto_publish=False)
 
 
 def screen_text(app: TradeSupervisorApp) -> str:

@@ -31,8 +31,9 @@ from engine.config import UI_KEY_IDS, Config, ConfigError
 from engine.snapshot import Snapshot, TradeRow
 from engine.store import StoreError
 from tui import format as fmt
+from tui.engine_process import ProcessEngineHost
 from tui.format import Palette
-from tui.host import EngineHost, EngineHostError
+from tui.host import EngineHost, EngineHostError, Host
 from tui.messages import EngineStopped, SnapshotReady
 from tui.panes import AlertsPane, MarketPane, Pane, StatusBar, StrikesPane, TablePane, TradesPane
 
@@ -243,7 +244,7 @@ class TradeSupervisorApp(App[int]):
         ),
     ]
 
-    def __init__(self, config: Config, host: EngineHost) -> None:
+    def __init__(self, config: Config, host: Host) -> None:
         super().__init__()
         self.config = config
         self.host = host
@@ -600,13 +601,13 @@ def ui_config_problems(config: Config, where: str) -> list[str]:
     return problems
 
 
-def _log_to_file(config: Config) -> Path | None:
+def _log_to_file(config: Config) -> Path:
     """Send log records to `data_dir/trade-supervisor.log`: the screen owns the terminal."""
     root = logging.getLogger()
-    if root.handlers:
-        return None
     path = config.data_path() / "trade-supervisor.log"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if root.handlers:
+        return path  # already set up (by a test or an embedding program)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
@@ -615,14 +616,19 @@ def _log_to_file(config: Config) -> Path | None:
 
 
 def run_app(config: Config, config_path: Path | None) -> int:
-    """Start the engine on its thread, run the screen, stop the engine cleanly afterwards."""
+    """Start the engine (a child process, or a thread), run the screen, stop the engine cleanly
+    afterwards."""
     problems = ui_config_problems(config, str(config_path or "config"))
     if problems:
         raise ConfigError(problems)
-    # The engine thread must get the GIL back quickly while the screen renders (default 5 ms).
-    sys.setswitchinterval(0.001)
-    _log_to_file(config)
-    host = EngineHost(config, config_path)
+    log_path = _log_to_file(config)
+    host: Host
+    if config.ui.engine == "process":
+        host = ProcessEngineHost(config, config_path, log_path=log_path)
+    else:
+        # The engine thread must get the GIL back quickly while the screen renders (default 5 ms).
+        sys.setswitchinterval(0.001)
+        host = EngineHost(config, config_path)
     try:
         host.start()
     except (StoreError, EngineHostError) as e:

@@ -23,7 +23,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from engine.clock import Clock, ManualClock
 from engine.commands import Command, CommandResult
@@ -41,6 +41,25 @@ STOP_TIMEOUT_SECONDS = 15.0
 
 class EngineHostError(RuntimeError):
     """The engine could not start (its message says why and what to do)."""
+
+
+class Host(Protocol):
+    """What the screen needs from wherever the engine runs: `EngineHost` (a thread of this
+    process) or `tui.engine_process.ProcessEngineHost` (a child process)."""
+
+    config: Config
+    stopped: threading.Event
+    on_snapshot: Callable[[Snapshot], Any]
+    on_stopped: Callable[[BaseException | None], Any]
+
+    def start(self, timeout: float = ...) -> None: ...
+    def stop(self, timeout: float = ...) -> None: ...
+    @property
+    def running(self) -> bool: ...
+    async def command(self, cmd: Command) -> CommandResult: ...
+    async def trade_detail(self, trade_id: str) -> TradeDetail | None: ...
+    async def sync(self, force: bool = False) -> None: ...
+    async def advance(self, seconds: float, step: float = 1.0) -> None: ...
 
 
 class EngineHost:
