@@ -20,13 +20,14 @@ The pipe (a private socket pair, messages encoded by `tui.wire`):
                        ("stop", 0, None)
                        (the third item pickled on its own, so a bad one fails only its call)
     engine -> screen   ("ready",) / ("start_error", message)        once, at start
-                       ("snap", Snapshot)                            the publisher's snapshots
+                       ("snap", wire.encode_snapshot(...))           the publisher's snapshots
                        ("result", id, value) / ("error", id, exc)
                        ("stopped", message or None)                  journal flushed and closed
 
-In the child, a sender thread encodes and writes everything, in order (a snapshot is dropped
-when a newer one is already queued behind it), so the engine loop never waits for the pipe or the
-screen. A snapshot always reaches the screen before the reply of the call that published it.
+In the child, snapshots are encoded on the engine loop in chunks that let reactions through
+(`wire.encode_snapshot`); a sender thread pickles the small messages and writes everything, in
+order (a snapshot is dropped when a newer one is already queued behind it), so the engine loop
+never waits for the pipe or the screen. A snapshot always reaches the screen before the reply of the call that published it.
 
 The child lives and dies with the screen: it stops when told, when the pipe closes (the screen
 died: end of file), or on SIGTERM (a service manager stopping the whole group); it ignores SIGINT
@@ -40,6 +41,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -69,7 +71,7 @@ T = TypeVar("T")
 
 # The engine thread must win the GIL back quickly from the child's sender thread while it
 # encodes a snapshot (a few ms every refresh); the child has no other busy thread.
-CHILD_SWITCH_INTERVAL = float(os.environ.get("TS_SW", "0.0005"))
+CHILD_SWITCH_INTERVAL = 0.0005
 HOST_METHODS = frozenset({"advance", "sync", "command", "trade_detail"})
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
@@ -95,15 +97,17 @@ class _Terminate(BaseException):
     """SIGTERM in the child: stop the engine and leave."""
 
 
-class _Outbox:
-    """The child's one writer to the pipe: a thread that encodes and sends messages in order."""
+class _InOrder:
+    """A thread that handles messages one by one in the order they were put. A snapshot is
+    skipped when a newer one is already queued behind it: only the newest is worth drawing.
+    `handle` returns False to end the thread (the rest is dropped)."""
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, handle: Callable[[tuple[Any, ...]], bool], name: str) -> None:
+        self._handle = handle
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="engine-sender", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def put(self, msg: tuple[Any, ...]) -> None:
@@ -111,15 +115,13 @@ class _Outbox:
             self._queue.append(msg)
             self._cond.notify()
 
-    def snapshot(self, snap: Snapshot) -> None:
-        self.put(("snap", snap))
-
     def close(self, timeout: float = 10.0) -> None:
-        """Send what is queued, then end the thread."""
+        """Handle what is queued, then end the thread."""
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join(timeout)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def _next(self) -> tuple[Any, ...] | None:
         with self._cond:
@@ -130,19 +132,35 @@ class _Outbox:
                     return None
                 msg = self._queue.popleft()
                 if msg[0] == "snap" and any(m[0] == "snap" for m in self._queue):
-                    continue  # a newer snapshot is queued: the screen only needs that one
+                    continue
                 return msg
 
     def _run(self) -> None:
         while (msg := self._next()) is not None:
-            try:
-                data = _encode(msg)
-                self._conn.send_bytes(data)
-            except (OSError, EOFError):  # the screen is gone; the main thread sees EOF too
+            if not self._handle(msg):
                 with self._cond:
                     self._queue.clear()
                     self._closed = True
                 return
+
+
+class _Outbox(_InOrder):
+    """The child's one writer to the pipe: encodes (small messages) and sends, in order."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        super().__init__(self._send, "engine-sender")
+
+    def snapshot(self, encoded: Any) -> None:
+        """Queue a snapshot already encoded on the engine loop (`wire.encode_snapshot`)."""
+        self.put(("snap", encoded))
+
+    def _send(self, msg: tuple[Any, ...]) -> bool:
+        try:
+            self._conn.send_bytes(_encode(msg))
+        except (OSError, EOFError):  # the screen is gone; the main thread sees EOF too
+            return False
+        return True
 
 
 def _encode(msg: tuple[Any, ...]) -> bytes:
@@ -210,6 +228,9 @@ def child_main(conn: Connection) -> None:
             return
         out.put(("ready",))
         # Snapshots only after "ready" (the screen asks for one as soon as it is drawn).
+        host.encode = functools.partial(
+            wire.encode_snapshot, pause=host.engine.let_reactions_through
+        )
         host.on_snapshot = out.snapshot
         _serve(conn, host, out)
     except _Terminate:
@@ -306,6 +327,7 @@ class ProcessEngineHost:
         self.process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._reader: threading.Thread | None = None
+        self._inbox: _InOrder | None = None
         self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[int, concurrent.futures.Future[Any]] = {}
@@ -375,6 +397,7 @@ class ProcessEngineHost:
             self._wait(STOP_TIMEOUT_SECONDS)
             self.stopped.set()
             raise EngineHostError(first[1])
+        self._inbox = _InOrder(self._deliver, "engine-delivery")
         self._reader = threading.Thread(target=self._read, name="engine-reader", daemon=True)
         self._reader.start()
 
@@ -399,6 +422,8 @@ class ProcessEngineHost:
             self._kill()
         if self._reader is not None:
             self._reader.join(5)
+        if self._inbox is not None:
+            self._inbox.close()
         if self._conn is not None:
             self._conn.close()
         self.stopped.set()
@@ -483,39 +508,54 @@ class ProcessEngineHost:
     # ------------------------------------------------------------------ the reader thread
 
     def _read(self) -> None:
+        """Read messages as fast as they come and queue them for delivery. Decoding a big
+        snapshot here would leave the engine's sender thread writing it in many small pieces,
+        each taking the engine process's GIL: the pipe is always drained at once instead."""
         conn = self._conn
         assert conn is not None
-        error: BaseException | None = None
         try:
             while True:
-                msg = wire.loads(conn.recv_bytes())
-                kind = msg[0]
-                if kind == "snap":
-                    self.on_snapshot(msg[1])
-                elif kind in ("result", "error"):
-                    with self._pending_lock:
-                        fut = self._pending.pop(msg[1], None)
-                    if fut is not None and not fut.done():
-                        if kind == "result":
-                            fut.set_result(msg[2])
-                        else:
-                            fut.set_exception(msg[2])
-                elif kind == "stopped":
-                    if msg[1] is not None:
-                        error = EngineHostError(msg[1])
-                    self._finish(error)
+                self._inbox.put(wire.loads(conn.recv_bytes()))
         except (EOFError, OSError):
-            pass
+            self._inbox.put(("eof", None))
         except Exception as e:  # a message that does not decode: the pipe cannot be trusted
             log.exception("reading from the engine process failed")
-            error = EngineHostError(f"the engine's messages could not be read: {e!r}")
-        if not self._announced_stop and not self._stop_requested and error is None:
-            code = self._wait(1)
-            error = EngineHostError(
-                f"the engine process ended unexpectedly (exit code {code}); "
-                "see the log in the data directory"
+            self._inbox.put(
+                ("eof", EngineHostError(f"the engine's messages could not be read: {e!r}"))
             )
-        self._finish(error)
+
+    def _deliver(self, msg: tuple[Any, ...]) -> bool:
+        """The delivery thread: in order, so a snapshot reaches the screen before the reply of
+        the call that published it."""
+        kind = msg[0]
+        try:
+            if kind == "snap":
+                self.on_snapshot(wire.decode_snapshot(msg[1]))
+            elif kind in ("result", "error"):
+                with self._pending_lock:
+                    fut = self._pending.pop(msg[1], None)
+                if fut is not None and not fut.done():
+                    if kind == "result":
+                        fut.set_result(msg[2])
+                    else:
+                        fut.set_exception(msg[2])
+            elif kind == "stopped":
+                self._finish(None if msg[1] is None else EngineHostError(msg[1]))
+            elif kind == "eof":
+                error = msg[1]
+                if not self._announced_stop and not self._stop_requested and error is None:
+                    code = self._wait(1)
+                    error = EngineHostError(
+                        f"the engine process ended unexpectedly (exit code {code}); "
+                        "see the log in the data directory"
+                    )
+                self._finish(error)
+                return False
+        except Exception as e:
+            log.exception("delivering a message from the engine process failed")
+            self._finish(EngineHostError(f"the engine's messages could not be read: {e!r}"))
+            return False
+        return True
 
     def _finish(self, error: BaseException | None) -> None:
         self.stopped.set()

@@ -90,6 +90,10 @@ class EngineHost:
         self._start_error: BaseException | None = None
         self._quit: asyncio.Event | None = None
         self._last_seq = -1
+        self._last_sent_seq = -1
+        # Set by the engine process: turns a snapshot into what `on_snapshot` gets (its wire
+        # form), on the engine loop, letting reactions through as it goes.
+        self.encode: Callable[[Snapshot], Awaitable[Any]] | None = None
         self.stopped = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle (UI thread)
@@ -158,7 +162,7 @@ class EngineHost:
         """Publish the engine's current picture now (tests; the app after a command)."""
 
         async def publish(_e: Engine) -> None:
-            self._publish(force)
+            await self._publish(force)
 
         await self.call(publish)
 
@@ -183,7 +187,7 @@ class EngineHost:
                         for ev in market.advance_to(now):
                             await e.handle_safely(ev)
                 await e.tick()
-            self._publish()
+            await self._publish()
 
         await self.call(run)
 
@@ -253,13 +257,21 @@ class EngineHost:
         period = self.config.ui.refresh_seconds
         while True:
             try:
-                self._publish()
+                # Built in slices: a quote or an exit never waits for the whole picture.
+                await self._send(await self.engine.snapshot_async())
             except Exception:
                 log.exception("building the snapshot failed")
             await asyncio.sleep(period)  # real time: how fresh the screen is, not market time
 
-    def _publish(self, force: bool = False) -> None:
-        snap = self.engine.snapshot()  # rebuilt only when something changed
-        if force or snap.seq != self._last_seq:
-            self._last_seq = snap.seq
-            self.on_snapshot(snap)
+    async def _publish(self, force: bool = False) -> None:
+        await self._send(self.engine.snapshot(), force)  # rebuilt only when something changed
+
+    async def _send(self, snap: Snapshot, force: bool = False) -> None:
+        if not force and snap.seq == self._last_seq:
+            return
+        self._last_seq = snap.seq
+        payload: Any = snap if self.encode is None else await self.encode(snap)
+        if snap.seq < self._last_sent_seq:
+            return  # a newer picture went out while this one was encoded
+        self._last_sent_seq = snap.seq
+        self.on_snapshot(payload)
