@@ -245,6 +245,34 @@ async def _transaction(db: aiosqlite.Connection, begin: str) -> AsyncIterator[No
         raise
 
 
+async def _in_one_round_trip(
+    db: aiosqlite.Connection, statements: Sequence[tuple[str, Sequence[Any]]]
+) -> None:
+    """BEGIN IMMEDIATE, the statements, COMMIT, as one call on aiosqlite's thread.
+
+    For the exit path: each `await db.execute` is a hand-off to aiosqlite's thread and back, and
+    on a busy machine every hand-off can wait for a CPU (or, with the screen in the same
+    process, for the GIL). Five became one. It uses aiosqlite's private `_execute` (run a
+    function on its thread) and `_conn` (the sqlite3 connection), pinned in uv.lock and covered
+    by tests/test_store.py: an aiosqlite upgrade that changes them fails there, not in a trade.
+    Rolled back on any error; a cancelled caller does not stop it (it runs on the thread).
+    """
+
+    def run() -> None:
+        conn: sqlite3.Connection = db._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in statements:
+                conn.execute(sql, params)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    await db._execute(run)
+
+
 def _num_ok(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -839,42 +867,41 @@ class Store:
         """
         if not _num_ok(qty) or qty <= 0:
             raise StoreError(f"exit intent {intent_id!r}: qty must be a number > 0 (got {qty!r})")
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (
+                "INSERT INTO exit_intents (intent_id, trade_id, rule, qty, created_ts, status,"
+                " attempts, context, updated_ts) VALUES (?, ?, ?, ?, ?, 'sent', 1, ?, ?)",
+                (intent_id, trade_id, str(rule), float(qty), ts, _dumps(context), ts),
+            ),
+            (
+                "INSERT INTO orders (client_order_id, intent_id, trade_id, contract_id, side,"
+                " action, qty, limit_price, status, created_ts, updated_ts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                (
+                    order["client_order_id"],
+                    intent_id,
+                    trade_id,
+                    order["contract_id"],
+                    order["side"],
+                    order["action"],
+                    float(order["qty"]),
+                    order.get("limit_price"),
+                    ts,
+                    ts,
+                ),
+            ),
+        ]
+        if audit_event:
+            statements.append(
+                (
+                    "INSERT INTO audit (ts, trade_id, event, data) VALUES (?, ?, ?, ?)",
+                    (ts, trade_id, audit_event, _dumps({"intent_id": intent_id, **context})),
+                )
+            )
         db = self._wconn()
         async with self._wlock:
             try:
-                async with _transaction(db, "BEGIN IMMEDIATE"):
-                    await db.execute(
-                        "INSERT INTO exit_intents (intent_id, trade_id, rule, qty, created_ts, status,"
-                        " attempts, context, updated_ts) VALUES (?, ?, ?, ?, ?, 'sent', 1, ?, ?)",
-                        (intent_id, trade_id, str(rule), float(qty), ts, _dumps(context), ts),
-                    )
-                    await db.execute(
-                        "INSERT INTO orders (client_order_id, intent_id, trade_id, contract_id, side,"
-                        " action, qty, limit_price, status, created_ts, updated_ts)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-                        (
-                            order["client_order_id"],
-                            intent_id,
-                            trade_id,
-                            order["contract_id"],
-                            order["side"],
-                            order["action"],
-                            float(order["qty"]),
-                            order.get("limit_price"),
-                            ts,
-                            ts,
-                        ),
-                    )
-                    if audit_event:
-                        await db.execute(
-                            "INSERT INTO audit (ts, trade_id, event, data) VALUES (?, ?, ?, ?)",
-                            (
-                                ts,
-                                trade_id,
-                                audit_event,
-                                _dumps({"intent_id": intent_id, **context}),
-                            ),
-                        )
+                await _in_one_round_trip(db, statements)
             except sqlite3.Error as e:
                 raise StoreError(
                     f"could not journal exit {intent_id!r} for {trade_id!r}: {e}"

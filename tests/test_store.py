@@ -486,6 +486,52 @@ async def test_book_result_is_atomic(store: Store) -> None:
     assert await store.get_state("after") is True
 
 
+async def test_begin_exit_commits_intent_order_and_audit_together(
+    store: Store, db_path: Path
+) -> None:
+    await store.add_trade(make_trade())
+    order = {
+        "client_order_id": "I1",
+        "contract_id": "KXBTC-25JAN01-14-B100000",
+        "side": "yes",
+        "action": "sell",
+        "qty": 10.0,
+    }
+    await store.begin_exit(
+        intent_id="I1",
+        trade_id="T1",
+        rule="max_loss",
+        qty=10.0,
+        ts=7.0,
+        context={"p": 1},
+        order=order,
+    )
+    # Committed before it returned: another program sees all three rows.
+    with raw(db_path) as c:
+        assert c.execute("SELECT status, attempts FROM exit_intents").fetchall() == [("sent", 1)]
+        assert c.execute("SELECT client_order_id, status FROM orders").fetchall() == [
+            ("I1", "pending")
+        ]
+        assert c.execute("SELECT event FROM audit").fetchall() == [("exit_intent",)]
+
+    # The same client order id again: the order insert fails after the intent insert, and
+    # the whole exit is rolled back (no second intent, no audit), the journal still writable.
+    with pytest.raises(StoreError, match="could not journal exit 'I2'"):
+        await store.begin_exit(
+            intent_id="I2",
+            trade_id="T1",
+            rule="manual",
+            qty=10.0,
+            ts=8.0,
+            context={},
+            order=order,
+        )
+    assert await store.get_intent("I2") is None
+    assert [a["event"] for a in await store.audit_for_trade("T1")] == ["exit_intent"]
+    await store.set_state("after", True)
+    assert await store.get_state("after") is True
+
+
 # --- alerts, audit, state ------------------------------------------------------------------------
 
 
