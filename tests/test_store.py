@@ -532,6 +532,28 @@ async def test_begin_exit_commits_intent_order_and_audit_together(
     assert await store.get_state("after") is True
 
 
+async def test_begin_exit_behind_another_programs_write_fails_clearly_then_works(
+    store: Store, db_path: Path
+) -> None:
+    await store.add_trade(make_trade())
+    order = {
+        "client_order_id": "I1",
+        "contract_id": "KXBTC-25JAN01-14-B100000",
+        "side": "yes",
+        "action": "sell",
+        "qty": 10.0,
+    }
+    kw = {"trade_id": "T1", "rule": "max_loss", "qty": 10.0, "ts": 7.0, "context": {}}
+    with raw(db_path) as other:
+        other.execute("BEGIN IMMEDIATE")  # e.g. the CLI, mid-write, holding the write lock
+        with pytest.raises(StoreError, match=r"could not journal exit 'I1'.*locked"):
+            await store.begin_exit(intent_id="I1", order=order, **kw)
+        other.execute("COMMIT")
+    assert await store.get_intent("I1") is None  # nothing half-written
+    await store.begin_exit(intent_id="I1", order=order, **kw)
+    assert (await store.get_intent("I1"))["status"] == "sent"
+
+
 # --- alerts, audit, state ------------------------------------------------------------------------
 
 
