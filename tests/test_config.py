@@ -239,6 +239,10 @@ def test_missing_file_names_the_path_and_the_fix(
             "c.toml, line 2: ui.theme: expected text in double quotes, got 5",
         ),
         (
+            '[ui]\nengine = "fork"\n',
+            'c.toml, line 2: ui.engine: expected one of: process, thread (got "fork")',
+        ),
+        (
             "engine = 5\n",
             "c.toml, line 1: engine: "
             "expected a table: a [engine] section or { key = value, ... }, got 5",
