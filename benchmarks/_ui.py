@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import time
 import tomllib
@@ -35,7 +36,6 @@ from engine.config import Config, parse_config
 from engine.models import Contract, Quote
 from engine.supervisor import Engine
 from tui.app import TradeSupervisorApp
-from tui.host import EngineHost
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_764_000_000.0  # 2025-11-24 16:00:00 UTC: a fresh hourly ladder, an hour to its close
@@ -95,16 +95,17 @@ def specs_for(
     return out
 
 
-async def open_trades(host: EngineHost, n: int) -> None:
-    """Open n trades through `Engine.command(Command("add_trade", ...))` on the engine thread."""
+async def add_trades(n: int, e: Engine) -> None:
+    """Open n trades through `Engine.command(Command("add_trade", ...))` (on the engine loop)."""
+    for p in trade_specs(e, n):
+        r = await e.command(Command("add_trade", payload=p))
+        if not r.ok:
+            raise RuntimeError(f"add_trade {p['trade_id']}: {r.message}")
 
-    async def run(e: Engine) -> None:
-        for p in trade_specs(e, n):
-            r = await e.command(Command("add_trade", payload=p))
-            if not r.ok:
-                raise RuntimeError(f"add_trade {p['trade_id']}: {r.message}")
 
-    await host.call(run)
+async def open_trades(host: Any, n: int) -> None:
+    """`add_trades` on the host's engine, a thread `EngineHost` or a `ProcessEngineHost`."""
+    await host.call(functools.partial(add_trades, n))
 
 
 @dataclass
