@@ -74,7 +74,7 @@ T = TypeVar("T")
 CHILD_SWITCH_INTERVAL = 0.0005
 HOST_METHODS = frozenset({"advance", "sync", "command", "trade_detail"})
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s %(levelname)s [engine process] %(name)s: %(message)s"
 
 
 @dataclass(frozen=True)
