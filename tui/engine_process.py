@@ -69,8 +69,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# The engine thread must win the GIL back quickly from the child's sender thread while it
-# encodes a snapshot (a few ms every refresh); the child has no other busy thread.
+# The engine thread must win the GIL back quickly from the child's other threads (the sender
+# writing a snapshot, the request reader).
 CHILD_SWITCH_INTERVAL = 0.0005
 HOST_METHODS = frozenset({"advance", "sync", "command", "trade_detail"})
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

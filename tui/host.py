@@ -1,8 +1,11 @@
-"""Hosts the engine on its own thread and event loop, so that rendering never delays an exit.
+"""Hosts the engine on its own thread and event loop.
 
-The UI thread and the engine thread share nothing but three narrow paths:
+`run_app` runs this host inside a child process (`tui.engine_process`), so that the screen shares
+neither the GIL nor the heap with the engine; with `[ui] engine = "thread"` it runs it in the
+screen's own process. Either way, the thread that calls the host and the engine thread share
+nothing but three narrow paths:
 
-- snapshots: a publisher task on the engine loop takes `engine.snapshot()` at most every
+- snapshots: a publisher task on the engine loop takes `engine.snapshot_async()` at most every
   `refresh_seconds` (real time) and hands it to `on_snapshot`, which must not block — the app
   passes `App.post_message`, which is thread-safe and never waits for the UI (unlike
   `call_from_thread`, which would make the engine wait for a frame);

@@ -1,4 +1,4 @@
-"""Messages the engine host posts to the app (from the engine thread, with `post_message`)."""
+"""Messages the engine host posts to the app (from another thread, with `post_message`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class SnapshotReady(Message):
 
 
 class EngineStopped(Message):
-    """The engine thread ended (error is None after a normal stop)."""
+    """The engine ended (error is None after a normal stop)."""
 
     def __init__(self, error: BaseException | None) -> None:
         super().__init__()
