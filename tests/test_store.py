@@ -486,17 +486,21 @@ async def test_book_result_is_atomic(store: Store) -> None:
     assert await store.get_state("after") is True
 
 
+# The first order of an exit, as the engine passes it to begin_exit.
+EXIT_ORDER = {
+    "client_order_id": "I1",
+    "contract_id": "KXBTC-25JAN01-14-B100000",
+    "side": "yes",
+    "action": "sell",
+    "qty": 10.0,
+}
+
+
 async def test_begin_exit_commits_intent_order_and_audit_together(
     store: Store, db_path: Path
 ) -> None:
     await store.add_trade(make_trade())
-    order = {
-        "client_order_id": "I1",
-        "contract_id": "KXBTC-25JAN01-14-B100000",
-        "side": "yes",
-        "action": "sell",
-        "qty": 10.0,
-    }
+    order = dict(EXIT_ORDER)
     await store.begin_exit(
         intent_id="I1",
         trade_id="T1",
@@ -536,13 +540,7 @@ async def test_begin_exit_behind_another_programs_write_fails_clearly_then_works
     store: Store, db_path: Path
 ) -> None:
     await store.add_trade(make_trade())
-    order = {
-        "client_order_id": "I1",
-        "contract_id": "KXBTC-25JAN01-14-B100000",
-        "side": "yes",
-        "action": "sell",
-        "qty": 10.0,
-    }
+    order = dict(EXIT_ORDER)
     kw = {"trade_id": "T1", "rule": "max_loss", "qty": 10.0, "ts": 7.0, "context": {}}
     with raw(db_path) as other:
         other.execute("BEGIN IMMEDIATE")  # e.g. the CLI, mid-write, holding the write lock
