@@ -267,7 +267,9 @@ class EngineHost:
             await asyncio.sleep(period)  # real time: how fresh the screen is, not market time
 
     async def _publish(self, force: bool = False) -> None:
-        await self._send(self.engine.snapshot(), force)  # rebuilt only when something changed
+        # Rebuilt only when something changed; in slices, like the publisher's (a sync after
+        # every command must not hold the loop for a whole picture either).
+        await self._send(await self.engine.snapshot_async(), force)
 
     async def _send(self, snap: Snapshot, force: bool = False) -> None:
         if not force and snap.seq == self._last_seq:
