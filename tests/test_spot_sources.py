@@ -9,14 +9,13 @@ from typing import Any
 import pytest
 
 from engine.clock import ManualClock
+from engine.feeds.coinbase import CoinbaseSpot
+from engine.feeds.deribit import DeribitDvol
+from engine.feeds.kraken import KrakenSpot
+from engine.feeds.spot_selector import PrimaryFallback, SourceSwitch
 from engine.feeds.spot_sources import (
-    CoinbaseSpot,
-    DeribitDvol,
-    KrakenSpot,
     MinuteClose,
-    PrimaryFallback,
     SourceBadData,
-    SourceSwitch,
     SourceUnavailable,
     SpotSourceError,
     SpotTick,
