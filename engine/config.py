@@ -274,9 +274,29 @@ class UiConfig(Strict):
 
 
 class KalshiConfig(Strict):
+    """Kalshi's REST client: where, who, how long to wait, how often to ask, how to retry."""
+
     environment: Literal["prod", "demo"] = "demo"
     api_key_id: SecretStr | None = None
     private_key_path: SecretStr | None = None
+    base_url: str | None = None  # overrides `environment` (a proxy, a test server)
+    timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+    connect_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+    read_requests_per_second: Annotated[float, Field(gt=0, le=1000)] = 20.0
+    write_requests_per_second: Annotated[float, Field(gt=0, le=1000)] = 10.0
+    rate_limit_burst: Annotated[int, Field(ge=1, le=100)] = 1
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 4
+    backoff_base_seconds: Annotated[float, Field(gt=0, le=60)] = 0.25
+    backoff_max_seconds: Annotated[float, Field(gt=0, le=300)] = 4.0
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+            raise PydanticCustomError(
+                "base_url", 'expected an http(s) address such as "https://host/trade-api/v2"'
+            )
+        return v
 
     @model_validator(mode="before")
     @classmethod
