@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 PREFIX = "/trade-api/v2"
 ONE = Decimal(1)
 
-FaultKind = Literal["429", "500", "delay", "truncated", "html"]
+FaultKind = Literal["429", "500", "delay", "truncated", "html", "refuse"]
 
 
 @dataclass
@@ -50,6 +50,8 @@ class Fault:
     - "delay": processed normally, the answer held back `seconds` (longer than the timeout).
     - "truncated": processed, the JSON answer cut in half (status 200/201).
     - "html": an HTML error page with `status` (a proxy's 502), nothing processed.
+    - "refuse": the venue's own refusal, `status` (use e.g. 400) with `code` and `message`,
+      nothing processed.
     """
 
     kind: FaultKind
@@ -58,6 +60,8 @@ class Fault:
     seconds: float = 0.0
     status: int = 502
     after_processing: bool = False
+    code: str = "invalid_order"
+    message: str = "order refused"
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (
@@ -462,7 +466,8 @@ class _Handlers:
                     "fill_id": str(uuid.uuid4()),
                     "order_id": order_id,
                     "ticker": ticker,
-                    "outcome_side": "yes",
+                    # bid ≡ long yes, ask ≡ long no: the same bit in Kalshi's two vocabularies.
+                    "outcome_side": "yes" if side == "bid" else "no",
                     "book_side": side,
                     "count_fp": _fp(take),
                     "yes_price_dollars": _dollars(yes_price(level)),
@@ -555,6 +560,8 @@ def build_app(state: KalshiState) -> web.Application:
         )
         if fault and fault.kind == "429":
             return _error(429, "too_many_requests", "too many requests")
+        if fault and fault.kind == "refuse":
+            return _error(fault.status, fault.code, fault.message)
         if fault and fault.kind == "html":
             page = f"<html><head><title>{fault.status} Bad Gateway</title></head><body>nginx</body></html>"
             return web.Response(status=fault.status, text=page, content_type="text/html")

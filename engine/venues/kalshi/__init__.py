@@ -1,4 +1,4 @@
-"""The Kalshi adapter: signing, the REST client, fixed-point parsing and typed errors."""
+"""The Kalshi adapter: signing, the REST client, fixed-point parsing, typed errors, the venue."""
 
 from engine.venues.kalshi.auth import KalshiKeyError, KalshiSigner, load_private_key
 from engine.venues.kalshi.client import BASE_URLS, KalshiClient
@@ -13,6 +13,7 @@ from engine.venues.kalshi.errors import (
     KalshiUnavailable,
 )
 from engine.venues.kalshi.fixed import FixedPointError
+from engine.venues.kalshi.venue import KalshiVenue
 
 __all__ = [
     "BASE_URLS",
@@ -28,5 +29,6 @@ __all__ = [
     "KalshiRateLimited",
     "KalshiSigner",
     "KalshiUnavailable",
+    "KalshiVenue",
     "load_private_key",
 ]
