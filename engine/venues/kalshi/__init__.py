@@ -13,6 +13,7 @@ from engine.venues.kalshi.errors import (
     KalshiUnavailable,
 )
 from engine.venues.kalshi.fixed import FixedPointError
+from engine.venues.kalshi.stream import KalshiQuote, KalshiStream
 from engine.venues.kalshi.venue import KalshiVenue
 
 __all__ = [
@@ -26,8 +27,10 @@ __all__ = [
     "KalshiKeyError",
     "KalshiNotFound",
     "KalshiOrderOutcomeUnknown",
+    "KalshiQuote",
     "KalshiRateLimited",
     "KalshiSigner",
+    "KalshiStream",
     "KalshiUnavailable",
     "KalshiVenue",
     "load_private_key",
