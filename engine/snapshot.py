@@ -27,6 +27,8 @@ class MarketView:
     event_id: str
     close_ts: float | None
     ttc_seconds: float | None
+    # The spot source in use ("coinbase", "kraken", "sim"), None when none is usable or known.
+    spot_source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,6 +177,9 @@ class Engine:
         self.exits: dict[str, _Exit] = {}
 
         self.symbol = "BTC-USD"
+        # The spot source in use (see `spot_source`): engine.feeds.spot_feed sets it.
+        self._spot_source: str | None = "sim" if venue.name == "sim" else None
+        self.implied_vol: float | None = None  # e.g. Deribit DVOL as a fraction; display only
         self.spot_hist = signals.SpotHistory()
         self.vol = self._new_vol_tracker(config)
         self.momentum_deltas: dict[int, float | None] = {}
@@ -504,24 +507,78 @@ class Engine:
         self.symbol = ev.symbol
         self.spot_hist.add(ev.ts, ev.price)
         now = self.clock.now()
-        self.momentum_deltas = signals.momentum_deltas(self.spot_hist, ev.ts)
+        vs = self._update_signals(ev.ts)
+        await self._track_regime(vs)
+        await self._recover("spot")
+        await self._evaluate_on_spot(now)
+
+    def _update_signals(self, ts: float) -> signals.VolatilityState:
+        """Momentum and volatility from the spot history as of `ts` (the newest sample)."""
+        self.momentum_deltas = signals.momentum_deltas(self.spot_hist, ts)
         self.momentum_bps = signals.momentum_score_bps(
             self.momentum_deltas, self.config.signals.momentum_weights
         )
         if self.momentum_bps is not None:
-            self.momentum_hist.append((ev.ts, self.momentum_bps))
-        vs = self.vol.update(self.spot_hist, ev.ts)
+            self.momentum_hist.append((ts, self.momentum_bps))
+        vs = self.vol.update(self.spot_hist, ts)
         if vs.score is not None and (not self.vol_hist or self.vol_hist[-1][1] != vs.score):
-            self.vol_hist.append((ev.ts, vs.score))
-        cutoff = ev.ts - HISTORY_SECONDS
+            self.vol_hist.append((ts, vs.score))
+        cutoff = ts - HISTORY_SECONDS
         while self.momentum_hist and self.momentum_hist[0][0] < cutoff:
             self.momentum_hist.popleft()
         while self.vol_hist and self.vol_hist[0][0] < cutoff:
             self.vol_hist.popleft()
         self._window_cache.clear()
-        await self._track_regime(vs)
-        await self._recover("spot")
-        await self._evaluate_on_spot(now)
+        return vs
+
+    @property
+    def spot_source(self) -> str | None:
+        """The spot source in use, for the market pane ("sim" with the sim venue until a spot
+        feed says otherwise; None when a spot feed has no usable source)."""
+        return self._spot_source
+
+    @spot_source.setter
+    def spot_source(self, name: str | None) -> None:
+        if name != self._spot_source:
+            self._spot_source = name
+            self._dirty = True
+
+    def seed_spot_history(self, closes: Sequence[tuple[float, float]]) -> int:
+        """Seed the spot history with past closes `(ts, price)` (e.g. a venue's 1-minute bars at
+        start-up) so momentum and volatility are available at once instead of after a warm-up.
+
+        Closes are taken oldest first; ones not newer than what the history already holds, or
+        invalid, are skipped. Momentum and volatility are recomputed ONCE, as of the newest close;
+        no rule is evaluated (these are past prices, not news). Returns how many were added.
+        """
+        added = 0
+        for ts, price in sorted(closes):
+            latest = self.spot_hist.latest()
+            if latest is not None and ts <= latest[0]:
+                continue
+            if not (math.isfinite(ts) and math.isfinite(price) and price > 0):
+                continue
+            if ts - self.clock.now() > FUTURE_TOLERANCE_SECONDS:
+                continue
+            self.spot_hist.add(ts, price)
+            added += 1
+        if added:
+            newest = self.spot_hist.latest()
+            assert newest is not None
+            self._update_signals(newest[0])
+            self._dirty = True
+        return added
+
+    async def source_problem(self, source: str, text: str) -> None:
+        """A spot/market data source is not usable (`source` e.g. "coinbase"): one warning-level
+        `data_quality` alert per episode (key `source:<name>`), however often it is reported."""
+        await self._episode(f"source:{source}", text, None)
+        self._dirty = True
+
+    async def source_ok(self, source: str) -> None:
+        """`source` works again: ends its episode; the recovery is announced if it was alerted."""
+        await self._recover(f"source:{source}")
+        self._dirty = True
 
     async def _track_regime(self, vs: signals.VolatilityState) -> None:
         """Alert on a regime change once it has held for REGIME_CONFIRM_SAMPLES volatility updates
@@ -1924,6 +1981,7 @@ class Engine:
             event_id=event_id,
             close_ts=close,
             ttc_seconds=(close - now) if close else None,
+            spot_source=self.spot_source,
         )
 
     def _strike_rows(self, now: float) -> list[StrikeRow]:

@@ -127,6 +127,8 @@ class MarketPane(Pane):
         urgent = m.ttc_seconds is not None and m.ttc_seconds < 300
         t.append(fmt.countdown(m.ttc_seconds), style="bold red" if urgent else "bold")
         t.append(f"  closes {fmt.hms(m.close_ts)}", style="dim")
+        t.append("\nSource ", style="dim")
+        t.append(m.spot_source or fmt.DASH)  # None: no spot feed named one, or none usable
         t.append("\nMomentum", style="dim")
         for i, (w, v) in enumerate(m.momentum_pct):
             t.append("\n " if i % 3 == 0 else "  ")

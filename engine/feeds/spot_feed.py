@@ -1,0 +1,125 @@
+"""Feeds a live spot price (a primary venue with a fallback) into the engine.
+
+At start the feed backfills 1-minute closes from the source in use and seeds the engine's spot
+history with them (`Engine.seed_spot_history`), so momentum and volatility are available at once
+instead of after a 30-60 minute warm-up; if the backfill fails the feed simply starts live.
+
+Then, every `poll_seconds`, it polls the `PrimaryFallback` selector and hands the newest tick of
+the source in use to the engine as a `SpotEvent`. Each change of the source in use becomes a
+`data_quality` episode through `Engine.source_problem` / `Engine.source_ok` (one alert when it
+begins, one when it ends), and `Engine.spot_source` names the source for the market pane.
+
+When no source is usable the feed sends nothing: the engine's own staleness check (`spot` older
+than `max_spot_age_seconds`) raises the spot alert and keeps the spot rules off, as with any
+silent feed. Optionally a `DeribitDvol` is read every `dvol_seconds` into `Engine.implied_vol`
+(display only; the probability model does not use it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+from engine.clock import Clock
+from engine.feeds.deribit import DeribitDvol
+from engine.feeds.spot_selector import PrimaryFallback, SourceSwitch
+from engine.feeds.spot_sources import SpotSourceError
+
+if TYPE_CHECKING:
+    from engine.supervisor import Engine
+
+log = logging.getLogger(__name__)
+
+MIN_BACKFILL_MINUTES = 30
+
+
+def default_backfill_minutes(engine: Engine) -> int:
+    """Enough minutes for the longest momentum (30) and volatility window the config sets."""
+    windows = engine.config.signals.volatility_windows_minutes
+    return max([MIN_BACKFILL_MINUTES, *windows])
+
+
+class SpotFeed:
+    """Polls a primary/fallback pair of spot sources into the engine (see the module doc)."""
+
+    name = "spot"
+
+    def __init__(
+        self,
+        selector: PrimaryFallback,
+        clock: Clock,
+        symbol: str = "BTC-USD",
+        poll_seconds: float = 1.0,
+        backfill_minutes: int | None = None,
+        dvol: DeribitDvol | None = None,
+        dvol_seconds: float = 60.0,
+    ) -> None:
+        self.selector = selector
+        self.clock = clock
+        self.symbol = symbol
+        self.poll_seconds = poll_seconds
+        self.backfill_minutes = backfill_minutes  # None: from the engine's config at run time
+        self.dvol = dvol
+        self.dvol_seconds = dvol_seconds
+        self.backfilled = 0  # closes the engine took from the backfill
+        self._seen_switches = len(selector.switches)
+        self._last_dvol = -math.inf
+        self._last_sent: tuple[str, float] | None = None
+
+    async def run(self, engine: Engine) -> None:
+        """Backfill once, then poll forever (cancel the task to stop)."""
+        await self.start(engine)
+        while True:
+            await self.step(engine)
+            await self.clock.sleep(self.poll_seconds)
+
+    async def start(self, engine: Engine) -> None:
+        """Seed the engine with past minute closes; a failure only means a normal warm-up."""
+        engine.spot_source = self.selector.active
+        minutes = self.backfill_minutes or default_backfill_minutes(engine)
+        try:
+            closes = await self.selector.backfill(minutes)
+        except (SpotSourceError, ValueError) as e:
+            log.warning("spot backfill failed, starting live: %s", e)
+            return
+        self.backfilled = engine.seed_spot_history([(c.ts, c.price) for c in closes])
+
+    async def step(self, engine: Engine) -> None:
+        """One poll: the tick of the source in use to the engine, switches to alerts."""
+        tick = await self.selector.poll()
+        self.selector.evaluate()  # poll() evaluates too; this keeps a quiet source noticed
+        await self._report_switches(engine)
+        # The same tick again (a quiet venue repeats its last trade) is not news: sending it would
+        # re-evaluate the rules and end the engine's spot-staleness episode on an old price.
+        if tick is not None and (tick.source, tick.ts) != self._last_sent:
+            self._last_sent = (tick.source, tick.ts)
+            await engine.handle_safely(tick.to_event(self.symbol))
+        if self.dvol is not None and self.clock.now() - self._last_dvol >= self.dvol_seconds:
+            self._last_dvol = self.clock.now()
+            try:
+                engine.implied_vol = (await self.dvol.latest()).sigma
+            except SpotSourceError as e:
+                log.info("DVOL unavailable: %s", e)
+
+    async def _report_switches(self, engine: Engine) -> None:
+        switches = self.selector.switches[self._seen_switches :]
+        self._seen_switches = len(self.selector.switches)
+        for sw in switches:
+            await self._on_switch(engine, sw)
+        engine.spot_source = self.selector.active
+
+    async def _on_switch(self, engine: Engine, sw: SourceSwitch) -> None:
+        """The primary failing is its problem (a warning: the fallback covers it); with no source
+        usable the fallback's failure is alerted too. A source that works again ends its episode;
+        back on the primary, the fallback's episode ends as well (it is no longer needed, and it
+        is not polled while the primary is healthy, so its state would never clear)."""
+        sel = self.selector
+        now = self.clock.now()
+        where = f"spot from {sw.to_source}" if sw.to_source else "no spot source usable"
+        for src in (sel.primary.name, sel.fallback.name):
+            problem = sel.problem(src, now)
+            if problem is None or sw.to_source == sel.primary.name:
+                await engine.source_ok(src)
+            elif src == sel.primary.name or sw.to_source is None:
+                await engine.source_problem(src, f"{problem}; {where}")
