@@ -146,7 +146,7 @@ class RiskConfig(Strict):
 
 
 class EngineConfig(Strict):
-    venue: Literal["sim", "paper"] = "sim"
+    venue: Literal["sim", "paper", "kalshi"] = "sim"
     data_dir: str = ""  # "" = the platform's user data dir
     tick_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     max_quote_age_seconds: Annotated[float, Field(gt=0)] = 10.0
@@ -288,6 +288,11 @@ class KalshiConfig(Strict):
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 4
     backoff_base_seconds: Annotated[float, Field(gt=0, le=60)] = 0.25
     backoff_max_seconds: Annotated[float, Field(gt=0, le=300)] = 4.0
+    # The market feed (engine.venue = "kalshi").
+    series: str = "KXBTCD"
+    poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    quote_refresh_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    stream: bool = False
 
     @field_validator("base_url")
     @classmethod
@@ -317,6 +322,41 @@ class KalshiConfig(Strict):
         return data
 
 
+_HTTP_URL = re.compile(r"^https?://[^/\s]+(/\S*)?$")
+
+
+def _http_url(v: str) -> str:
+    if not _HTTP_URL.match(v):
+        raise PydanticCustomError("base_url", 'expected an http(s) address such as "https://host"')
+    return v
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class SpotConfig(Strict):
+    """The live spot price (engine.venue = "kalshi"): a primary source and a fallback."""
+
+    primary: Literal["coinbase", "kraken"] = "coinbase"
+    fallback: Literal["coinbase", "kraken", "none"] = "kraken"
+    poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    stale_after_seconds: Annotated[float, Field(gt=0)] = 10.0
+    coinbase_url: HttpUrl = "https://api.exchange.coinbase.com"
+    kraken_url: HttpUrl = "https://api.kraken.com"
+    dvol: bool = False
+    deribit_url: HttpUrl = "https://www.deribit.com/api/v2"
+    timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 5.0
+
+    @field_validator("fallback")
+    @classmethod
+    def _not_the_primary(cls, v: str, info: ValidationInfo) -> str:
+        if v == info.data.get("primary"):
+            raise ValueError(
+                'the fallback must differ from the primary; use "none" for no fallback'
+            )
+        return v
+
+
 class VenuesConfig(Strict):
     kalshi: KalshiConfig = Field(default_factory=KalshiConfig)
 
@@ -331,6 +371,7 @@ class Config(Strict):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
     venues: VenuesConfig = Field(default_factory=VenuesConfig)
+    spot: SpotConfig = Field(default_factory=SpotConfig)
 
     def data_path(self) -> Path:
         """The data directory (journal, alert log), created on demand by the caller.
@@ -412,13 +453,57 @@ def load_config(path: Path | None) -> Config:
 def parse_config(data: dict[str, Any], text: str = "", where: str = "config") -> Config:
     """Validate parsed TOML; `text` (the file) lets errors name their line, `where` the file."""
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as e:
         errors = e.errors()
+    else:
+        problems = _cross_checks(cfg, text, where)
+        if problems:
+            raise ConfigError(problems)
+        return cfg
     # In file order, so the trader can fix them top to bottom.
     lines = {id(err): _find_line(text, list(err["loc"])) for err in errors}
     errors.sort(key=lambda err: lines[id(err)] or float("inf"))
     raise ConfigError([_describe(err, text, where) for err in errors])
+
+
+def _cross_checks(cfg: Config, text: str, where: str) -> list[str]:
+    """Rules between keys of different tables, as `file, line N: key: what is wrong` lines."""
+
+    def at(*loc: str) -> str:
+        line = _find_line(text, list(loc))
+        return f"{where}{f', line {line}' if line else ''}: {_dotted(list(loc))}"
+
+    out: list[str] = []
+    limit = cfg.engine.max_spot_age_seconds
+    if cfg.spot.stale_after_seconds > limit:
+        out.append(
+            f"{at('spot', 'stale_after_seconds')}: expected a number of at most "
+            f"engine.max_spot_age_seconds ({_num(limit)}), got {_num(cfg.spot.stale_after_seconds)}; "
+            "a source older than the engine accepts would be kept in use instead of the fallback"
+        )
+    if cfg.engine.venue == "kalshi" and cfg.auto_stop.mode is Mode.DRY_RUN:
+        out.append(
+            f'{at("auto_stop", "mode")}: "dry_run" is not available with engine.venue = "kalshi" '
+            "(there is no simulated broker in front of a real account: its closes would be real "
+            'orders); use "alert_only" to be told when a rule fires, or "live"'
+        )
+    if cfg.engine.venue == "kalshi":
+        k = cfg.venues.kalshi
+        missing = [
+            f"venues.kalshi.{key} (or the environment variable {env})"
+            for key, env, v in (
+                ("api_key_id", "KALSHI_API_KEY_ID", k.api_key_id),
+                ("private_key_path", "KALSHI_PRIVATE_KEY_PATH", k.private_key_path),
+            )
+            if v is None or not v.get_secret_value().strip()
+        ]
+        if missing:
+            out.append(
+                f'{at("engine", "venue")}: venue "kalshi" needs your Kalshi API key: set '
+                + " and ".join(missing)
+            )
+    return out
 
 
 # --- error messages ------------------------------------------------------------------------------

@@ -231,8 +231,9 @@ def test_missing_file_names_the_path_and_the_fix(
             "expected a finite number (nan and inf are not allowed), got nan",
         ),
         (
-            '[engine]\nvenue = "kalshi"\n',
-            'c.toml, line 2: engine.venue: expected one of: sim, paper (got "kalshi")',
+            '[engine]\nvenue = "kalshy"\n',
+            'c.toml, line 2: engine.venue: expected one of: sim, paper, kalshi (got "kalshy"); '
+            "did you mean 'kalshi'?",
         ),
         (
             "[ui]\ntheme = 5\n",
@@ -578,3 +579,42 @@ def test_ui_keys_name_known_binding_ids(tmp_path: Path) -> None:
     assert "line 2" in text and "close_trad" in text and "close_trade" in text
     p.write_text('[ui.keys]\nclose_trade = "ctrl+k,C"\n', encoding="utf-8")
     assert load_config(p).ui.keys == {"close_trade": "ctrl+k,C"}
+
+
+# --- venue "kalshi" ------------------------------------------------------------------------------
+
+
+def test_kalshi_venue_needs_the_api_key_and_names_the_env_vars() -> None:
+    alert_only = '[auto_stop]\nmode = "alert_only"\n'
+    [line] = errors_in('[engine]\nvenue = "kalshi"\n' + alert_only)
+    assert line.startswith("c.toml, line 2: engine.venue: ")
+    for word in ("venues.kalshi.api_key_id", "venues.kalshi.private_key_path"):
+        assert word in line
+    assert "KALSHI_API_KEY_ID" in line and "KALSHI_PRIVATE_KEY_PATH" in line
+    text = f'[engine]\nvenue = "kalshi"\n{alert_only}[venues.kalshi]\napi_key_id = "{KEY_ID}"\n'
+    [line] = errors_in(text)
+    assert "private_key_path" in line and "api_key_id" not in line
+    assert KEY_ID not in line
+
+
+def test_kalshi_venue_takes_the_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KALSHI_API_KEY_ID", KEY_ID)
+    monkeypatch.setenv("KALSHI_PRIVATE_KEY_PATH", KEY_PATH)
+    cfg = parse_config({"engine": {"venue": "kalshi"}, "auto_stop": {"mode": "alert_only"}})
+    assert cfg.engine.venue == "kalshi"
+
+
+def test_kalshi_venue_refuses_dry_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KALSHI_API_KEY_ID", KEY_ID)
+    monkeypatch.setenv("KALSHI_PRIVATE_KEY_PATH", KEY_PATH)
+    [line] = errors_in('[engine]\nvenue = "kalshi"\n[auto_stop]\nmode = "dry_run"\n')
+    assert line.startswith('c.toml, line 4: auto_stop.mode: "dry_run" is not available')
+    assert '"alert_only"' in line and KEY_PATH not in line
+
+
+def test_spot_staleness_limit_is_within_the_engines() -> None:
+    [line] = errors_in("[engine]\nmax_spot_age_seconds = 5\n[spot]\nstale_after_seconds = 8\n")
+    assert line.startswith("c.toml, line 4: spot.stale_after_seconds: expected a number of at most")
+    assert "engine.max_spot_age_seconds (5), got 8" in line
+    [line] = errors_in('[spot]\nprimary = "kraken"\nfallback = "kraken"\n')
+    assert "spot.fallback: the fallback must differ from the primary" in line
