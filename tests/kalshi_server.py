@@ -35,6 +35,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from tests.loopback import serve
+
 PREFIX = "/trade-api/v2"
 ONE = Decimal(1)
 
@@ -616,14 +618,5 @@ async def kalshi_server(
 ) -> AsyncIterator[RunningServer]:
     """Run the loopback server for the duration of the block."""
     state = KalshiState(key_id=key_id, public_key=public_key, **state_kwargs)
-    runner = web.AppRunner(
-        build_app(state), handle_signals=False, handler_cancellation=True, shutdown_timeout=0.5
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield RunningServer(state, f"http://{host}:{port}{PREFIX}")
-    finally:
-        await runner.cleanup()
+    async with serve(build_app(state)) as port:
+        yield RunningServer(state, f"http://127.0.0.1:{port}{PREFIX}")

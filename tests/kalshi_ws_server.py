@@ -32,6 +32,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from tests.loopback import serve
+
 WS_PATH = "/trade-api/ws/v2"
 
 
@@ -322,14 +324,5 @@ async def kalshi_ws_server(
 ) -> AsyncIterator[RunningWsServer]:
     """Run the loopback websocket for the duration of the block."""
     state = WsState(key_id=key_id, public_key=public_key, **state_kwargs)
-    runner = web.AppRunner(
-        build_app(state), handle_signals=False, handler_cancellation=True, shutdown_timeout=0.5
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield RunningWsServer(state, f"ws://{host}:{port}{WS_PATH}")
-    finally:
-        await runner.cleanup()
+    async with serve(build_app(state)) as port:
+        yield RunningWsServer(state, f"ws://127.0.0.1:{port}{WS_PATH}")

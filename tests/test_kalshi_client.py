@@ -46,17 +46,13 @@ from engine.venues.kalshi.fixed import (
 )
 from engine.venues.kalshi.ratelimit import TokenBucket
 from tests.kalshi_server import RunningServer, kalshi_server
+from tests.loopback import RecordedSleeps
 
 KEY_ID = "a952bcbe-ec3b-4b5b-b8f9-11dae589608c"
 TICKER = "KXBTCD-26NOV2117-T97000"
 
 
 # ---- fixtures ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def write_key(key: rsa.RSAPrivateKey, path: Path, mode: int = 0o600) -> Path:
@@ -82,25 +78,14 @@ async def server(rsa_key: rsa.RSAPrivateKey) -> AsyncIterator[RunningServer]:
         yield srv
 
 
-class Waits:
-    """Stands in for asyncio.sleep: records each backoff wait, returns at once."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await asyncio.sleep(0)
-
-
 @pytest.fixture
-def waits() -> Waits:
-    return Waits()
+def waits() -> RecordedSleeps:
+    return RecordedSleeps()
 
 
 @pytest.fixture
 async def make_client(
-    server: RunningServer, key_path: Path, waits: Waits
+    server: RunningServer, key_path: Path, waits: RecordedSleeps
 ) -> AsyncIterator[Callable[..., KalshiClient]]:
     """Clients on the loopback server: signed, no limiter waits, backoff recorded not slept."""
     made: list[KalshiClient] = []
@@ -347,7 +332,10 @@ FAULTS = ["429", "500", "html", "truncated", "delay"]
 
 @pytest.mark.parametrize("kind", FAULTS)
 async def test_each_fault_once_recovers(
-    server: RunningServer, make_client: Callable[..., KalshiClient], waits: Waits, kind: str
+    server: RunningServer,
+    make_client: Callable[..., KalshiClient],
+    waits: RecordedSleeps,
+    kind: str,
 ) -> None:
     server.state.queue_fault(kind, path="/markets/", seconds=2.0)  # type: ignore[arg-type]
     market = await make_client(timeout_seconds=0.3).get_market(TICKER)
@@ -369,7 +357,7 @@ async def test_each_fault_once_recovers(
 async def test_a_persistent_fault_fails_with_the_right_typed_error(
     server: RunningServer,
     make_client: Callable[..., KalshiClient],
-    waits: Waits,
+    waits: RecordedSleeps,
     kind: str,
     error: type[Exception],
     says: str,
@@ -385,7 +373,7 @@ async def test_a_persistent_fault_fails_with_the_right_typed_error(
 
 
 async def test_backoff_is_exponential_jittered_and_bounded(
-    server: RunningServer, make_client: Callable[..., KalshiClient], waits: Waits
+    server: RunningServer, make_client: Callable[..., KalshiClient], waits: RecordedSleeps
 ) -> None:
     server.state.queue_fault("429", times=5)
     client = make_client(max_attempts=6, backoff_base_seconds=0.5, backoff_max_seconds=2.0)
@@ -668,7 +656,7 @@ async def test_client_from_config(key_path: Path) -> None:
 
 
 async def test_no_server_at_all_is_unavailable_and_an_order_is_not_unknown(
-    make_client: Callable[..., KalshiClient], waits: Waits
+    make_client: Callable[..., KalshiClient], waits: RecordedSleeps
 ) -> None:
     """Connection refused: nothing was sent, so even an order fails plainly (safe to resend)."""
     with socket.socket() as s:

@@ -55,11 +55,6 @@ def _market(state: Any, ticker: str, event: str, close: str, **fields: Any) -> N
     state.add_market(ticker, event_ticker=event, close_time=close, **fields)
 
 
-@pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
 @pytest.fixture
 async def server(rsa_key: rsa.RSAPrivateKey) -> AsyncIterator[RunningServer]:
     async with kalshi_server("key-id", rsa_key.public_key()) as srv:

@@ -31,17 +31,13 @@ from engine.venues.kalshi.stream import (
     StreamUpdate,
 )
 from tests.kalshi_ws_server import RunningWsServer, kalshi_ws_server
+from tests.loopback import RecordedSleeps
 
 KEY_ID = "ws-test-key"
 A = "KXBTCD-26NOV2117-T97000"
 B = "KXBTCD-26NOV2117-T98000"
 D = Decimal
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 @pytest.fixture
@@ -52,25 +48,14 @@ async def server(rsa_key: rsa.RSAPrivateKey) -> AsyncIterator[RunningWsServer]:
         yield srv
 
 
-class Sleeps:
-    """The backoff waits, recorded and returned at once."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await asyncio.sleep(0)
-
-
 @pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
+def sleeps() -> RecordedSleeps:
+    return RecordedSleeps()
 
 
 @pytest.fixture
 async def make_stream(
-    server: RunningWsServer, rsa_key: rsa.RSAPrivateKey, sleeps: Sleeps
+    server: RunningWsServer, rsa_key: rsa.RSAPrivateKey, sleeps: RecordedSleeps
 ) -> AsyncIterator[Callable[..., KalshiStream]]:
     streams: list[KalshiStream] = []
 
@@ -264,7 +249,7 @@ async def test_a_seq_gap_is_reported_once_and_the_book_is_rebuilt_from_a_new_sna
 
 
 async def test_an_abrupt_close_reconnects_with_backoff_and_resubscribes_every_ticker(
-    server: RunningWsServer, make_stream: Callable[..., KalshiStream], sleeps: Sleeps
+    server: RunningWsServer, make_stream: Callable[..., KalshiStream], sleeps: RecordedSleeps
 ) -> None:
     stream = make_stream([A, B])
     await stream.start()
@@ -299,7 +284,7 @@ async def test_an_abrupt_close_reconnects_with_backoff_and_resubscribes_every_ti
     await server.state.next_connection()
 
 
-def test_backoff_grows_exponentially_with_jitter_and_is_capped(sleeps: Sleeps) -> None:
+def test_backoff_grows_exponentially_with_jitter_and_is_capped(sleeps: RecordedSleeps) -> None:
     stream = KalshiStream(
         KalshiSigner(KEY_ID, rsa.generate_private_key(public_exponent=65537, key_size=1024)),
         rng=random.Random(1),
@@ -417,7 +402,7 @@ async def test_a_delta_that_does_not_fit_the_book_is_treated_as_a_lost_message(
 
 
 async def test_an_unreachable_venue_is_retried_with_growing_backoff(
-    rsa_key: rsa.RSAPrivateKey, sleeps: Sleeps
+    rsa_key: rsa.RSAPrivateKey, sleeps: RecordedSleeps
 ) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))

@@ -5,7 +5,6 @@ Real HTTP on 127.0.0.1 and real RSA-PSS signatures; backoff waits return at once
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
@@ -19,14 +18,10 @@ from engine.venues.kalshi import KalshiClient, KalshiSigner, KalshiVenue
 from engine.venues.kalshi.models import Fill
 from engine.venues.kalshi.venue import _fifo_cost
 from tests.kalshi_server import RunningServer, kalshi_server
+from tests.loopback import RecordedSleeps
 
 KEY_ID = "0d4c5a43-venue-test-key"
 TICKER = "KXBTCD-26NOV2117-T97000"
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 @pytest.fixture
@@ -34,10 +29,6 @@ async def server(rsa_key: rsa.RSAPrivateKey) -> AsyncIterator[RunningServer]:
     async with kalshi_server(KEY_ID, rsa_key.public_key()) as srv:
         srv.state.add_market(TICKER)
         yield srv
-
-
-async def _no_wait(seconds: float) -> None:
-    await asyncio.sleep(0)
 
 
 @pytest.fixture
@@ -56,7 +47,7 @@ async def make_venue(
             "write_per_second": 10_000,
             "burst": 100,
             "max_attempts": 4,
-            "sleep": _no_wait,
+            "sleep": RecordedSleeps(),
             "rng": random.Random(7),
         }
         options.update(kw)
