@@ -170,6 +170,11 @@ class SignalsConfig(Strict):
     )
     volatility_lookback_minutes: Annotated[int, Field(gt=0)] = 1440
     fallback_sigma: Annotated[float, Field(gt=0, le=10)] = 0.50
+    # The sigma of the strike probabilities: realised volatility, or the implied one (Deribit's
+    # DVOL, [spot] dvol = true) while fresh, falling back to realised (see signals.choose_sigma).
+    # The volatility score and regime stay realised either way.
+    sigma_source: Literal["realized", "implied"] = "realized"
+    implied_vol_max_age_seconds: Annotated[float, Field(gt=0)] = 300.0
     regime_thresholds: list[Unit] = Field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
     edge_threshold: Unit = 0.05
 

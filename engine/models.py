@@ -16,7 +16,11 @@ from typing import Literal
 Side = Literal["yes", "no", "long", "short"]
 """Position side. Binaries use yes/no; options and stocks use long/short."""
 
-ContractType = Literal["binary_above", "binary_range", "option_call", "option_put", "stock"]
+ContractType = Literal[
+    "binary_above", "binary_below", "binary_range", "option_call", "option_put", "stock"
+]
+"""binary_above: YES pays if the underlying settles above `strike`; binary_below: YES pays if it
+settles below `strike` (Kalshi strike_type "less"); binary_range: YES pays in [strike, cap)."""
 
 
 class TradeState(StrEnum):
@@ -60,7 +64,8 @@ class AlertKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Contract:
-    """A tradable instrument. For binaries `strike` is the floor and `cap` the cap (range only)."""
+    """A tradable instrument. For binaries `strike` is the threshold (above/below) or the floor
+    (range), and `cap` the cap (range only)."""
 
     id: str
     underlying: str

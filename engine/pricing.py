@@ -52,25 +52,34 @@ def pnl_percent(trade: Trade, pnl: float, multiplier: float = 1.0) -> float:
 def underlying_direction(trade: Trade, contract: Contract) -> int:
     """+1 when the position gains as the underlying rises, −1 when it gains as it falls, 0 unknown.
 
-    YES "above K" and long calls/stock gain on a rise; NO, long puts and shorts of the former gain
-    on a fall. A range binary has no single direction (0).
+    YES "above K" and long calls/stock gain on a rise; YES "below K", NO "above K", long puts and
+    shorts of calls/stock gain on a fall (NO "below K" and short puts on a rise). A range binary
+    has no single direction (0).
     """
     if contract.type == "binary_range":
         return 0
-    base = -1 if contract.type == "option_put" else 1
+    base = -1 if contract.type in ("option_put", "binary_below") else 1
     if trade.side in ("no", "short"):
         base = -base
     return base
 
 
 def in_the_money(trade: Trade, contract: Contract, spot: float) -> bool | None:
-    """Whether the position would pay out at spot `spot` now; None when it does not apply."""
+    """Whether the position would pay out at spot `spot` now; None when it does not apply.
+
+    Binaries: YES "above K" pays when spot > K, YES "below K" when spot < K, YES range when
+    K <= spot < cap; NO pays exactly when YES does not (so a spot at K is out of the money for
+    both YES above and YES below).
+    """
     k = contract.strike
     if k is None:
         return None
     if contract.type == "binary_above":
         above = spot > k
         return above if trade.side == "yes" else not above
+    if contract.type == "binary_below":
+        below = spot < k
+        return below if trade.side == "yes" else not below
     if contract.type == "binary_range":
         cap = contract.cap if contract.cap is not None else float("inf")
         inside = k <= spot < cap

@@ -340,6 +340,56 @@ class VolatilityTracker:
         return (below + 0.5 * equal) / others
 
 
+# --- the sigma of the probability model -----------------------------------------------------------
+
+SIGMA_SOURCES = ("realized", "implied")
+"""[signals] sigma_source: what the strike probabilities use as sigma (see `choose_sigma`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SigmaChoice:
+    sigma: float  # annualised, what the probability model uses
+    source: str  # "implied" (DVOL), "realized" or "fallback" (fallback_sigma): where it came from
+    implied_fresh: bool  # an implied sigma is present and younger than the maximum age
+
+
+def choose_sigma(
+    source: str,
+    realized: float | None,
+    fallback: float,
+    implied: float | None,
+    implied_ts: float | None,
+    now: float,
+    implied_max_age_seconds: float,
+) -> SigmaChoice:
+    """The sigma of the strike probabilities (annualised fractions; timestamps Unix seconds).
+
+    `source` "implied": the implied sigma (Deribit's DVOL, a 30-day implied volatility index) while
+    it is fresh, i.e. read and stamped at most `implied_max_age_seconds` before `now`; otherwise,
+    as with `source` "realized", the realised composite sigma, and `fallback` while there is not
+    enough spot history for that. A sigma that is not a positive finite number counts as missing.
+
+    Only the probability model (strike table, DIFF, opportunity alerts) follows this choice. The
+    volatility score and the regime stay on realised volatility on purpose: they say how the spot
+    moves now against the trailing day, over 5-60 minute windows, and they feed the volatility and
+    spike auto-stop rules; DVOL is a slow 30-day index read once a minute from a third party, so
+    its percentile over a day would mostly rank noise, and the exits would come to depend on
+    Deribit's availability. For the level of sigma over the next hour, DVOL is a good input.
+    """
+    implied_ok = implied is not None and math.isfinite(implied) and implied > 0.0
+    fresh = (
+        implied_ok
+        and implied_ts is not None
+        and math.isfinite(implied_ts)
+        and now - implied_ts <= implied_max_age_seconds
+    )
+    if source == "implied" and fresh and implied is not None:
+        return SigmaChoice(implied, "implied", True)
+    if realized is not None and math.isfinite(realized) and realized > 0.0:
+        return SigmaChoice(realized, "realized", fresh)
+    return SigmaChoice(fallback, "fallback", fresh)
+
+
 # --- probability model ----------------------------------------------------------------------------
 
 
@@ -374,6 +424,20 @@ def prob_above(
     At tau <= 0 or sigma <= 0: 1.0 if spot > strike else 0.0.
     """
     return norm_cdf(d2(spot, strike, sigma, tau_years, mu))
+
+
+def prob_below(
+    spot: float, strike: float, sigma: float, tau_years: float, mu: float = 0.0
+) -> float:
+    """Probability (0..1) that spot settles below `strike`: 1 − N(d2) = N(−d2).
+
+    At tau <= 0 or sigma <= 0: 1.0 if spot < strike else 0.0 (a spot exactly at the strike is
+    neither above nor below: 0.0, as `in_the_money` says).
+    """
+    x = d2(spot, strike, sigma, tau_years, mu)
+    if math.isinf(x) and spot == strike:
+        return 0.0
+    return norm_cdf(-x)
 
 
 def prob_range(
@@ -420,7 +484,9 @@ def tau_years(close_ts: float, now: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class StrikeMetrics:
-    buffer: float  # S - K, dollars (for ranges: distance to the nearest bound, positive inside)
+    # Dollars, positive when YES would pay now: S − K ("above"), K − S ("below"), for ranges the
+    # distance to the nearest bound (positive inside, negative outside).
+    buffer: float
     buffer_pct: float  # buffer / S * 100
     expected_move: float  # S * sigma * sqrt(tau), dollars
     bm: float | None  # |buffer| / expected_move (None when EM is 0)
@@ -438,20 +504,29 @@ def strike_metrics(
     yes_bid: float | None,
     yes_ask: float | None,
     mu: float = 0.0,
+    below: bool = False,
 ) -> StrikeMetrics:
     """Buffer, expected move, B/M, model probability and edges of one strike (plain arithmetic).
 
     spot/strike/cap in USD, sigma and mu annualised, tau in years, yes_bid/yes_ask in dollars
-    (0..1). `cap` None is an "above strike" contract; otherwise the range [strike, cap), whose
+    (0..1). `cap` None is an "above strike" contract (buffer S − K), or with `below` a "below
+    strike" one (buffer K − S, probability 1 − N(d2)); otherwise the range [strike, cap), whose
     buffer is min(S − floor, cap − S): positive inside, minus the distance to the crossed bound
     outside. diff_no = (1 − prob) − (1 − yes_bid) = yes_bid − prob.
     """
-    buffer = spot - strike if cap is None else min(spot - strike, cap - spot)
+    if below:
+        buffer = strike - spot
+    else:
+        buffer = spot - strike if cap is None else min(spot - strike, cap - spot)
     buffer_pct = buffer / spot * 100.0 if spot > 0.0 else 0.0
     vol_sqrt_tau = sigma * math.sqrt(tau_years) if tau_years > 0.0 and sigma > 0.0 else 0.0
     expected_move = spot * vol_sqrt_tau
     bm = abs(buffer) / expected_move if expected_move > 0.0 else None
-    prob = prob_range(spot, strike, cap, sigma, tau_years, mu)
+    prob = (
+        prob_below(spot, strike, sigma, tau_years, mu)
+        if below
+        else prob_range(spot, strike, cap, sigma, tau_years, mu)
+    )
     return StrikeMetrics(
         buffer=buffer,
         buffer_pct=buffer_pct,

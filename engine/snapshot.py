@@ -21,7 +21,7 @@ class MarketView:
     momentum_pct: tuple[tuple[int, float | None], ...]  # (window minutes, % change)
     momentum_bps: float | None
     sigma: float | None  # composite realised volatility, annualised (0.5 = 50 %)
-    sigma_used: float  # the sigma the probability model uses (fallback when not enough history)
+    sigma_used: float  # the sigma the probability model uses (see sigma_source)
     vol_score: float | None  # 0..1
     regime: str | None
     event_id: str
@@ -29,14 +29,22 @@ class MarketView:
     ttc_seconds: float | None
     # The spot source in use ("coinbase", "kraken", "sim"), None when none is usable or known.
     spot_source: str | None = None
+    # Where sigma_used comes from: "implied" (DVOL), "realized" or "fallback" ([signals]
+    # fallback_sigma, not enough history yet); and what [signals] sigma_source asks for. Asked
+    # for "implied" but not using it: the DVOL is missing (implied_vol None) or stale.
+    sigma_source: str = "realized"
+    sigma_wanted: str = "realized"
+    implied_vol: float | None = None  # the last DVOL read, annualised (0.52 = 52 %), if any
+    implied_vol_age: float | None = None  # seconds since that reading's timestamp
 
 
 @dataclass(frozen=True, slots=True)
 class StrikeRow:
     contract_id: str
-    strike: float
+    strike: float  # the threshold (above/below) or the floor (range), dollars
     cap: float | None
-    buffer: float  # spot − strike, dollars
+    below: bool  # a "below strike" contract (YES pays under the strike)
+    buffer: float  # dollars, positive when YES would pay now: S − K, K − S (below), range: inside
     buffer_pct: float
     expected_move: float  # dollars
     bm: float | None  # |buffer| / expected move

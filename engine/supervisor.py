@@ -179,7 +179,10 @@ class Engine:
         self.symbol = "BTC-USD"
         # The spot source in use (see `spot_source`): engine.feeds.spot_feed sets it.
         self._spot_source: str | None = "sim" if venue.name == "sim" else None
-        self.implied_vol: float | None = None  # e.g. Deribit DVOL as a fraction; display only
+        # Implied volatility, e.g. Deribit's DVOL, as a fraction, and its reading's time (Unix s):
+        # the probability model's sigma with [signals] sigma_source = "implied" (see sigma_used).
+        self.implied_vol: float | None = None
+        self.implied_vol_ts: float | None = None
         self.spot_hist = signals.SpotHistory()
         self.vol = self._new_vol_tracker(config)
         self.momentum_deltas: dict[int, float | None] = {}
@@ -1954,9 +1957,19 @@ class Engine:
         cs = sorted((c for c in live if c.close_ts == close), key=lambda c: c.strike or 0.0)
         return cs[0].event_id or cs[0].id, close, cs
 
-    def sigma_used(self) -> float:
-        s = self.vol.state.sigma
-        return s if s is not None and s > 0 else self.config.signals.fallback_sigma
+    def sigma_used(self, now: float | None = None) -> signals.SigmaChoice:
+        """The probability model's sigma at `now` (default: the clock) and where it came from:
+        [signals] sigma_source, falling back to realised, then to fallback_sigma."""
+        sc = self.config.signals
+        return signals.choose_sigma(
+            sc.sigma_source,
+            self.vol.state.sigma,
+            sc.fallback_sigma,
+            self.implied_vol,
+            self.implied_vol_ts,
+            self.clock.now() if now is None else now,
+            sc.implied_vol_max_age_seconds,
+        )
 
     def _market_view(self, now: float) -> MarketView:
         latest = self.spot_hist.latest()
@@ -1966,6 +1979,8 @@ class Engine:
         spark = tuple(self.spot_hist.minute_closes(now, 30)) if latest else ()
         event_id, close, _ = self.current_event(now)
         vs = self.vol.state
+        sigma = self.sigma_used(now)
+        iv, iv_ts = self.implied_vol, self.implied_vol_ts
         return MarketView(
             symbol=self.symbol,
             spot=spot,
@@ -1975,13 +1990,17 @@ class Engine:
             momentum_pct=tuple(sorted(self.momentum_deltas.items())),
             momentum_bps=self.momentum_bps,
             sigma=vs.sigma,
-            sigma_used=self.sigma_used(),
+            sigma_used=sigma.sigma,
             vol_score=vs.score,
             regime=vs.regime,
             event_id=event_id,
             close_ts=close,
             ttc_seconds=(close - now) if close else None,
             spot_source=self.spot_source,
+            sigma_source=sigma.source,
+            sigma_wanted=self.config.signals.sigma_source,
+            implied_vol=iv,
+            implied_vol_age=(now - iv_ts) if iv is not None and iv_ts is not None else None,
         )
 
     def _strike_rows(self, now: float) -> list[StrikeRow]:
@@ -1996,7 +2015,7 @@ class Engine:
         if close is None:
             return
         tau = signals.tau_years(close, now)
-        sigma = self.sigma_used()
+        sigma = self.sigma_used(now).sigma
         mu = (
             signals.momentum_drift(self.momentum_bps) if self.config.signals.momentum_drift else 0.0
         )
@@ -2006,12 +2025,16 @@ class Engine:
             q = self.quotes.get(c.id)
             bid = q.bid if q else None
             ask = q.ask if q else None
-            m = signals.strike_metrics(spot, c.strike or 0.0, c.cap, sigma, tau, bid, ask, mu)
+            below = c.type == "binary_below"
+            m = signals.strike_metrics(
+                spot, c.strike or 0.0, c.cap, sigma, tau, bid, ask, mu, below=below
+            )
             yield (
                 StrikeRow(
                     contract_id=c.id,
                     strike=c.strike or 0.0,
                     cap=c.cap,
+                    below=below,
                     buffer=m.buffer,
                     buffer_pct=m.buffer_pct,
                     expected_move=m.expected_move,
@@ -2199,6 +2222,8 @@ def _contract_title(c: Contract) -> str:
     close = time.strftime("%H:%M UTC", time.gmtime(c.close_ts))
     if c.type == "binary_above" and c.strike is not None:
         return f"{c.underlying} above ${c.strike:,.0f} at {close}"
+    if c.type == "binary_below" and c.strike is not None:
+        return f"{c.underlying} below ${c.strike:,.0f} at {close}"
     if c.type == "binary_range" and c.cap is not None:
         return f"{c.underlying} ${c.strike:,.0f}–${c.cap:,.0f} at {close}"
     if c.type in ("option_call", "option_put"):

@@ -65,7 +65,7 @@ async def server(rsa_key: rsa.RSAPrivateKey) -> AsyncIterator[RunningServer]:
         # A later event, listed first: must not be picked before 17:00.
         s.add_event(EV18)
         _market(s, NEXT, EV18, "2026-11-21T18:00:00Z", floor_strike=97000)
-        # The event closing next: above, above-or-equal, a range, and a "below" to skip.
+        # The event closing next: above, above-or-equal, a range, and a "below".
         s.add_event(EV17)
         _market(
             s,
@@ -165,7 +165,8 @@ async def test_ladder_of_the_event_closing_next(make_feed: Callable[..., Any]) -
         RANGE: Contract(
             RANGE, "BTC-USD", "binary_range", 97250.0, CLOSE_17, cap=97749.99, event_id=EV17
         ),
-    }  # BELOW skipped: the engine has no "below" type
+        BELOW: Contract(BELOW, "BTC-USD", "binary_below", 95000.0, CLOSE_17, event_id=EV17),
+    }
     assert all(e.ts == START for e in of(got, ContractEvent))
     # Contracts come before their quotes, as in the sim.
     kinds = [e.kind for e in got]
@@ -180,7 +181,7 @@ async def test_quotes_with_the_right_numbers_only_when_changed(
     engine = Recorder()
     await feed.poll_once(engine)
     quotes = {e.quote.id: e for e in of(engine.take(), QuoteEvent)}
-    assert set(quotes) == {ABOVE, ABOVE_EQ, RANGE}
+    assert set(quotes) == {ABOVE, ABOVE_EQ, RANGE, BELOW}
     assert quotes[ABOVE].ts == START
     assert quotes[ABOVE].quote == Quote(
         ABOVE,
@@ -212,7 +213,7 @@ async def test_quotes_with_the_right_numbers_only_when_changed(
     # A quiet market is re-confirmed every refresh_seconds so the data guard sees it current.
     clock.advance(3.0)
     await feed.poll_once(engine)
-    assert {e.quote.id for e in of(engine.take(), QuoteEvent)} == {ABOVE}
+    assert {e.quote.id for e in of(engine.take(), QuoteEvent)} == {ABOVE, BELOW}
 
 
 async def test_rolls_to_the_next_event_at_close_and_settles_once(
@@ -239,14 +240,13 @@ async def test_rolls_to_the_next_event_at_close_and_settles_once(
     m[ABOVE].update(status="determined", result="yes")
     m[ABOVE_EQ].update(status="finalized", result="no")
     m[RANGE].update(status="disputed", result="yes")  # not final yet
-    m[BELOW].update(status="determined", result="yes")  # never announced: no settlement
+    m[BELOW].update(status="determined", result="yes")
     clock.advance(1.0)
     await feed.poll_once(engine)
     settles = of(engine.take(), SettleEvent)
-    assert sorted((s.contract_id, s.value, s.ts) for s in settles) == [
-        (ABOVE, 1.0, CLOSE_17 + 1),
-        (ABOVE_EQ, 0.0, CLOSE_17 + 1),
-    ]
+    assert sorted((s.contract_id, s.value, s.ts) for s in settles) == sorted(
+        [(ABOVE, 1.0, CLOSE_17 + 1), (ABOVE_EQ, 0.0, CLOSE_17 + 1), (BELOW, 1.0, CLOSE_17 + 1)]
+    )
 
     clock.advance(1.0)
     await feed.poll_once(engine)
@@ -274,12 +274,12 @@ async def test_500_skips_a_poll_and_the_next_recovers(
     server.state.queue_fault("500", path="/markets")
     await feed.poll_once(engine)
     got = engine.take()
-    assert len(of(got, ContractEvent)) == 3 and of(got, QuoteEvent) == []
+    assert len(of(got, ContractEvent)) == 4 and of(got, QuoteEvent) == []
     assert feed.failures == 1
 
     clock.advance(1.0)
     await feed.poll_once(engine)
-    assert {e.quote.id for e in of(engine.take(), QuoteEvent)} == {ABOVE, ABOVE_EQ, RANGE}
+    assert {e.quote.id for e in of(engine.take(), QuoteEvent)} == {ABOVE, ABOVE_EQ, RANGE, BELOW}
     assert feed.failures == 0
 
 
@@ -450,14 +450,15 @@ async def test_stream_quotes_replace_rest_polling(
     try:
         await asyncio.wait_for(clock.sleeping.wait(), 5)
         got = engine.take()
-        assert len(of(got, ContractEvent)) == 3
+        assert len(of(got, ContractEvent)) == 4
         # No stream quote yet: REST quotes meanwhile.
         assert {e.quote.id: e.quote.bid for e in of(got, QuoteEvent)} == {
             ABOVE: 0.56,
             ABOVE_EQ: 0.10,
             RANGE: 0.40,
+            BELOW: 0.40,
         }
-        assert stream.started and stream.added == [sorted([ABOVE, ABOVE_EQ, RANGE])]
+        assert stream.started and stream.added == [sorted([ABOVE, ABOVE_EQ, RANGE, BELOW])]
 
         clock.advance(0.5)
         stream.queue.put_nowait(_sq(ABOVE, "0.6100", "0.6300"))
@@ -492,7 +493,7 @@ async def test_stream_quotes_replace_rest_polling(
         clock.set(CLOSE_17)
         await clock.next_round()
         assert stream.added[-1] == [NEXT]
-        assert stream.removed == [sorted([ABOVE, ABOVE_EQ, RANGE])]
+        assert stream.removed == [sorted([ABOVE, ABOVE_EQ, RANGE, BELOW])]
         got = engine.take()
         assert [e.contract.id for e in of(got, ContractEvent)] == [NEXT]
         assert [e.quote.bid for e in of(got, QuoteEvent)] == [0.40]  # REST until a snapshot
@@ -528,7 +529,7 @@ async def test_real_engine_takes_the_ladder_quotes_and_settlement(
     try:
         feed, _ = make_feed(clock=h.clock)
         await feed.poll_once(h.engine)
-        assert {ABOVE, ABOVE_EQ, RANGE} <= set(h.engine.contracts)
+        assert {ABOVE, ABOVE_EQ, RANGE, BELOW} <= set(h.engine.contracts)
         assert h.engine.quotes[ABOVE].bid == 0.56
         await h.engine.start()
         await h.engine.handle(OpenEvent(START, "t1", ABOVE, "yes", 10, 0.50))

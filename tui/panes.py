@@ -142,8 +142,7 @@ class MarketPane(Pane):
         score = m.vol_score
         t.append(fmt.bar(score, 12), style="yellow" if (score or 0) >= 0.6 else "cyan")
         t.append(f" {score:.2f}" if score is not None else " —")
-        sigma = f"{m.sigma * 100:.0f}%" if m.sigma is not None else "—"
-        t.append(f"\nσ {sigma} (model {m.sigma_used * 100:.0f}%)", style="dim")
+        t.append_text(sigma_text(m))
         t.append("\nRegime ", style="dim")
         regime = (m.regime or "warming up").replace("_", " ").upper()
         t.append(f" {regime} ", style=_REGIME_STYLE.get(m.regime or "", "reverse"))
@@ -154,6 +153,32 @@ class MarketPane(Pane):
         for b in risk.breaches:
             t.append(f"\n⚠ {b}", style="bold red")
         _set(lines, t)
+
+
+_SIGMA_LABEL = {"implied": "DVOL", "realized": "realized", "fallback": "fallback"}
+
+
+def sigma_text(m: MarketView) -> Text:
+    """The model's sigma line: its value and source, then the other sigma for comparison.
+
+    "σ 52% (DVOL)  realized 48%", "σ 48% (realized)  DVOL 52%", "σ 50% (fallback)"; when DVOL
+    was asked for and is not used, in yellow: "σ 48% (realized)  DVOL 52% stale 7m00s" or
+    "σ 48% (realized)  no DVOL".
+    """
+    t = Text("\nσ ", style="dim")
+    t.append(f"{m.sigma_used * 100:.0f}%", style="bold")
+    t.append(f" ({_SIGMA_LABEL.get(m.sigma_source, m.sigma_source)})", style="dim")
+    fell_back = m.sigma_wanted == "implied" and m.sigma_source != "implied"
+    if m.sigma_source == "implied":
+        if m.sigma is not None:
+            t.append(f"  realized {m.sigma * 100:.0f}%", style="dim")
+    elif m.implied_vol is not None:
+        t.append(f"  DVOL {m.implied_vol * 100:.0f}%", style="bold yellow" if fell_back else "dim")
+        if fell_back:
+            t.append(f" stale {fmt.age(m.implied_vol_age)}", style="bold yellow")
+    elif fell_back:
+        t.append("  no DVOL", style="bold yellow")
+    return t
 
 
 _REGIME_STYLE = {

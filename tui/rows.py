@@ -88,7 +88,10 @@ def trade_row(t: TradeRow, pal: Palette) -> Row:
 def strike_row(s: StrikeRow, pal: Palette) -> Row:
     flag = ("◆" if s.atm else " ") + ("●" if s.held else " ") + ("★" if s.edge else " ")
     strike_style = " ".join(x for x in ("bold" if s.atm else "", "cyan" if s.held else "") if x)
-    strike = f"{s.strike:,.0f}" if s.cap is None else f"{s.strike:,.0f}-{s.cap:,.0f}"
+    if s.below:
+        strike = f"<{s.strike:,.0f}"
+    else:
+        strike = f"{s.strike:,.0f}" if s.cap is None else f"{s.strike:,.0f}-{s.cap:,.0f}"
     cells = (
         (flag, "bold yellow" if s.edge else "bold"),
         (strike, strike_style),

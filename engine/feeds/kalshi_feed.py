@@ -13,9 +13,9 @@ Choices worth knowing:
   the engine's data guard treats a quote older than `max_quote_age_seconds` as stale, and a quiet
   market is not a stale one. Set `refresh_seconds` below that limit.
 - A YES bid of zero or a YES ask of one dollar (or more) is "no order on that side": None.
-- Bounds come from `floor_strike` / `cap_strike`, never from the ticker. `less` /
-  `less_or_equal` markets are skipped (the engine has no "below" contract type), as is any
-  market whose bounds are missing; each is logged once.
+- Bounds come from `floor_strike` / `cap_strike`, never from the ticker: `greater` →
+  `binary_above` at the floor, `between` → `binary_range`, `less` / `less_or_equal` →
+  `binary_below` at the cap. A market whose bounds are missing is skipped and logged once.
 - Settlement: `result` "yes"/"no" while the status is determined, amended, finalized (or
   settled). `disputed` is not final, so it waits. One `SettleEvent` per market, ever.
 - Errors: a `KalshiError` from a poll is logged and that part of the poll skipped; the engine's
@@ -118,7 +118,16 @@ def contract_for(market: Market, underlying: str) -> tuple[Contract | None, str]
             event_id=market.event_ticker,
         ), ""
     if kind in _BELOW:
-        return None, f"strike_type {kind!r}: the engine has no 'below' contract type"
+        if cap is None:
+            return None, f"strike_type {kind!r} without cap_strike"
+        return Contract(
+            id=market.ticker,
+            underlying=underlying,
+            type="binary_below",
+            strike=float(cap),
+            close_ts=close_ts,
+            event_id=market.event_ticker,
+        ), ""
     return None, f"unsupported strike_type {kind!r}"
 
 

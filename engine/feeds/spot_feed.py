@@ -98,7 +98,8 @@ class SpotFeed:
         if self.dvol is not None and self.clock.now() - self._last_dvol >= self.dvol_seconds:
             self._last_dvol = self.clock.now()
             try:
-                engine.implied_vol = (await self.dvol.latest()).sigma
+                reading = await self.dvol.latest()
+                engine.implied_vol, engine.implied_vol_ts = reading.sigma, reading.ts
             except SpotSourceError as e:
                 log.info("DVOL unavailable: %s", e)
 
