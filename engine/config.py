@@ -121,8 +121,11 @@ class StrategyConfig(Strict):
 class AutoStopConfig(Strict):
     mode: Mode = Field(default=Mode.DRY_RUN, strict=False)  # the enum is given as text
     armed: bool = True
-    exit_max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
-    exit_retry_seconds: Annotated[float, Field(gt=0)] = 2.0
+    # The exit's limit-price ladder (engine/exit_ladder.py).
+    ladder_max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    ladder_step_seconds: Annotated[float, Field(gt=0)] = 2.0
+    ladder_tick: Annotated[float, Field(ge=0, le=1000)] = 0.01
+    ladder_floor: Annotated[float, Field(ge=0)] = 0.01
     criteria: Criteria = Field(default_factory=Criteria)
     strategies: dict[str, StrategyConfig] = Field(default_factory=dict)
 
@@ -606,9 +609,18 @@ def _expected(err: Any, loc: list[str | int]) -> str:
     return f"{msg[:1].lower()}{msg[1:]}{got}"
 
 
+# Keys renamed since they were first released: the error names the new key.
+_RENAMED = {
+    "exit_max_attempts": "ladder_max_attempts",
+    "exit_retry_seconds": "ladder_step_seconds",
+}
+
+
 def _unknown_key(loc: list[str | int], value: Any) -> str:
     what = "unknown section" if isinstance(value, dict) else "unknown key"
     name = str(loc[-1]) if loc else ""
+    if name in _RENAMED:
+        return f"renamed: use '{_RENAMED[name]}' (same meaning)"
     parent = _node_at(loc[:-1])
     allowed = list(parent.model.model_fields) if parent.model else []
     close = difflib.get_close_matches(name, allowed, n=1)

@@ -35,6 +35,7 @@ from engine.alerts import AlertBus, alert_from_row
 from engine.clock import Clock
 from engine.commands import REPLAY_ACTIONS, Command, CommandResult
 from engine.config import Config, ConfigError, Criteria, load_config
+from engine.exit_ladder import exit_limit
 from engine.models import (
     AlertKind,
     CommandEvent,
@@ -74,6 +75,11 @@ EPS = 1e-9
 EXIT_FAILED_COOLDOWN_SECONDS = 60.0
 OPPORTUNITY_SCAN_SECONDS = 5.0
 POSITIONS_POLL_SECONDS = 5.0
+# After its close, a contract's vanished position waits this long for the settlement before it is
+# closed as external: venues pay out minutes after the close, and the feed may see the result
+# after the positions poll sees the payout.
+SETTLEMENT_WAIT_SECONDS = 3600.0
+SETTLED_MEMORY_SECONDS = 86400.0  # how long a settled contract's listed position is ignored
 REGIME_CONFIRM_SAMPLES = 2  # volatility updates (one a minute) a new regime must hold
 REGIME_MIN_HISTORY = 15  # volatility-score samples needed before regime changes are alerted
 OPPORTUNITY_COOLDOWN_SECONDS = 300.0  # one opportunity alert per contract and side per 5 min
@@ -116,6 +122,10 @@ class _Exit:
     in_flight: bool = False  # an order (or its journal write) is outstanding: no retry may start
     unknown_coid: str | None = None  # an order whose outcome is unknown (timeout): look it up
     resend_coid: str | None = None  # an order the venue never saw: send again with the same id
+    limits: dict[str, float | None] = field(default_factory=dict)  # client order id -> limit
+    # The exit's one warning is out (an attempt unfilled, rejected or of unknown outcome); the
+    # rest of its attempts are in the journal, and giving up is a critical alert of its own.
+    warned: bool = False
 
 
 class _BusyGate:
@@ -198,10 +208,11 @@ class Engine:
         self._last_opportunity: dict[str, float] = {}
 
         self._bad: dict[str, str] = {}  # data-quality episodes: key -> problem
-        self._alerted: set[str] = set()
-        self._pending_settle: dict[
-            str, float
-        ] = {}  # trade -> payout, settled during an exit  # episodes whose start was alerted (recovery is too)
+        self._alerted: set[str] = set()  # episodes whose start was alerted (recovery is too)
+        self._pending_settle: dict[str, float] = {}  # trade -> payout, settled during an exit
+        # Contracts settled here -> when: a venue may list such a position until it pays out,
+        # and it must not come back as a new trade meanwhile.
+        self._settled: dict[str, float] = {}
         self._breaches: set[str] = set()
         self._risk = RiskView(0, 0.0, 0.0, ())
         self._realized_today = 0.0
@@ -304,6 +315,7 @@ class Engine:
                 if order["status"] not in ("pending", "unknown"):
                     continue
                 coid = order["client_order_id"]
+                ex.limits[coid] = order.get("limit_price")  # a resend asks the journaled price
                 try:
                     res = await self.venue.lookup(coid)
                 except VenueError as e:
@@ -668,6 +680,7 @@ class Engine:
         settle = getattr(self.venue, "settle", None)
         if settle is not None:
             settle(ev.contract_id, ev.value)
+        self._settled[ev.contract_id] = now
         self.contracts.pop(ev.contract_id, None)
         self.quotes.pop(ev.contract_id, None)
         self._bad.pop(f"quote:{ev.contract_id}", None)
@@ -707,7 +720,7 @@ class Engine:
             t = self.trades.get(tid)
             if (
                 t is not None
-                and now - ex.last_attempt_ts >= self.config.auto_stop.exit_retry_seconds
+                and now - ex.last_attempt_ts >= self.config.auto_stop.ladder_step_seconds
             ):
                 await self._attempt(t, ex, now)
         await self._check_risk(now)
@@ -1100,7 +1113,9 @@ class Engine:
         try:
             if ready:
                 # The common case, on the reaction path: intent and first order in one commit.
+                assert q is not None
                 ex.attempts = 1
+                self._price_attempt(t, ex, intent_id, q)
                 await self.store.begin_exit(
                     intent_id=intent_id,
                     trade_id=t.trade_id,
@@ -1108,7 +1123,7 @@ class Engine:
                     qty=t.qty,
                     ts=now,
                     context=context,
-                    order=self._order_fields(t, intent_id),
+                    order=self._order_fields(t, intent_id, ex.limits[intent_id]),
                 )
             else:
                 await self.store.add_intent(intent_id, t.trade_id, reason, t.qty, now, context)
@@ -1134,7 +1149,7 @@ class Engine:
             await self._attempt(t, ex, now)
         return ex
 
-    def _order_fields(self, t: Trade, coid: str) -> dict[str, Any]:
+    def _order_fields(self, t: Trade, coid: str, limit: float | None) -> dict[str, Any]:
         action = "buy" if t.side == "short" else "sell"
         return {
             "client_order_id": coid,
@@ -1142,8 +1157,15 @@ class Engine:
             "side": t.side,
             "action": action,
             "qty": t.qty,
-            "limit_price": None,
+            "limit_price": limit,
         }
+
+    def _price_attempt(self, t: Trade, ex: _Exit, coid: str, q: Quote) -> float:
+        """The limit of attempt `ex.attempts` (sent as `coid`) from the exit's ladder."""
+        a = self.config.auto_stop
+        step = exit_limit(t, q, ex.attempts, a.ladder_tick, a.ladder_floor)
+        ex.limits[coid] = step.limit
+        return step.limit
 
     async def _attempt(self, t: Trade, ex: _Exit, now: float, force: bool = False) -> None:
         """Send (or look up) one order for an exit, each order journaled before it is sent.
@@ -1197,12 +1219,19 @@ class Engine:
         mark = pricing.mark_price(t, q, self.config.engine.mark)
         ex.last_attempt_ts = now
         if ex.resend_coid is not None:
+            # The venue never saw this order: the same id again, at the limit it was journaled at.
             coid, ex.resend_coid = ex.resend_coid, None
+            if coid not in ex.limits:
+                self._price_attempt(t, ex, coid, q)
         else:
             ex.attempts += 1
             coid = ex.intent_id if ex.attempts == 1 else f"{ex.intent_id}-{ex.attempts}"
+            limit = self._price_attempt(t, ex, coid, q)
             await self.store.add_order(
-                intent_id=ex.intent_id, trade_id=t.trade_id, ts=now, **self._order_fields(t, coid)
+                intent_id=ex.intent_id,
+                trade_id=t.trade_id,
+                ts=now,
+                **self._order_fields(t, coid, limit),
             )
             await self.store.update_intent(
                 ex.intent_id, status="sent", attempts=ex.attempts, ts=now
@@ -1218,7 +1247,7 @@ class Engine:
             side=t.side,
             action="buy" if t.side == "short" else "sell",
             qty=t.qty,
-            limit_price=None,
+            limit_price=ex.limits.get(coid),
             reference_price=mark,
         )
         try:
@@ -1226,6 +1255,9 @@ class Engine:
         except VenueError as e:
             ex.unknown_coid = coid
             await self.store.update_order(coid, status="unknown", reason=str(e), ts=now)
+            if ex.warned:
+                return  # one warning per exit; each unknown outcome is in the journal
+            ex.warned = True
             await self._alert(
                 AlertKind.EXECUTION_FAILURE,
                 Severity.WARNING,
@@ -1283,18 +1315,26 @@ class Engine:
         if not failed:
             await self.store.book_result(trade=t, ts=now, order=order, fill=fill)
             return
+        limit = ex.limits.get(coid)
+        a = self.config.auto_stop
         msg = (
-            f"{t.trade_id}: exit attempt {ex.attempts} {res.status}"
+            f"{t.trade_id}: exit attempt {ex.attempts}"
+            f"{f' at {limit:.4f}' if limit is not None else ''} {res.status}"
             f"{' (' + res.reason + ')' if res.reason else ''}; {t.qty:g} left"
         )
-        if ex.attempts < self.config.auto_stop.exit_max_attempts:
+        if ex.attempts < a.ladder_max_attempts:
             await self.store.book_result(trade=t, ts=now, order=order, fill=fill)
+            if ex.warned:
+                return  # one warning per exit: each attempt and its answer are in the journal
+            ex.warned = True
             await self._alert(
                 AlertKind.EXECUTION_FAILURE,
                 Severity.WARNING,
-                msg,
+                f"{msg}; stepping the limit {a.ladder_tick:g} every {a.ladder_step_seconds:g}s "
+                f"(floor {a.ladder_floor:g}, {a.ladder_max_attempts} attempts at most)",
                 t.trade_id,
-                subject=f"attempt:{coid}",
+                data={"intent_id": ex.intent_id, "limit": limit, "attempt": ex.attempts},
+                subject=f"ladder:{ex.intent_id}",
             )
             return
         t.state = TradeState.OPEN
@@ -1309,7 +1349,8 @@ class Engine:
         await self._alert(
             AlertKind.EXECUTION_FAILURE,
             Severity.CRITICAL,
-            f"{msg}: gave up after {ex.attempts} attempts — trade left OPEN, close it by hand",
+            f"{msg}: ladder exhausted after {ex.attempts} attempts — trade left OPEN, "
+            "close it by hand",
             t.trade_id,
             data={"intent_id": ex.intent_id},
             subject=f"gaveup:{ex.intent_id}",
@@ -1413,10 +1454,12 @@ class Engine:
             await self._episode("venue", f"venue {self.venue.name} unreachable: {e}", None)
             return
         await self._recover("venue")
+        for cid in [c for c, ts in self._settled.items() if now - ts > SETTLED_MEMORY_SECONDS]:
+            del self._settled[cid]
         held: dict[tuple[str, str], float] = {}
         avg: dict[tuple[str, str], float] = {}
         for p in positions:
-            if p.qty > EPS:
+            if p.qty > EPS and p.contract_id not in self._settled:  # not paid out yet
                 held[(p.contract_id, p.side)] = held.get((p.contract_id, p.side), 0.0) + p.qty
                 avg[(p.contract_id, p.side)] = p.avg_price
         ours: dict[tuple[str, str], list[Trade]] = {}
@@ -1427,6 +1470,9 @@ class Engine:
             if any(t.trade_id in self.exits for t in ts):
                 continue  # an exit in flight explains any difference
             if held.get(key, 0.0) <= EPS:
+                c = self.contracts.get(key[0])
+                if c is not None and c.close_ts <= now < c.close_ts + SETTLEMENT_WAIT_SECONDS:
+                    continue  # closed and paid out: its settlement is on the way
                 for t in ts:
                     mark = self.status[t.trade_id].mark if t.trade_id in self.status else None
                     await self._close_in_journal(t, mark, ExitReason.EXTERNAL, now)
@@ -1666,7 +1712,9 @@ class Engine:
             return CommandResult(False, "reload failed: " + "; ".join(e.lines))
         old = self.config
         restart_needed = [
-            s for s in ("engine", "sim", "paper", "venues") if getattr(old, s) != getattr(new, s)
+            s
+            for s in ("engine", "sim", "paper", "venues", "spot")
+            if getattr(old, s) != getattr(new, s)
         ]
         self.config = new
         self.mode = new.auto_stop.mode

@@ -54,6 +54,9 @@ class Fault:
     - "html": an HTML error page with `status` (a proxy's 502), nothing processed.
     - "refuse": the venue's own refusal, `status` (use e.g. 400) with `code` and `message`,
       nothing processed.
+
+    A `persistent` fault is not used up: it answers every request it matches until
+    `KalshiState.clear_faults()` (an outage that lasts, not one bad answer).
     """
 
     kind: FaultKind
@@ -64,6 +67,7 @@ class Fault:
     after_processing: bool = False
     code: str = "invalid_order"
     message: str = "order refused"
+    persistent: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (
@@ -214,6 +218,16 @@ class KalshiState:
 
     # ---- views for assertions -------------------------------------------------------------
 
+    def clear_faults(self) -> None:
+        """The outage is over: drop every queued and persistent fault."""
+        self.faults.clear()
+
+    def faulted(self, method: str, path: str) -> list[Recorded]:
+        """Requests to `method` `path` (a prefix) that were answered with a fault."""
+        return [
+            r for r in self.requests if r.fault and r.method == method and r.path.startswith(path)
+        ]
+
     def order_posts(self) -> list[Recorded]:
         return [
             r for r in self.requests if r.method == "POST" and r.path == "/portfolio/events/orders"
@@ -222,7 +236,8 @@ class KalshiState:
     def _take_fault(self, method: str, path: str) -> Fault | None:
         for fault in self.faults:
             if fault.matches(method, path):
-                self.faults.remove(fault)
+                if not fault.persistent:
+                    self.faults.remove(fault)
                 return fault
         return None
 

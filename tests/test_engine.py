@@ -305,8 +305,8 @@ async def test_partial_fills_are_retried_with_new_client_ids_until_closed(tmp_pa
     cfg = config(
         auto_stop={
             "criteria": {"max_loss_percent": 30},
-            "exit_max_attempts": 20,
-            "exit_retry_seconds": 1,
+            "ladder_max_attempts": 20,
+            "ladder_step_seconds": 1,
         },
         paper={"partial_fill_probability": 1.0},
     )
@@ -331,8 +331,8 @@ async def test_rejected_exits_give_up_after_the_limit_and_say_so(tmp_path):
     cfg = config(
         auto_stop={
             "criteria": {"max_loss_percent": 30},
-            "exit_max_attempts": 3,
-            "exit_retry_seconds": 1,
+            "ladder_max_attempts": 3,
+            "ladder_step_seconds": 1,
         },
         paper={"reject_probability": 1.0},
     )
@@ -465,6 +465,19 @@ async def test_reload_applies_thresholds_and_keeps_running_config_on_error(tmp_p
     path.write_text('[alerts]\nlog_file = ""\n[auto_stop.criteria]\nmax_loss_percent = 35\n')
     assert (await h.engine.command(Command("reload"))).ok
     assert [e["rule"] for e in h.exits] == ["max_loss"]  # re-evaluated under the new limit
+    await h.close()
+
+
+async def test_reload_names_the_sections_that_need_a_restart(tmp_path):
+    path = tmp_path / "cfg.toml"
+    path.write_text('[alerts]\nlog_file = ""\n')
+    from engine.config import load_config
+
+    h = await standard(tmp_path, load_config(path))
+    h.engine.config_path = path
+    path.write_text('[alerts]\nlog_file = ""\n[spot]\nprimary = "kraken"\nfallback = "none"\n')
+    res = await h.engine.command(Command("reload"))
+    assert res.ok and res.message.endswith("restart to apply [spot]")
     await h.close()
 
 

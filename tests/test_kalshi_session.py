@@ -11,157 +11,17 @@ shows the trade closed with exit_reason max_loss.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from engine.clock import ManualClock
-from engine.config import Config, ConfigError, parse_config
-from engine.feeds.kalshi_feed import KalshiMarketFeed
-from engine.feeds.spot_feed import SpotFeed
+from engine.config import ConfigError
 from engine.models import Mode, TradeState
-from engine.runtime import Runtime, build_runtime
+from engine.runtime import build_runtime
 from engine.venues.kalshi import KalshiVenue
-from tests.kalshi_server import RunningServer, kalshi_server
-from tests.spot_servers import CoinbaseServer, KrakenServer
-
-KEY_ID = "session-test-key"
-EVENT = "KXBTCD-26NOV2117"
-HELD = f"{EVENT}-T97000"
-CLOSE_17 = 1795280400.0  # 2026-11-21T17:00:00Z
-START = CLOSE_17 - 1800.0  # 16:30 UTC
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass
-class World:
-    kalshi: RunningServer
-    coinbase: CoinbaseServer
-    kraken: KrakenServer
-    key_path: Path
-    data: Path
-    clock: ManualClock
-
-    def config(self, **auto_stop: Any) -> Config:
-        return parse_config(
-            {
-                "engine": {"venue": "kalshi", "data_dir": str(self.data)},
-                "auto_stop": {
-                    "mode": "live",
-                    "armed": True,
-                    "criteria": {"max_loss_percent": 40},
-                    **auto_stop,
-                },
-                "alerts": {"log_file": "", "cooldown_seconds": 0.0},
-                "venues": {
-                    "kalshi": {
-                        "base_url": self.kalshi.base_url,
-                        "api_key_id": KEY_ID,
-                        "private_key_path": str(self.key_path),
-                        "timeout_seconds": 2.0,
-                        "read_requests_per_second": 1000.0,
-                        "write_requests_per_second": 1000.0,
-                        "rate_limit_burst": 100,
-                        "max_attempts": 1,
-                    }
-                },
-                "spot": {"coinbase_url": self.coinbase.url, "kraken_url": self.kraken.url},
-            }
-        )
-
-    def spot_at(self, price: float) -> None:
-        now = self.clock.now()
-        p = f"{price:.2f}"
-        self.coinbase.ticker = {
-            "price": p,
-            "bid": p,
-            "ask": f"{price + 0.02:.2f}",
-            "time": iso(now - 1),
-            "size": "0.1",
-        }
-        k = f"{price:.1f}"
-        self.kraken.ticker = {
-            "a": [f"{price + 0.1:.1f}", "1", "1.0"],
-            "b": [k, "1", "1.0"],
-            "c": [k, "0.1"],
-        }
-
-    def book(self, bid: str, ask: str) -> None:
-        """The held market's YES top of book (REST quote) and the resting YES bids behind it."""
-        m = self.kalshi.state.markets[HELD]
-        m["yes_bid_dollars"], m["yes_ask_dollars"] = f"{bid}00", f"{ask}00"
-        m["no_bid_dollars"] = f"{1 - float(ask):.4f}"
-        m["no_ask_dollars"] = f"{1 - float(bid):.4f}"
-        self.kalshi.state.set_book(HELD, yes=[(bid, "50")])
-
-
-@pytest.fixture
-async def world(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> AsyncIterator[World]:
-    key_path = tmp_path / "kalshi.pem"
-    key_path.write_bytes(
-        rsa_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    os.chmod(key_path, 0o600)
-    cb = await CoinbaseServer().start()
-    kr = await KrakenServer().start()
-    assert isinstance(cb, CoinbaseServer) and isinstance(kr, KrakenServer)
-    async with kalshi_server(KEY_ID, rsa_key.public_key()) as srv:
-        s = srv.state
-        s.add_event(EVENT)
-        for strike in (96500, 97000, 97500):
-            s.add_market(
-                f"{EVENT}-T{strike}",
-                event_ticker=EVENT,
-                close_time="2026-11-21T17:00:00Z",
-                floor_strike=strike,
-            )
-        # The account: YES 10 of HELD, bought at 0.60 (its fill says so; the exposure agrees).
-        s.set_position(HELD, "10.00", exposure="6.0000")
-        s.add_fill(
-            ticker=HELD,
-            outcome_side="yes",
-            book_side="bid",
-            count_fp="10.00",
-            yes_price_dollars="0.6000",
-            no_price_dollars="0.4000",
-        )
-        w = World(srv, cb, kr, key_path, tmp_path / "data", ManualClock(START))
-        w.book("0.58", "0.60")
-        w.spot_at(97_100.0)
-        try:
-            yield w
-        finally:
-            await cb.close()
-            await kr.close()
-
-
-def feeds(rt: Runtime) -> tuple[KalshiMarketFeed, SpotFeed]:
-    [market] = [f for f in rt.feeds if isinstance(f, KalshiMarketFeed)]
-    [spot] = [f for f in rt.feeds if isinstance(f, SpotFeed)]
-    return market, spot
-
-
-async def step(w: World, rt: Runtime, seconds: float = 1.0) -> None:
-    """One second of the session: the clock moves, both feeds poll, the engine ticks."""
-    w.clock.advance(seconds)
-    w.spot_at(97_100.0)
-    market, spot = feeds(rt)
-    await market.poll_once(rt.engine)
-    await spot.step(rt.engine)
-    await rt.engine.tick()
+from tests.kalshi_world import HELD, KEY_ID, World, step
+from tests.kalshi_world import world as world  # the fixture
 
 
 async def test_adopted_kalshi_position_is_closed_by_max_loss_with_one_ioc_order(
@@ -200,6 +60,43 @@ async def test_adopted_kalshi_position_is_closed_by_max_loss_with_one_ioc_order(
         assert len(w.kalshi.state.order_posts()) == 1
         assert t.trade_id not in rt.engine.trades  # closed trades leave the engine's book
         assert [x.state for x in await rt.store.all_trades()] == [TradeState.CLOSED]
+    finally:
+        await rt.close()
+
+
+async def test_the_exit_ladder_steps_down_when_the_first_attempts_do_not_fill(
+    world: World,
+) -> None:
+    """The market's quote says YES bid 0.30, but the resting bids are at 0.28 (the book moved
+    between the quote and the order): the IOC sells at 0.30 and 0.29 fill nothing, the third
+    attempt, two seconds later each, fills at 0.28."""
+    w = world
+    rt = await build_runtime(
+        w.config(ladder_tick=0.01, ladder_step_seconds=2.0, ladder_max_attempts=5),
+        None,
+        clock=w.clock,
+    )
+    try:
+        [t] = rt.engine.trades.values()
+        w.book("0.30", "0.32")
+        w.kalshi.state.set_book(HELD, yes=[("0.28", "50")])
+        await step(w, rt)
+        for _ in range(6):
+            await step(w, rt)
+        posts = w.kalshi.state.order_posts()
+        assert [p.body["price"] for p in posts] == ["0.3000", "0.2900", "0.2800"]
+        assert all(p.body["time_in_force"] == "immediate_or_cancel" for p in posts)
+        [intent] = await rt.store.intents_for_trade(t.trade_id)
+        coids = [p.body["client_order_id"] for p in posts]
+        assert coids == [
+            intent["intent_id"],
+            f"{intent['intent_id']}-2",
+            f"{intent['intent_id']}-3",
+        ]
+        closed = await rt.store.get_trade(t.trade_id)
+        assert closed is not None and closed.state == TradeState.CLOSED
+        assert closed.exit_price == pytest.approx(0.28)
+        assert w.kalshi.state.positions[HELD]["position_fp"] == "0.00"
     finally:
         await rt.close()
 

@@ -24,8 +24,8 @@ CID2 = "KXBTCD-25NOV2415-T97250"
 # GUARD: passes at 25960cd (failed at 30f3390).
 #
 # Bug: `_attempt` (called from the tick) only checks `now - ex.last_attempt_ts >=
-# exit_retry_seconds`; nothing records that an order is *in flight*. When the venue takes longer
-# than `exit_retry_seconds` to answer a submit (a slow or hanging live venue; the default retry is
+# ladder_step_seconds`; nothing records that an order is *in flight*. When the venue takes longer
+# than `ladder_step_seconds` to answer a submit (a slow or hanging live venue; the default retry is
 # 2 s), the tick journals and sends `<intent>-2` for the full quantity while `<intent>` is still
 # outstanding: two closing orders for one position (oversell / opens the opposite side).
 # Expected: at most one order of an exit outstanding at any time.

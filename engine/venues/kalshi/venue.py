@@ -8,10 +8,11 @@ place the two meet:
 - Closing a long NO: `bid` `qty` at YES price = 1 − NO limit (buying YES nets the NO away).
 - Every exit is `immediate_or_cancel` + `reduce_only` with the engine's client order id, so it
   never rests, never opens a position, and Kalshi deduplicates a repeat of the same id.
-- `limit_price=None` (marketable): Kalshi has no market orders, so the limit is the most
-  aggressive whole-cent price, 0.01 for selling YES and 0.99 for buying YES. An IOC order still
-  trades at the resting orders' prices, not at that limit. Limit: on a sub-penny market a bid
-  below 0.01 is not reached.
+- The engine prices every attempt from its exit ladder (engine/exit_ladder.py: the held side's
+  bid, then a tick lower each step, never below `ladder_floor`). `limit_price=None`
+  (marketable, kept for callers without a price) becomes the most aggressive whole-cent price,
+  0.01 for selling YES and 0.99 for buying YES; Kalshi has no market orders. An IOC order trades
+  at the resting orders' prices, not at its limit.
 
 Outcomes: whatever leaves the order's fate unknown (timeouts, 5xx, dropped connections, an
 unreadable answer, persistent 429) raises `VenueError`, so the engine reconciles with `lookup`

@@ -1,0 +1,48 @@
+"""The limit-price ladder of an exit: which price each closing attempt asks for.
+
+A closing order is immediate-or-cancel, so its limit is the worst price the engine accepts for
+that attempt. The first attempt asks for the held side's bid (what a close "should" get); each
+later attempt steps `ladder_tick` dollars further, every `ladder_step_seconds`, so a thin book is
+walked down rather than crossed at any price:
+
+    sell (long, yes, no):  limit_n = max(bid_now − (n − 1)·tick, floor)
+    buy  (short):          limit_n = ask_now + (n − 1)·tick
+
+`bid_now` / `ask_now` are read at each attempt, not at the first: when the market moves away, the
+ladder follows it (a trader closing by hand re-reads the book too). `ladder_floor` is the lowest
+price a sell is ever sent at; a bid below it leaves the order at the floor, where it fills only if
+the book comes back, and after `ladder_max_attempts` the engine gives up with a critical
+`execution_failure` alert. A buy to close a short has no ceiling besides the attempt count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.models import Quote, Trade
+from engine.pricing import held_bid_ask
+
+__all__ = ["LadderStep", "exit_limit"]
+
+_DIGITS = 6  # prices on every venue we speak have at most six decimals
+
+
+@dataclass(frozen=True, slots=True)
+class LadderStep:
+    """The limit of one attempt, and what it was derived from (for alerts and the audit)."""
+
+    limit: float
+    start: float  # the held side's bid (sell) or ask (buy) when the attempt was priced
+    at_floor: bool  # the step would have gone below the floor (or the bid already is below it)
+
+
+def exit_limit(trade: Trade, quote: Quote, attempt: int, tick: float, floor: float) -> LadderStep:
+    """The limit of closing attempt `attempt` (1 = first) for `trade` on `quote`."""
+    bid, ask = held_bid_ask(trade, quote)
+    steps = max(attempt - 1, 0) * tick
+    if trade.side == "short":
+        return LadderStep(round(ask + steps, _DIGITS), ask, False)
+    want = round(bid - steps, _DIGITS)
+    if want < floor:
+        return LadderStep(round(floor, _DIGITS), bid, True)
+    return LadderStep(want, bid, False)
