@@ -288,6 +288,7 @@ class KalshiConfig(Strict):
     api_key_id: SecretStr | None = None
     private_key_path: SecretStr | None = None
     base_url: str | None = None  # overrides `environment` (a proxy, a test server)
+    ws_url: str | None = None  # the websocket's address, overrides `environment` (as base_url)
     timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
     connect_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
     read_requests_per_second: Annotated[float, Field(gt=0, le=1000)] = 20.0
@@ -308,6 +309,15 @@ class KalshiConfig(Strict):
         if v is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
             raise PydanticCustomError(
                 "base_url", 'expected an http(s) address such as "https://host/trade-api/v2"'
+            )
+        return v
+
+    @field_validator("ws_url")
+    @classmethod
+    def _ws_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^wss?://[^/\s]+(/\S*)?$", v):
+            raise PydanticCustomError(
+                "ws_url", 'expected a websocket address such as "wss://host/trade-api/ws/v2"'
             )
         return v
 
@@ -354,6 +364,17 @@ class SpotConfig(Strict):
     dvol: bool = False
     deribit_url: HttpUrl = "https://www.deribit.com/api/v2"
     timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 5.0
+    # Websocket tickers instead of polling (REST still backfills the history).
+    stream: bool = False
+    coinbase_ws_url: str = "wss://ws-feed.exchange.coinbase.com"
+    kraken_ws_url: str = "wss://ws.kraken.com/v2"
+
+    @field_validator("coinbase_ws_url", "kraken_ws_url")
+    @classmethod
+    def _ws_url(cls, v: str) -> str:
+        if not re.match(r"^wss?://[^/\s]+(/\S*)?$", v):
+            raise PydanticCustomError("ws_url", 'expected a websocket address such as "wss://host"')
+        return v
 
     @field_validator("fallback")
     @classmethod

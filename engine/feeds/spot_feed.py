@@ -9,24 +9,38 @@ the source in use to the engine as a `SpotEvent`. Each change of the source in u
 `data_quality` episode through `Engine.source_problem` / `Engine.source_ok` (one alert when it
 begins, one when it ends), and `Engine.spot_source` names the source for the market pane.
 
+With `streams` (`[spot] stream = true`: `engine.feeds.spot_streams`), the venues push their
+ticks instead: both the primary and the fallback stream all the time, each tick is recorded in
+the same selector (`record_ok`; a failed connection is `record_failure`) and wakes the feed, which
+then does what a poll does: re-decide the source in use, report switches, hand the new tick of
+the source in use to the engine. Between pushes it still wakes every `poll_seconds`, so a silent
+stream is noticed as stale. REST is then used only for the backfill. For the first
+`stale_after_seconds` after the streams start, a fallback that happens to deliver first does not
+count as the primary failing: nothing is switched (or sent) until the primary delivered or that
+time is up.
+
 When no source is usable the feed sends nothing: the engine's own staleness check (`spot` older
 than `max_spot_age_seconds`) raises the spot alert and keeps the spot rules off, as with any
 silent feed. Optionally a `DeribitDvol` is read every `dvol_seconds` into `Engine.implied_vol`
-(display only; the probability model does not use it).
+(and its reading time into `implied_vol_ts`): the strike probabilities' sigma with `[signals]
+sigma_source = "implied"`; the rules do not use it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from engine.clock import Clock
 from engine.feeds.deribit import DeribitDvol
 from engine.feeds.spot_selector import PrimaryFallback, SourceSwitch
-from engine.feeds.spot_sources import SpotSourceError
+from engine.feeds.spot_sources import SpotSourceError, SpotTick
 
 if TYPE_CHECKING:
+    from engine.feeds.spot_streams import SpotStream
     from engine.supervisor import Engine
 
 log = logging.getLogger(__name__)
@@ -41,7 +55,8 @@ def default_backfill_minutes(engine: Engine) -> int:
 
 
 class SpotFeed:
-    """Polls a primary/fallback pair of spot sources into the engine (see the module doc)."""
+    """Polls (or, with `streams`, is pushed) a primary/fallback pair of spot sources into the
+    engine (see the module doc)."""
 
     name = "spot"
 
@@ -54,6 +69,7 @@ class SpotFeed:
         backfill_minutes: int | None = None,
         dvol: DeribitDvol | None = None,
         dvol_seconds: float = 60.0,
+        streams: Sequence[SpotStream] = (),
     ) -> None:
         self.selector = selector
         self.clock = clock
@@ -66,28 +82,74 @@ class SpotFeed:
         self._seen_switches = len(selector.switches)
         self._last_dvol = -math.inf
         self._last_sent: tuple[str, float] | None = None
+        self.streams = list(streams)
+        self._pushed = asyncio.Event()
+        self._streams_started: float | None = None
 
     async def run(self, engine: Engine) -> None:
-        """Backfill once, then poll forever (cancel the task to stop)."""
+        """Backfill once, then poll (or wait for pushed ticks) forever (cancel to stop)."""
         await self.start(engine)
         while True:
+            self._pushed.clear()  # a push while this step runs wakes the next wait at once
             await self.step(engine)
+            await self._wait()
+
+    async def _wait(self) -> None:
+        """`poll_seconds`; with streams, or until a tick is pushed, whichever comes first."""
+        if not self.streams:
             await self.clock.sleep(self.poll_seconds)
+            return
+        waits = [
+            asyncio.ensure_future(self.clock.sleep(self.poll_seconds)),
+            asyncio.ensure_future(self._pushed.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def start(self, engine: Engine) -> None:
-        """Seed the engine with past minute closes; a failure only means a normal warm-up."""
+        """Seed the engine with past minute closes (a failure only means a normal warm-up),
+        then start the streams, if any: after the seed, so live ticks come after it."""
         engine.spot_source = self.selector.active
         minutes = self.backfill_minutes or default_backfill_minutes(engine)
         try:
             closes = await self.selector.backfill(minutes)
         except (SpotSourceError, ValueError) as e:
             log.warning("spot backfill failed, starting live: %s", e)
-            return
-        self.backfilled = engine.seed_spot_history([(c.ts, c.price) for c in closes])
+        else:
+            self.backfilled = engine.seed_spot_history([(c.ts, c.price) for c in closes])
+        if self.streams:
+            self._streams_started = self.clock.now()
+            for stream in self.streams:
+                await stream.start(self._on_push, self._on_push_failure)
+
+    def _on_push(self, tick: SpotTick) -> None:
+        self.selector.record_ok(tick)
+        self._pushed.set()
+
+    def _on_push_failure(self, source: str, error: SpotSourceError) -> None:
+        self.selector.record_failure(source, error)
+        self._pushed.set()
+
+    def _warming_up(self) -> bool:
+        """Streams just started and the primary has not delivered yet: do not switch yet."""
+        sel = self.selector
+        return (
+            self._streams_started is not None
+            and not sel.delivered(sel.primary.name)
+            and self.clock.now() - self._streams_started < sel.stale_after_seconds
+        )
 
     async def step(self, engine: Engine) -> None:
         """One poll: the tick of the source in use to the engine, switches to alerts."""
-        tick = await self.selector.poll()
+        if self.streams:
+            if self._warming_up():
+                return
+            tick = self.selector.current()  # the ticks were recorded as they were pushed
+        else:
+            tick = await self.selector.poll()
         self.selector.evaluate()  # poll() evaluates too; this keeps a quiet source noticed
         await self._report_switches(engine)
         # The same tick again (a quiet venue repeats its last trade) is not news: sending it would

@@ -122,6 +122,15 @@ class PrimaryFallback:
                 self.on_switch(switch)
         return self._active
 
+    def delivered(self, source: str) -> bool:
+        """Whether `source` has given a good tick yet."""
+        return self._health[source].last_ok_ts is not None
+
+    def current(self) -> SpotTick | None:
+        """For pushed ticks: re-decide the source in use and return its newest tick, or None."""
+        active = self.evaluate()
+        return None if active is None else self._health[active].last_tick
+
     async def _poll_one(self, source: SpotSource) -> None:
         try:
             tick = await source.latest()
@@ -138,10 +147,7 @@ class PrimaryFallback:
             self._active != self.primary.name
         ):
             await self._poll_one(self.fallback)
-        active = self.evaluate()
-        if active is None:
-            return None
-        return self._health[active].last_tick
+        return self.current()
 
     async def backfill(self, minutes: int = 30) -> list[MinuteClose]:
         """Closes from the primary, or the fallback when the primary cannot give them."""

@@ -16,8 +16,8 @@ say what came back.
 
 `SpotSource` is what the engine needs from a spot feed: `latest()` (the last trade and the top of
 the book) and `backfill(minutes)` (1-minute closes, oldest first, to seed `SpotHistory` so
-momentum and volatility are available at once). A streaming source (websockets, later) implements
-the same protocol (`latest()` returns the newest pushed tick) and reports into `PrimaryFallback`
+momentum and volatility are available at once). A streaming source (`engine.feeds.spot_streams`)
+implements the same protocol (`latest()` returns the newest pushed tick) and reports into `PrimaryFallback`
 through `record_ok` / `record_failure` as updates arrive instead of being polled.
 
 Timestamps are Unix seconds (float, UTC); all clocks are injected (`engine.clock.Clock`).
