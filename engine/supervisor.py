@@ -213,6 +213,8 @@ class Engine:
         # Contracts settled here -> when: a venue may list such a position until it pays out,
         # and it must not come back as a new trade meanwhile.
         self._settled: dict[str, float] = {}
+        self._holding_seq = 0  # see _touch
+        self._touched: dict[str, int] = {}  # contract -> _holding_seq of its last change
         self._breaches: set[str] = set()
         self._risk = RiskView(0, 0.0, 0.0, ())
         self._realized_today = 0.0
@@ -285,12 +287,20 @@ class Engine:
         self.trades[t.trade_id] = t
         self.by_contract.setdefault(t.contract_id, set()).add(t.trade_id)
         self.status.setdefault(t.trade_id, _Status())
+        self._touch(t.contract_id)
+
+    def _touch(self, contract_id: str) -> None:
+        """Our holding in `contract_id` changed (a trade opened, filled or left): a positions
+        poll whose answer was read before this cannot be compared with the book after it."""
+        self._holding_seq += 1
+        self._touched[contract_id] = self._holding_seq
 
     def _forget(self, trade_id: str) -> None:
         t = self.trades.pop(trade_id, None)
         self.status.pop(trade_id, None)
         self.exits.pop(trade_id, None)
         if t is not None:
+            self._touch(t.contract_id)
             ids = self.by_contract.get(t.contract_id)
             if ids is not None:
                 ids.discard(trade_id)
@@ -1286,6 +1296,7 @@ class Engine:
             fees = res.fees * (new_qty / res.filled_qty) if res.filled_qty > 0 else res.fees
             fill = {"client_order_id": coid, "qty": new_qty, "price": res.avg_price, "fees": fees}
             pricing.apply_fill(t, new_qty, res.avg_price, fees, mult)
+            self._touch(t.contract_id)
         order = {
             "client_order_id": coid,
             "status": res.status,
@@ -1447,19 +1458,26 @@ class Engine:
         return CommandResult(True, f"tracking {t.trade_id}")
 
     async def _poll_positions(self, now: float) -> None:
-        """Adopt positions that appeared at the venue; close as external those that vanished."""
+        """Adopt positions that appeared at the venue; close as external those that vanished.
+
+        A contract whose holding changed here while the venue was being read (an exit filled,
+        a trade opened or closed) is left to the next poll: the answer may predate the change.
+        """
+        asked_at = self._holding_seq
         try:
             positions = await self.venue.positions()
         except VenueError as e:
             await self._episode("venue", f"venue {self.venue.name} unreachable: {e}", None)
             return
         await self._recover("venue")
+        moved = {c for c, seq in self._touched.items() if seq > asked_at}
+        self._touched = {c: seq for c, seq in self._touched.items() if seq > asked_at}
         for cid in [c for c, ts in self._settled.items() if now - ts > SETTLED_MEMORY_SECONDS]:
             del self._settled[cid]
         held: dict[tuple[str, str], float] = {}
         avg: dict[tuple[str, str], float] = {}
         for p in positions:
-            if p.qty > EPS and p.contract_id not in self._settled:  # not paid out yet
+            if p.qty > EPS and p.contract_id not in self._settled and p.contract_id not in moved:
                 held[(p.contract_id, p.side)] = held.get((p.contract_id, p.side), 0.0) + p.qty
                 avg[(p.contract_id, p.side)] = p.avg_price
         ours: dict[tuple[str, str], list[Trade]] = {}
@@ -1467,8 +1485,8 @@ class Engine:
             if t.venue == self.venue.name:
                 ours.setdefault((t.contract_id, t.side), []).append(t)
         for key, ts in ours.items():
-            if any(t.trade_id in self.exits for t in ts):
-                continue  # an exit in flight explains any difference
+            if key[0] in moved or any(t.trade_id in self.exits for t in ts):
+                continue  # an exit in flight (or one that just ended) explains any difference
             if held.get(key, 0.0) <= EPS:
                 c = self.contracts.get(key[0])
                 if c is not None and c.close_ts <= now < c.close_ts + SETTLEMENT_WAIT_SECONDS:

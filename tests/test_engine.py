@@ -369,6 +369,31 @@ async def test_positions_appearing_and_vanishing_at_the_venue(tmp_path):
     await h.close()
 
 
+async def test_a_positions_answer_read_before_an_exit_filled_adopts_nothing(tmp_path):
+    """The venue is read (t1 still held), then max_loss closes t1 while the answer is on its
+    way: the stale answer must not bring t1's position back as a new trade."""
+    h = await standard(tmp_path)
+    read = h.venue.positions
+
+    async def slow_positions():
+        answer = await read()  # t1: YES 10, as before the exit
+        await h.quote(0.30, 0.32)  # meanwhile max_loss fires and the exit fills
+        return answer
+
+    h.venue.positions = slow_positions  # type: ignore[method-assign]
+    await h.tick(5)  # the positions poll
+    assert [e["rule"] for e in h.exits] == ["max_loss"]
+    assert h.engine.trades == {}  # nothing adopted
+    assert len(h.of_kind("trade_detected")) == 1  # t1's own, when it opened
+    h.venue.positions = read  # type: ignore[method-assign]
+    await h.quote(0.30, 0.32, ts=T0 + 10)
+    await h.tick(10)  # the next poll sees the account as it is
+    assert h.engine.trades == {}
+    [t] = await h.store.all_trades()
+    assert (t.trade_id, t.exit_reason) == ("t1", "max_loss")
+    await h.close()
+
+
 async def test_settlement_closes_trades_at_the_payout(tmp_path):
     h = await standard(tmp_path)
     await h.open_trade("n1", side="no", qty=4, price=0.40)

@@ -307,6 +307,33 @@ async def test_positions_across_pages_with_signs_and_fifo_entry_prices(
     assert len(pages) == 3 and all(r.query["limit"] == "2" for r in pages)
 
 
+async def test_fills_are_read_again_only_for_positions_that_changed(
+    server: RunningServer, make_venue: Callable[..., KalshiVenue]
+) -> None:
+    s = server.state
+    a, b = (f"KXBTCD-26NOV2117-T9{i}000" for i in range(2))
+    s.set_position(a, "2.00")
+    s.set_position(b, "1.00")
+    s.add_fill(ticker=a, count_fp="2.00", yes_price_dollars="0.4000")
+    s.add_fill(ticker=b, count_fp="1.00", yes_price_dollars="0.3000")
+    venue = make_venue()
+
+    def fills_asked() -> list[str]:
+        return [r.query.get("ticker", "") for r in s.requests if r.path == "/portfolio/fills"]
+
+    await venue.positions()
+    assert sorted(fills_asked()) == [a, b]
+    again = {p.contract_id: p.avg_price for p in await venue.positions()}
+    assert sorted(fills_asked()) == [a, b]  # nothing changed: no fills read
+    assert again == {a: pytest.approx(0.40), b: pytest.approx(0.30)}
+
+    s.add_fill(ticker=a, count_fp="2.00", yes_price_dollars="0.6000")  # a grows: 4 @ 0.50
+    s.set_position(a, "4.00")
+    grown = {p.contract_id: p.avg_price for p in await venue.positions()}
+    assert sorted(fills_asked()) == [a, a, b]
+    assert grown[a] == pytest.approx(0.50)
+
+
 def test_fifo_entry_price_does_not_depend_on_the_listing_order() -> None:
     def fill(at: str, count: str, yes: str, outcome: str = "yes") -> Fill:
         return Fill.from_json(

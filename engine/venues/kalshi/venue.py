@@ -136,6 +136,10 @@ class KalshiVenue:
         self._client = client
         self._page_size = page_size
         self._sent: dict[str, _Sent] = {}
+        # ticker -> (signed position, entry price) as last read: fills are fetched again only
+        # for a position that changed (one GET per position would hold the engine's tick for
+        # seconds at the read rate limit with a hundred positions).
+        self._entry: dict[str, tuple[Decimal, Decimal]] = {}
 
     # --- submit ---------------------------------------------------------------------------------
 
@@ -325,21 +329,33 @@ class KalshiVenue:
         Limits: fills older than the venue's fills window, or a position changed other than by
         fills, leave it uncovered; then, and when no fill is found at all, the average is
         `market_exposure_dollars / qty` (the venue's cost of the position), and 0.0 when that is
-        missing too (logged).
+        missing too (logged). A position unchanged since the last call keeps its entry price
+        without asking for its fills again.
         """
         try:
             raw_positions = await self._client.get_positions(page_size=self._page_size)
             out: list[VenuePosition] = []
+            seen: set[str] = set()
             for pos in raw_positions:
                 if pos.position == 0:
                     continue
                 held: HeldSide = "yes" if pos.position > 0 else "no"
                 qty = abs(pos.position)
-                fills = await self._client.get_fills(ticker=pos.ticker, page_size=self._page_size)
-                avg = _fifo_cost(fills, held, qty)
-                if avg is None:
-                    avg = self._exposure_price(pos.ticker, pos.market_exposure, qty)
+                seen.add(pos.ticker)
+                known = self._entry.get(pos.ticker)
+                if known is not None and known[0] == pos.position:
+                    avg = known[1]
+                else:
+                    fills = await self._client.get_fills(
+                        ticker=pos.ticker, page_size=self._page_size
+                    )
+                    avg = _fifo_cost(fills, held, qty)
+                    if avg is None:
+                        avg = self._exposure_price(pos.ticker, pos.market_exposure, qty)
+                    self._entry[pos.ticker] = (pos.position, avg)
                 out.append(VenuePosition(pos.ticker, held, float(qty), float(avg)))
+            for gone in self._entry.keys() - seen:
+                del self._entry[gone]
             return out
         except KalshiError as exc:
             raise VenueError(str(exc)) from exc
