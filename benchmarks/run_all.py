@@ -3,7 +3,7 @@
 Run: uv run python benchmarks/run_all.py [--profile] [--strict] [--no-ui] [--no-cpu]
   --profile  also cProfile the tick and spot-update paths (tick_cost.py --profile)
   --strict   exit 1 when a target is missed (the default always exits 0: numbers, not a gate)
-  --no-ui    only the engine benchmarks (about 40 s)
+  --no-ui    only the engine benchmarks (about 85 s, kalshi_reaction.py's ~45 s included)
   --no-cpu   skip ui_cpu.py (two 60 s runs of the real app under tmux, plus start-up, and a wait
              for the next hour when the simulated ladder would settle during the run)
 """
@@ -14,6 +14,7 @@ import argparse
 import sys
 import time
 
+import kalshi_reaction
 import reaction_latency
 import tick_cost
 import ui_cpu
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = reaction_latency.main([])
     print()
     ok = tick_cost.main(["--profile"] if args.profile else []) and ok
+    print()
+    ok = kalshi_reaction.main([]) and ok
     if not args.no_ui:
         print()
         ok = ui_update.main([]) and ok
