@@ -511,6 +511,37 @@ async def test_s_cycles_the_alert_severity_filter(tmp_path: Path) -> None:
         assert pane.table.row_count == total and pane.border_title == "Alerts"
 
 
+async def _raise_many(e: Engine, tag: str, n: int) -> None:
+    for i in range(n):
+        await e._alert(AlertKind.DATA_QUALITY, Severity.WARNING, f"{tag} {i}", subject=f"{tag}{i}")
+
+
+async def test_new_alerts_come_into_view_unless_the_trader_selected_an_older_one(
+    tmp_path: Path,
+) -> None:
+    async with running_app(tmp_path) as (app, pilot, host):
+        await host.call(functools.partial(_raise_many, tag="first", n=30))
+        await host.sync()
+        await settle(pilot)
+        table = app.main.query_one(AlertsPane).table
+        assert table.cursor_row == 0 and table.scroll_y == 0
+
+        await host.call(functools.partial(_raise_many, tag="second", n=30))
+        await host.sync()
+        await settle(pilot)
+        # Untouched, the pane follows the newest: it is the first row, on screen.
+        top = table.get_row_at(0)
+        assert "second 29" in str(top[-1]) and table.cursor_row == 0 and table.scroll_y == 0
+
+        table.focus()
+        await _press(pilot, "down", "down")  # the trader looks at an older alert
+        chosen = table.selected_key
+        await host.call(functools.partial(_raise_many, tag="third", n=5))
+        await host.sync()
+        await settle(pilot)
+        assert table.selected_key == chosen and table.cursor_row == 2 + 5
+
+
 # --- 8. selection follows the trade ----------------------------------------------------------
 
 

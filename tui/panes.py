@@ -202,12 +202,20 @@ def _set(widget: Static, text: Text) -> None:
 class TablePane(Pane):
     """A titled LiveTable with a `/` filter line under it."""
 
-    def __init__(self, title: str, columns: Sequence[Column], **kwargs: object) -> None:
+    def __init__(
+        self,
+        title: str,
+        columns: Sequence[Column],
+        *,
+        follow_head: bool = False,
+        **kwargs: object,
+    ) -> None:
         super().__init__(title, **kwargs)
         self.columns = columns
+        self.follow_head = follow_head
 
     def compose(self) -> ComposeResult:
-        yield LiveTable(self.columns)
+        yield LiveTable(self.columns, follow_head=self.follow_head)
         yield Input(placeholder="filter… (enter keeps it, escape clears)", classes="filter")
 
     @property
@@ -277,7 +285,7 @@ class AlertsPane(TablePane):
     """Newest first; filtered by minimum severity (`s`) and kind (`k`) as well as by `/`."""
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__("Alerts", ALERT_COLUMNS, **kwargs)
+        super().__init__("Alerts", ALERT_COLUMNS, follow_head=True, **kwargs)
         self.min_severity: str | None = None
         self.kind: str | None = None
         self._alerts: tuple[Alert, ...] = ()

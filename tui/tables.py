@@ -118,8 +118,13 @@ class LiveTable(DataTable):
     _hold_refresh = False  # class defaults: DataTable.__init__ already calls refresh()
     _refresh_held = False
 
-    def __init__(self, columns: Sequence[Column], **kwargs: Any) -> None:
+    def __init__(
+        self, columns: Sequence[Column], *, follow_head: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(cursor_type="row", **kwargs)
+        # Newest-first tables (alerts): a cursor on the first row stays on the first row, so
+        # new rows come into view instead of pushing the old selected one down out of sight.
+        self.follow_head = follow_head
         self.columns_spec = tuple(columns)
         self._col_keys = tuple(c.key for c in self.columns_spec)
         self._justify = tuple("right" if c.right else "default" for c in self.columns_spec)
@@ -222,7 +227,13 @@ class LiveTable(DataTable):
             self._write(r.key, r.cells)
 
         # Keep the cursor on the same row key; if that row went, stay at the same position.
-        if cursor_key is not None and cursor_key in shown:
+        # Following the head: the cursor stays on the first row, and it stays in view.
+        if self.follow_head and cursor_row == 0:
+            if self.cursor_row != 0:
+                self.move_cursor(row=0, scroll=False)
+            if self.scroll_y:
+                self.scroll_to(y=0, animate=False)
+        elif cursor_key is not None and cursor_key in shown:
             idx = self.get_row_index(cursor_key)
             if idx != self.cursor_row:
                 self.move_cursor(row=idx, scroll=False)
