@@ -19,6 +19,7 @@ import re
 import tomllib
 import types
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -149,7 +150,7 @@ class RiskConfig(Strict):
 
 
 class EngineConfig(Strict):
-    venue: Literal["sim", "paper", "kalshi"] = "sim"
+    venue: Literal["sim", "paper", "kalshi", "ibkr"] = "sim"
     data_dir: str = ""  # "" = the platform's user data dir
     tick_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     max_quote_age_seconds: Annotated[float, Field(gt=0)] = 10.0
@@ -386,8 +387,55 @@ class SpotConfig(Strict):
         return v
 
 
+class IbkrGroupConfig(Strict):
+    """Legs held at IB that form one trade (a vertical, an iron condor): engine ids of the legs,
+    e.g. "SPY 20261218 580P" (docs/ibkr.md)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+    legs: Annotated[list[str], Field(min_length=2, max_length=8)]
+
+
+class IbkrConfig(Strict):
+    """Interactive Brokers through TWS or IB Gateway (engine.venue = "ibkr"), docs/ibkr.md."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 4002  # IB Gateway paper; 4001 live, TWS 7497/7496
+    client_id: Annotated[int, Field(ge=0, le=2**31 - 1)] = 17
+    readonly: bool = False  # true: never sends orders (the API's read-only mode)
+    account: str = ""  # empty: the only managed account
+    connect_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+    reconnect_min_seconds: Annotated[float, Field(gt=0, le=600)] = 1.0
+    reconnect_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    market_data_type: Literal["live", "frozen", "delayed", "delayed_frozen"] = "live"
+    # The market pane and strike table: this underlying's nearest expiry.
+    underlying: Annotated[str, Field(min_length=1, max_length=20)] = "SPY"
+    underlying_currency: str = "USD"
+    strikes: Annotated[int, Field(ge=2, le=200)] = 20
+    vix: bool = True  # VIX (Index("VIX", "CBOE")) drives the regime
+    exchange_calendar: str = "XNYS"  # the market calendar of the exchange's hours
+    max_messages_per_second: Annotated[float, Field(gt=0, le=50)] = 45.0
+    max_market_data_lines: Annotated[int, Field(ge=1, le=10_000)] = 100
+    # The exit ladder at IB (replaces [auto_stop] ladder_* for this venue).
+    min_price: Annotated[float, Field(ge=0)] = 0.05
+    price_increment: Annotated[float, Field(gt=0, le=1000)] = 0.05
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    attempt_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 5.0
+    groups: list[IbkrGroupConfig] = Field(default_factory=list)
+
+
 class VenuesConfig(Strict):
     kalshi: KalshiConfig = Field(default_factory=KalshiConfig)
+    ibkr: IbkrConfig = Field(default_factory=IbkrConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class Ladder:
+    """An exit's limit ladder (engine/exit_ladder.py)."""
+
+    tick: float
+    floor: float
+    max_attempts: int
+    step_seconds: float
 
 
 class Config(Strict):
@@ -401,6 +449,16 @@ class Config(Strict):
     ui: UiConfig = Field(default_factory=UiConfig)
     venues: VenuesConfig = Field(default_factory=VenuesConfig)
     spot: SpotConfig = Field(default_factory=SpotConfig)
+
+    def ladder(self) -> Ladder:
+        """The exit ladder of the configured venue: [auto_stop] ladder_*, or IB's own keys."""
+        if self.engine.venue == "ibkr":
+            ib = self.venues.ibkr
+            return Ladder(
+                ib.price_increment, ib.min_price, ib.max_attempts, ib.attempt_timeout_seconds
+            )
+        a = self.auto_stop
+        return Ladder(a.ladder_tick, a.ladder_floor, a.ladder_max_attempts, a.ladder_step_seconds)
 
     def data_path(self) -> Path:
         """The data directory (journal, alert log), created on demand by the caller.
@@ -511,11 +569,12 @@ def _cross_checks(cfg: Config, text: str, where: str) -> list[str]:
             f"engine.max_spot_age_seconds ({_num(limit)}), got {_num(cfg.spot.stale_after_seconds)}; "
             "a source older than the engine accepts would be kept in use instead of the fallback"
         )
-    if cfg.engine.venue == "kalshi" and cfg.auto_stop.mode is Mode.DRY_RUN:
+    live_venue = cfg.engine.venue in ("kalshi", "ibkr")
+    if live_venue and cfg.auto_stop.mode is Mode.DRY_RUN:
         out.append(
-            f'{at("auto_stop", "mode")}: "dry_run" is not available with engine.venue = "kalshi" '
-            "(there is no simulated broker in front of a real account: its closes would be real "
-            'orders); use "alert_only" to be told when a rule fires, or "live"'
+            f'{at("auto_stop", "mode")}: "dry_run" is not available with engine.venue = '
+            f'"{cfg.engine.venue}" (there is no simulated broker in front of a real account: its '
+            'closes would be real orders); use "alert_only" to be told when a rule fires, or "live"'
         )
     if cfg.engine.venue == "kalshi":
         k = cfg.venues.kalshi

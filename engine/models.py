@@ -17,10 +17,11 @@ Side = Literal["yes", "no", "long", "short"]
 """Position side. Binaries use yes/no; options and stocks use long/short."""
 
 ContractType = Literal[
-    "binary_above", "binary_below", "binary_range", "option_call", "option_put", "stock"
+    "binary_above", "binary_below", "binary_range", "option_call", "option_put", "stock", "combo"
 ]
 """binary_above: YES pays if the underlying settles above `strike`; binary_below: YES pays if it
-settles below `strike` (Kalshi strike_type "less"); binary_range: YES pays in [strike, cap)."""
+settles below `strike` (Kalshi strike_type "less"); binary_range: YES pays in [strike, cap);
+combo: several legs traded as one (`Contract.legs`), priced as the sum of ratio × leg price."""
 
 
 class TradeState(StrEnum):
@@ -63,6 +64,14 @@ class AlertKind(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Leg:
+    """One leg of a combo: a contract and its signed ratio (+ bought, − sold) in the combo."""
+
+    contract_id: str
+    ratio: int
+
+
+@dataclass(frozen=True, slots=True)
 class Contract:
     """A tradable instrument. For binaries `strike` is the threshold (above/below) or the floor
     (range), and `cap` the cap (range only)."""
@@ -75,6 +84,7 @@ class Contract:
     cap: float | None = None
     multiplier: float = 1.0
     event_id: str = ""
+    legs: tuple[Leg, ...] = ()  # combos only
 
     @property
     def is_binary(self) -> bool:
@@ -94,9 +104,11 @@ class Quote:
     last: float | None = None
     volume: float = 0.0
     open_interest: float = 0.0
-    # Options: implied volatility (annualised, 0.25 = 25%) and delta from the venue's model.
+    # Options: implied volatility (annualised, 0.25 = 25%) and delta from the venue's model, and
+    # the underlying's price that model used (time value = mark − intrinsic at this price).
     iv: float | None = None
     delta: float | None = None
+    und_price: float | None = None
 
 
 def quote_problem(q: Quote | None, binary: bool) -> str | None:

@@ -79,6 +79,11 @@ async def build_runtime(
     closers: list[Callable[[], object]] = []
     # A missing or unusable Kalshi key, or one Kalshi refuses, stops start-up before anything
     # is written.
+    if config.engine.venue == "ibkr":
+        # The adapter's pieces are being built (docs/ibkr.md); nothing runs on a half of it.
+        raise ConfigError(
+            ['engine.venue: "ibkr" is not available in this version yet; use "sim" or "kalshi"']
+        )
     signer = _kalshi_signer(config) if config.engine.venue == "kalshi" else None
     kalshi_client = None
     if signer is not None:

@@ -25,7 +25,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,7 @@ class _Exit:
     # The exit's one warning is out (an attempt unfilled, rejected or of unknown outcome); the
     # rest of its attempts are in the journal, and giving up is a critical alert of its own.
     warned: bool = False
+    detached: bool = False  # its venue call runs in a task (`Engine._detach`)
 
 
 class _BusyGate:
@@ -224,6 +225,7 @@ class Engine:
         self._last_checkpoint = -math.inf
         self._last_heartbeat = -math.inf
         self._checkpoint_task: asyncio.Task[None] | None = None
+        self._exit_tasks: set[asyncio.Task[None]] = set()  # exits waiting on resting orders
         self._marks_pending: list[tuple[str, float, float, float, float]] = []
         self._seq = 0
         self._dirty = True
@@ -426,6 +428,7 @@ class Engine:
             for t in [*tasks, stop]:
                 t.cancel()
             await asyncio.gather(*tasks, stop, return_exceptions=True)
+            await self.drain_exits()  # orders working at the venue are answered, then journaled
             await self.flush()
 
     def stop(self) -> None:
@@ -728,10 +731,7 @@ class Engine:
                     await self._evaluate(tid, now)
         for tid, ex in list(self.exits.items()):
             t = self.trades.get(tid)
-            if (
-                t is not None
-                and now - ex.last_attempt_ts >= self.config.auto_stop.ladder_step_seconds
-            ):
+            if t is not None and now - ex.last_attempt_ts >= self.config.ladder().step_seconds:
                 await self._attempt(t, ex, now)
         await self._check_risk(now)
         # At most one of the slower periodic jobs per tick, so their costs never add up.
@@ -1109,8 +1109,9 @@ class Engine:
         try:
             return await self._journal_and_send(t, ex, reason, now, fired)
         finally:
-            ex.in_flight = False
-            await self._after_in_flight(t)
+            if not ex.detached:
+                ex.in_flight = False
+                await self._after_in_flight(t)
 
     async def _journal_and_send(
         self, t: Trade, ex: _Exit, reason: str, now: float, fired: rules.RuleResult | None
@@ -1152,12 +1153,52 @@ class Engine:
             return None
         if ready:
             assert q is not None
-            await self._send(
+            send = self._send(
                 t, ex, intent_id, pricing.mark_price(t, q, self.config.engine.mark), now
             )
+            if self._resting_orders:
+                self._detach(t, ex, send)
+            else:
+                await send
         else:
             await self._attempt(t, ex, now)
         return ex
+
+    @property
+    def _resting_orders(self) -> bool:
+        """The venue's `submit` waits for a resting order (IB: up to attempt_timeout_seconds):
+        it runs in a task of its own so quotes, other trades and commands go on meanwhile."""
+        return bool(getattr(self.venue, "resting_orders", False))
+
+    def _detach(self, t: Trade, ex: _Exit, work: Coroutine[Any, Any, None]) -> None:
+        """Run an exit's venue call in a task; the exit stays in flight until it is answered."""
+        ex.detached = True
+        task = asyncio.create_task(self._detached(t, ex, work), name=f"exit-{t.trade_id}")
+        self._exit_tasks.add(task)
+        task.add_done_callback(self._exit_tasks.discard)
+
+    async def _detached(self, t: Trade, ex: _Exit, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception as e:
+            log.exception("exit of %s failed", t.trade_id)
+            await self._alert(
+                AlertKind.EXECUTION_FAILURE,
+                Severity.CRITICAL,
+                f"{t.trade_id}: exit attempt failed inside the engine ({type(e).__name__}: {e}); "
+                "will reconcile",
+                t.trade_id,
+            )
+        finally:
+            ex.detached = False
+            ex.in_flight = False
+            self._dirty = True
+            await self._after_in_flight(t)
+
+    async def drain_exits(self, timeout: float = 60.0) -> None:
+        """Wait for exits whose orders are still working at the venue (at stop)."""
+        if self._exit_tasks:
+            await asyncio.wait(set(self._exit_tasks), timeout=timeout)
 
     def _order_fields(self, t: Trade, coid: str, limit: float | None) -> dict[str, Any]:
         action = "buy" if t.side == "short" else "sell"
@@ -1172,8 +1213,8 @@ class Engine:
 
     def _price_attempt(self, t: Trade, ex: _Exit, coid: str, q: Quote) -> float:
         """The limit of attempt `ex.attempts` (sent as `coid`) from the exit's ladder."""
-        a = self.config.auto_stop
-        step = exit_limit(t, q, ex.attempts, a.ladder_tick, a.ladder_floor)
+        a = self.config.ladder()
+        step = exit_limit(t, q, ex.attempts, a.tick, a.floor)
         ex.limits[coid] = step.limit
         return step.limit
 
@@ -1189,6 +1230,9 @@ class Engine:
         if ex.in_flight and not force:
             return
         ex.in_flight = True
+        if self._resting_orders:
+            self._detach(t, ex, self._attempt_once(t, ex, now))
+            return
         try:
             await self._attempt_once(t, ex, now)
         finally:
@@ -1327,13 +1371,13 @@ class Engine:
             await self.store.book_result(trade=t, ts=now, order=order, fill=fill)
             return
         limit = ex.limits.get(coid)
-        a = self.config.auto_stop
+        a = self.config.ladder()
         msg = (
             f"{t.trade_id}: exit attempt {ex.attempts}"
             f"{f' at {limit:.4f}' if limit is not None else ''} {res.status}"
             f"{' (' + res.reason + ')' if res.reason else ''}; {t.qty:g} left"
         )
-        if ex.attempts < a.ladder_max_attempts:
+        if ex.attempts < a.max_attempts:
             await self.store.book_result(trade=t, ts=now, order=order, fill=fill)
             if ex.warned:
                 return  # one warning per exit: each attempt and its answer are in the journal
@@ -1341,8 +1385,8 @@ class Engine:
             await self._alert(
                 AlertKind.EXECUTION_FAILURE,
                 Severity.WARNING,
-                f"{msg}; stepping the limit {a.ladder_tick:g} every {a.ladder_step_seconds:g}s "
-                f"(floor {a.ladder_floor:g}, {a.ladder_max_attempts} attempts at most)",
+                f"{msg}; stepping the limit {a.tick:g} every {a.step_seconds:g}s "
+                f"(floor {a.floor:g}, {a.max_attempts} attempts at most)",
                 t.trade_id,
                 data={"intent_id": ex.intent_id, "limit": limit, "attempt": ex.attempts},
                 subject=f"ladder:{ex.intent_id}",

@@ -232,7 +232,7 @@ def test_missing_file_names_the_path_and_the_fix(
         ),
         (
             '[engine]\nvenue = "kalshy"\n',
-            'c.toml, line 2: engine.venue: expected one of: sim, paper, kalshi (got "kalshy"); '
+            'c.toml, line 2: engine.venue: expected one of: sim, paper, kalshi, ibkr (got "kalshy"); '
             "did you mean 'kalshi'?",
         ),
         (
