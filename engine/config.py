@@ -180,6 +180,12 @@ class SignalsConfig(Strict):
     sigma_source: Literal["realized", "implied"] = "realized"
     implied_vol_max_age_seconds: Annotated[float, Field(gt=0)] = 300.0
     regime_thresholds: list[Unit] = Field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
+    # While VIX values arrive (IBKR) and are fresh, the regime comes from the VIX level
+    # (index points) instead of the volatility score; see Engine.vix_update.
+    vix_regime_thresholds: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [12.0, 16.0, 20.0, 30.0]
+    )
+    vix_max_age_seconds: Annotated[float, Field(gt=0)] = 300.0
     edge_threshold: Unit = 0.05
 
     @field_validator("momentum_weights")
@@ -200,6 +206,16 @@ class SignalsConfig(Strict):
             raise ValueError(
                 "expected 4 increasing numbers from 0 to 1, the boundaries "
                 "very_low|low, low|medium, medium|high, high|extreme"
+            )
+        return v
+
+    @field_validator("vix_regime_thresholds")
+    @classmethod
+    def _vix_thresholds(cls, v: list[float]) -> list[float]:
+        if len(v) != 4 or any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError(
+                "expected 4 increasing VIX levels (index points, e.g. [12, 16, 20, 30]), the "
+                "boundaries very_low|low, low|medium, medium|high, high|extreme"
             )
         return v
 

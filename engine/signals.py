@@ -230,6 +230,15 @@ def regime_for(score: float, thresholds: list[float]) -> str:
     return REGIMES[bisect_right(thresholds, score)]
 
 
+def vix_regime(vix: float, thresholds: list[float]) -> str | None:
+    """Regime name for a VIX level (index points) and 4 increasing boundaries, e.g.
+    [12, 16, 20, 30]: very_low < 12 <= low < 16 <= medium < 20 <= high < 30 <= extreme (a level
+    at a boundary takes the higher regime). None for a value that is not a positive number."""
+    if not (math.isfinite(vix) and vix > 0.0):
+        return None
+    return regime_for(vix, thresholds)
+
+
 @dataclass(frozen=True, slots=True)
 class VolatilityState:
     per_window: dict[int, float | None]  # annualised sigma per window (minutes)
@@ -536,3 +545,64 @@ def strike_metrics(
         diff_yes=None if yes_ask is None else prob - yes_ask,
         diff_no=None if yes_bid is None else (1.0 - prob) - (1.0 - yes_bid),
     )
+
+
+# --- options --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OptionMetrics:
+    mid: float | None  # (bid + ask) / 2, dollars per share; None without both sides
+    intrinsic: float | None  # max(S − K, 0) for a call, max(K − S, 0) for a put; None without S
+    time_value: float | None  # mid − intrinsic, dollars per share
+    prob_itm: float | None  # model probability (0..1) of finishing in the money, from the IV
+
+
+def option_metrics(
+    call: bool,
+    underlying: float | None,
+    strike: float,
+    iv: float | None,
+    tau_years: float,
+    bid: float | None,
+    ask: float | None,
+) -> OptionMetrics:
+    """Time value and model probability of one option (plain arithmetic).
+
+    `underlying` is the price the venue's model used (`Quote.und_price`) or the spot, in dollars;
+    `iv` the option's own implied volatility (annualised fraction), `tau_years` the time to its
+    close. prob_itm = N(d2) for a call (finishing above K), N(−d2) for a put, with drift 0: the
+    risk-neutral probability that IV implies, to read against |delta| (N(d1) for a call, which
+    is always a little higher). An IV or underlying that is not a positive number gives None.
+    """
+    mid = (bid + ask) / 2.0 if bid is not None and ask is not None else None
+    und_ok = underlying is not None and math.isfinite(underlying) and underlying > 0.0
+    intrinsic = None
+    if und_ok:
+        assert underlying is not None
+        intrinsic = max(underlying - strike, 0.0) if call else max(strike - underlying, 0.0)
+    time_value = mid - intrinsic if mid is not None and intrinsic is not None else None
+    prob = None
+    if und_ok and iv is not None and math.isfinite(iv) and iv > 0.0:
+        assert underlying is not None
+        prob = (
+            prob_above(underlying, strike, iv, tau_years)
+            if call
+            else prob_below(underlying, strike, iv, tau_years)
+        )
+    return OptionMetrics(mid, intrinsic, time_value, prob)
+
+
+TIME_VALUE_STATES = ("SAFE", "RISK", "CRITICAL")
+
+
+def time_value_state(time_value: float, floor: float) -> str:
+    """An option's time value against the min_time_value rule's floor (dollars per share):
+    CRITICAL at or below the floor (the rule fires there), RISK up to twice the floor, SAFE
+    above that. The rule's own comparison (with its float slack) decides the firing; see
+    `engine.rules.min_time_value`."""
+    if time_value <= floor:
+        return "CRITICAL"
+    if time_value <= 2.0 * floor:
+        return "RISK"
+    return "SAFE"

@@ -36,6 +36,15 @@ class MarketView:
     sigma_wanted: str = "realized"
     implied_vol: float | None = None  # the last DVOL read, annualised (0.52 = 52 %), if any
     implied_vol_age: float | None = None  # seconds since that reading's timestamp
+    # Where `regime` comes from: "vix" (the VIX level, fresh) or "realized" (the volatility
+    # score). The last VIX value (index points) and its age in seconds, if any was read.
+    regime_source: str = "realized"
+    vix: float | None = None
+    vix_age: float | None = None
+    # Options/stocks (an exchange's hours): how the pane names `close_ts`, e.g. "16:00 ET",
+    # "13:00 ET early close", "Mon 16:00 ET"; None for a binary event (shown in UTC).
+    close_label: str | None = None
+    exchange_open: bool | None = None  # the exchange trades now (None: no exchange hours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,43 @@ class StrikeRow:
     held: bool
     edge: bool  # |DIFF| on either side beyond the configured edge threshold
     quote_age: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSide:
+    """One option (the call or the put) of a strike in the chain. Prices in dollars per share."""
+
+    contract_id: str
+    bid: float | None
+    ask: float | None
+    iv: float | None  # the venue's implied volatility, annualised (0.25 = 25 %)
+    delta: float | None  # the venue's delta (a put's is negative)
+    time_value: float | None  # mid − intrinsic at the model's underlying price
+    prob_itm: float | None  # N(d2) from this option's IV: probability of finishing in the money
+    held: bool
+    volume: float
+    open_interest: float
+    quote_age: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class OptionStrikeRow:
+    """One strike of an option chain (one expiry): its call and its put, side by side.
+
+    In `Snapshot.strikes` instead of `StrikeRow`s when the current contracts are options."""
+
+    contract_id: str  # the row's key: "<underlying> <expiry> <strike>", e.g. "SPY 20260116 450"
+    strike: float  # dollars
+    expiry: str  # YYYYMMDD (UTC date of the close)
+    close_ts: float  # the options' last trading moment, Unix seconds
+    underlying: float | None  # the price the model used (und_price, else spot), dollars
+    call: OptionSide | None
+    put: OptionSide | None
+    atm: bool
+
+    @property
+    def held(self) -> bool:
+        return any(s is not None and s.held for s in (self.call, self.put))
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +142,12 @@ class TradeRow:
     strategy: str
     paused: bool
     proceeds: float | None  # what closing the open quantity at the mark brings (negative: costs)
+    contract_type: str = ""  # binary_above … option_call, option_put, stock, combo
+    # Options and combos under the min_time_value rule: the time value the evaluation measured
+    # (dollars per share) and its state against the rule's floor: SAFE (> 2 × floor), RISK
+    # (<= 2 × floor), CRITICAL (<= floor: the rule fires). None when not measured.
+    time_value: float | None = None
+    tv_state: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +177,7 @@ class Snapshot:
     armed: bool
     paused_all: bool
     market: MarketView | None
-    strikes: tuple[StrikeRow, ...]
+    strikes: tuple[StrikeRow, ...] | tuple[OptionStrikeRow, ...]
     trades: tuple[TradeRow, ...]
     alerts: tuple[Alert, ...]
     health: tuple[SourceHealth, ...]

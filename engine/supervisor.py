@@ -36,6 +36,7 @@ from engine.clock import Clock
 from engine.commands import REPLAY_ACTIONS, Command, CommandResult
 from engine.config import Config, ConfigError, Criteria, load_config
 from engine.exit_ladder import exit_limit
+from engine.market_hours import ExchangeHours
 from engine.models import (
     AlertKind,
     CommandEvent,
@@ -57,6 +58,8 @@ from engine.models import (
 from engine.snapshot import (
     AuditEntry,
     MarketView,
+    OptionSide,
+    OptionStrikeRow,
     PnlLevel,
     RiskView,
     RuleView,
@@ -82,6 +85,10 @@ SETTLEMENT_WAIT_SECONDS = 3600.0
 SETTLED_MEMORY_SECONDS = 86400.0  # how long a settled contract's listed position is ignored
 REGIME_CONFIRM_SAMPLES = 2  # volatility updates (one a minute) a new regime must hold
 REGIME_MIN_HISTORY = 15  # volatility-score samples needed before regime changes are alerted
+# A regime read from VIX (which ticks every few seconds) must hold this long, and for
+# REGIME_CONFIRM_SAMPLES values, before it is alerted: as long as two realised updates.
+VIX_REGIME_CONFIRM_SECONDS = 60.0
+OPTION_TYPES = ("option_call", "option_put")
 OPPORTUNITY_COOLDOWN_SECONDS = 300.0  # one opportunity alert per contract and side per 5 min
 HISTORY_SECONDS = 3600.0
 CHECKPOINT_SECONDS = 30.0
@@ -194,6 +201,14 @@ class Engine:
         # the probability model's sigma with [signals] sigma_source = "implied" (see sigma_used).
         self.implied_vol: float | None = None
         self.implied_vol_ts: float | None = None
+        # VIX (index points) and its time, from the market feed (`vix_update`): while fresh,
+        # the regime comes from its level ([signals] vix_regime_thresholds).
+        self.vix: float | None = None
+        self.vix_ts: float | None = None
+        self._regime_since = 0.0  # when the VIX regime candidate first appeared
+        # The exchange's hours (engine.market_hours.MarketHours) for options and stocks: TTC
+        # counts to its next close. None on sim and Kalshi (the binary event's close).
+        self.market_hours: ExchangeHours | None = None
         self.spot_hist = signals.SpotHistory()
         self.vol = self._new_vol_tracker(config)
         self.momentum_deltas: dict[int, float | None] = {}
@@ -608,9 +623,83 @@ class Engine:
         await self._recover(f"source:{source}")
         self._dirty = True
 
+    def regime_now(self, now: float) -> tuple[str | None, str]:
+        """The regime and where it comes from: "vix" (its level) while VIX values arrive and
+        are fresh, else "realized" (the volatility score)."""
+        if self.vix is not None and self._vix_fresh(now):
+            return signals.vix_regime(self.vix, self.config.signals.vix_regime_thresholds), "vix"
+        return self.vol.state.regime, "realized"
+
+    def _vix_fresh(self, now: float) -> bool:
+        return (
+            self.vix_ts is not None and now - self.vix_ts <= self.config.signals.vix_max_age_seconds
+        )
+
+    async def vix_update(self, value: float, ts: float) -> None:
+        """A VIX value (index points) at `ts` (Unix seconds) from the market feed. An invalid
+        one (NaN, inf, <= 0) is ignored with one data_quality alert per episode; one from the
+        future or older than the last is ignored too."""
+        with self._busy:
+            await self._on_vix(value, ts)
+        self._maybe_publish()
+
+    async def _on_vix(self, value: float, ts: float) -> None:
+        ok = isinstance(value, int | float) and math.isfinite(value) and value > 0
+        if not ok or not (isinstance(ts, int | float) and math.isfinite(ts)):
+            what = f"value {value!r}" if not ok else f"timestamp {ts!r}"
+            await self._episode("vix", f"invalid VIX {what}: ignored", None)
+            return
+        if await self._from_the_future(ts, "VIX"):
+            return
+        if self.vix_ts is not None and ts < self.vix_ts:
+            return  # out of order: a newer value is already in
+        self.vix, self.vix_ts = float(value), float(ts)
+        self._dirty = True
+        await self._recover("vix")
+        regime = signals.vix_regime(self.vix, self.config.signals.vix_regime_thresholds)
+        if regime is None or not self._vix_fresh(self.clock.now()):
+            return
+        if regime == self._last_regime:
+            self._regime_candidate, self._regime_count = None, 0
+            return
+        if regime != self._regime_candidate:
+            self._regime_candidate, self._regime_count, self._regime_since = regime, 0, ts
+        self._regime_count += 1
+        if self._last_regime is None:
+            self._last_regime = regime
+            return
+        if (
+            self._regime_count >= REGIME_CONFIRM_SAMPLES
+            and ts - self._regime_since >= VIX_REGIME_CONFIRM_SECONDS
+        ):
+            old, self._last_regime = self._last_regime, regime
+            self._regime_candidate, self._regime_count = None, 0
+            await self._alert(
+                AlertKind.REGIME_CHANGE,
+                Severity.WARNING,
+                f"volatility regime {old} → {regime} (VIX {self.vix:.1f})",
+                data={"from": old, "to": regime, "vix": self.vix, "source": "vix"},
+                subject="regime",
+            )
+
     async def _track_regime(self, vs: signals.VolatilityState) -> None:
         """Alert on a regime change once it has held for REGIME_CONFIRM_SAMPLES volatility updates
-        and the score history is long enough to mean something (no flapping at start-up)."""
+        and the score history is long enough to mean something (no flapping at start-up).
+
+        While VIX values arrive fresh the regime is theirs (`_on_vix`); once they go stale the
+        volatility score's regime takes over, with one data_quality alert saying so."""
+        if self.vix_ts is not None:
+            now = self.clock.now()
+            if self._vix_fresh(now):
+                return
+            if "vix" not in self._bad:
+                await self._episode(
+                    "vix",
+                    f"VIX stale ({now - self.vix_ts:.0f}s old, limit "
+                    f"{self.config.signals.vix_max_age_seconds:g}s): the regime comes from "
+                    "realised volatility",
+                    None,
+                )
         if vs.regime is None or vs is self._regime_seen_state:
             return
         self._regime_seen_state = vs
@@ -633,7 +722,7 @@ class Engine:
                 AlertKind.REGIME_CHANGE,
                 Severity.WARNING,
                 f"volatility regime {old} → {vs.regime} (score {vs.score:.2f})",
-                data={"from": old, "to": vs.regime, "score": vs.score},
+                data={"from": old, "to": vs.regime, "score": vs.score, "source": "realized"},
                 subject="regime",
             )
 
@@ -1920,6 +2009,8 @@ class Engine:
         if thr <= 0:
             return
         for row in self._strike_rows(now):
+            if not isinstance(row, StrikeRow):
+                continue  # an option chain's row: no binary edge
             for side, d in (("YES", row.diff_yes), ("NO", row.diff_no)):
                 key = f"{row.contract_id}:{side}"
                 if (
@@ -2087,10 +2178,23 @@ class Engine:
         past = self.spot_hist.price_at(latest[0] - 1800) if latest else None
         change = 100.0 * (spot / past - 1.0) if spot and past else None
         spark = tuple(self.spot_hist.minute_closes(now, 30)) if latest else ()
-        event_id, close, _ = self.current_event(now)
+        event_id, close, cs = self.current_event(now)
         vs = self.vol.state
         sigma = self.sigma_used(now)
         iv, iv_ts = self.implied_vol, self.implied_vol_ts
+        regime, regime_source = self.regime_now(now)
+        close_label: str | None = None
+        exchange_open: bool | None = None
+        if self.market_hours is not None and not any(c.is_binary for c in cs):
+            # Options and stocks: TTC to the exchange's close (holidays, early closes).
+            chain = self._option_chain(now)
+            event_id = chain[0] if chain is not None else ""
+            try:
+                close = self.market_hours.next_close(now)
+                close_label = self.market_hours.close_label(close, now)
+                exchange_open = self.market_hours.is_open(now)
+            except ValueError:  # outside the calendar's sessions
+                close = None
         return MarketView(
             symbol=self.symbol,
             spot=spot,
@@ -2102,26 +2206,34 @@ class Engine:
             sigma=vs.sigma,
             sigma_used=sigma.sigma,
             vol_score=vs.score,
-            regime=vs.regime,
+            regime=regime,
             event_id=event_id,
             close_ts=close,
-            ttc_seconds=(close - now) if close else None,
+            ttc_seconds=(close - now) if close and math.isfinite(close) else None,
             spot_source=self.spot_source,
             sigma_source=sigma.source,
             sigma_wanted=self.config.signals.sigma_source,
             implied_vol=iv,
             implied_vol_age=(now - iv_ts) if iv is not None and iv_ts is not None else None,
+            regime_source=regime_source,
+            vix=self.vix,
+            vix_age=(now - self.vix_ts) if self.vix_ts is not None else None,
+            close_label=close_label,
+            exchange_open=exchange_open,
         )
 
-    def _strike_rows(self, now: float) -> list[StrikeRow]:
+    def _strike_rows(self, now: float) -> list[StrikeRow | OptionStrikeRow]:
         return list(self._strike_rows_iter(now))
 
-    def _strike_rows_iter(self, now: float) -> Iterator[StrikeRow]:
+    def _strike_rows_iter(self, now: float) -> Iterator[StrikeRow | OptionStrikeRow]:
+        _, close, cs = self.current_event(now)
+        if cs and not any(c.is_binary for c in cs):
+            yield from self._option_rows_iter(now)  # options and stocks: the option chain
+            return
         latest = self.spot_hist.latest()
         if latest is None:
             return
         spot = latest[1]
-        _, close, cs = self.current_event(now)
         if close is None:
             return
         tau = signals.tau_years(close, now)
@@ -2166,6 +2278,97 @@ class Engine:
                 )
             )
 
+    def _option_chain(self, now: float) -> tuple[str, float, list[Contract]] | None:
+        """The option chain the strike table shows: the options of the underlying (the spot's
+        symbol, when any option is on it; else all) expiring next, as (label, close, options);
+        the label is "<underlying> <YYYYMMDD>". None when no option is listed."""
+        opts = [c for c in self.contracts.values() if c.type in OPTION_TYPES and c.close_ts > now]
+        mine = [c for c in opts if c.underlying == self.symbol]
+        opts = mine or opts
+        if not opts:
+            return None
+        close = min(c.close_ts for c in opts)
+        chain = [c for c in opts if c.close_ts == close]
+        first = chain[0]
+        return f"{first.underlying} {_expiry(first)}", close, chain
+
+    def _option_rows_iter(self, now: float) -> Iterator[OptionStrikeRow]:
+        """One row per strike of the option chain: call and put side by side, with the venue's
+        IV and delta, time value (mid − intrinsic at the quote's und_price, else the spot) and
+        N(d2) from each option's own IV to its close."""
+        chain = self._option_chain(now)
+        if chain is None:
+            return
+        _, close, cs = chain
+        latest = self.spot_hist.latest()
+        spot = latest[1] if latest is not None else None
+        by_strike: dict[float, list[Contract | None]] = {}
+        for c in cs:
+            if c.strike is None:
+                continue
+            pair = by_strike.setdefault(c.strike, [None, None])
+            pair[0 if c.type == "option_call" else 1] = c
+        und_ref = spot
+        if und_ref is None:  # no spot yet: the first model price a quote carries
+            for c in cs:
+                q = self.quotes.get(c.id)
+                if q is not None and q.und_price is not None and math.isfinite(q.und_price):
+                    und_ref = q.und_price
+                    break
+        atm = (
+            min(by_strike, key=lambda k: abs(k - und_ref))
+            if by_strike and und_ref is not None
+            else None
+        )
+        tau = signals.tau_years(close, now)
+        first = cs[0]
+        expiry = _expiry(first)
+        for strike in sorted(by_strike):
+            call, put = by_strike[strike]
+            sides: list[OptionSide | None] = []
+            und: float | None = None
+            for c in (call, put):
+                if c is None:
+                    sides.append(None)
+                    continue
+                q = self.quotes.get(c.id)
+                u = q.und_price if q is not None and q.und_price is not None else spot
+                und = und if und is not None else u
+                m = signals.option_metrics(
+                    c.type == "option_call",
+                    u,
+                    strike,
+                    q.iv if q is not None else None,
+                    tau,
+                    q.bid if q is not None else None,
+                    q.ask if q is not None else None,
+                )
+                sides.append(
+                    OptionSide(
+                        contract_id=c.id,
+                        bid=q.bid if q is not None else None,
+                        ask=q.ask if q is not None else None,
+                        iv=q.iv if q is not None else None,
+                        delta=q.delta if q is not None else None,
+                        time_value=m.time_value,
+                        prob_itm=m.prob_itm,
+                        held=c.id in self.by_contract,
+                        volume=q.volume if q is not None else 0.0,
+                        open_interest=q.open_interest if q is not None else 0.0,
+                        quote_age=(now - q.ts) if q is not None else None,
+                    )
+                )
+            yield OptionStrikeRow(
+                contract_id=f"{first.underlying} {expiry} {strike:g}",
+                strike=strike,
+                expiry=expiry,
+                close_ts=close,
+                underlying=und,
+                call=sides[0],
+                put=sides[1],
+                atm=strike == atm,
+            )
+
     def _trade_rows(self, now: float) -> list[TradeRow]:
         return [self._trade_row(t, now) for t in self.trades.values()]
 
@@ -2173,6 +2376,16 @@ class Engine:
         st = self.status.get(t.trade_id) or _Status()
         near = rules.nearest(st.results)
         c = self.contracts.get(t.contract_id)
+        time_value: float | None = None
+        tv_state: str | None = None
+        if c is not None and (c.type in OPTION_TYPES or c.type == "combo"):
+            # The evaluation's measure (rules.min_time_value): CRITICAL where the rule fires.
+            tv = next((r for r in st.results if r.rule == "min_time_value"), None)
+            if tv is not None:
+                time_value = tv.value
+                tv_state = (
+                    "CRITICAL" if tv.fired else signals.time_value_state(tv.value, tv.threshold)
+                )
         return TradeRow(
             trade_id=t.trade_id,
             contract_id=t.contract_id,
@@ -2199,6 +2412,9 @@ class Engine:
             proceeds=pricing.exit_value(t, st.mark, c.multiplier if c else 1.0)
             if st.mark is not None
             else None,
+            contract_type=c.type if c is not None else "",
+            time_value=time_value,
+            tv_state=tv_state,
         )
 
     def badge(self) -> str:
@@ -2341,6 +2557,14 @@ def _contract_title(c: Contract) -> str:
         day = time.strftime("%Y-%m-%d", time.gmtime(c.close_ts))
         return f"{c.underlying} {c.strike:g} {kind}, expires {day}"
     return f"{c.underlying} ({c.type})"
+
+
+def _expiry(c: Contract) -> str:
+    """An option's expiry YYYYMMDD: from its id ("AAPL 20260116 150C"), else its close's date."""
+    parts = c.id.split()
+    if len(parts) >= 2 and len(parts[1]) == 8 and parts[1].isdigit():
+        return parts[1]
+    return time.strftime("%Y%m%d", time.gmtime(c.close_ts))
 
 
 def _compact(data: dict[str, Any]) -> str:

@@ -10,10 +10,21 @@ from textual.containers import Vertical
 from textual.widgets import Input, Sparkline, Static
 
 from engine.alerts import Alert
-from engine.snapshot import MarketView, RiskView, Snapshot, SourceHealth
+from engine.snapshot import MarketView, OptionStrikeRow, RiskView, Snapshot, SourceHealth
 from tui import format as fmt
 from tui.format import Palette
-from tui.rows import ALERT_COLUMNS, STRIKE_COLUMNS, TRADE_COLUMNS, alert_row, strike_row, trade_row
+from tui.rows import (
+    ALERT_COLUMNS,
+    OPTION_STRIKE_COLUMNS,
+    STRIKE_COLUMNS,
+    TRADE_COLUMNS,
+    TRADE_COLUMNS_TV,
+    alert_row,
+    has_tv,
+    option_strike_row,
+    strike_row,
+    trade_row,
+)
 from tui.tables import Column, LazyRow, LiveTable, Row
 
 BADGE_STYLE = {
@@ -126,7 +137,12 @@ class MarketPane(Pane):
         t.append("\nTTC   ", style="dim")
         urgent = m.ttc_seconds is not None and m.ttc_seconds < 300
         t.append(fmt.countdown(m.ttc_seconds), style="bold red" if urgent else "bold")
-        t.append(f"  closes {fmt.hms(m.close_ts)}", style="dim")
+        if m.close_label is not None:  # an exchange's close, in its own time
+            t.append(f"  closes {m.close_label}", style="dim")
+            if m.exchange_open is False:
+                t.append(" · market closed", style="yellow")
+        else:
+            t.append(f"  closes {fmt.hms(m.close_ts)}", style="dim")
         t.append("\nSource ", style="dim")
         t.append(m.spot_source or fmt.DASH)  # None: no spot feed named one, or none usable
         t.append("\nMomentum", style="dim")
@@ -143,9 +159,7 @@ class MarketPane(Pane):
         t.append(fmt.bar(score, 12), style="yellow" if (score or 0) >= 0.6 else "cyan")
         t.append(f" {score:.2f}" if score is not None else " —")
         t.append_text(sigma_text(m))
-        t.append("\nRegime ", style="dim")
-        regime = (m.regime or "warming up").replace("_", " ").upper()
-        t.append(f" {regime} ", style=_REGIME_STYLE.get(m.regime or "", "reverse"))
+        t.append_text(regime_text(m))
         t.append("\nRisk  ", style="dim")
         t.append(f"{risk.open_positions} open · at risk ${risk.total_at_risk:,.2f}")
         t.append("\nDay   ", style="dim")
@@ -178,6 +192,27 @@ def sigma_text(m: MarketView) -> Text:
             t.append(f" stale {fmt.age(m.implied_vol_age)}", style="bold yellow")
     elif fell_back:
         t.append("  no DVOL", style="bold yellow")
+    return t
+
+
+def regime_text(m: MarketView) -> Text:
+    """The regime line: the regime, and where it comes from when VIX is known.
+
+    "Regime  MEDIUM " (volatility score; BTC, sim, Kalshi), "Regime  MEDIUM   VIX 18.4" (from
+    the VIX level), and in yellow when VIX went stale and the score took over:
+    "Regime  HIGH   realized · VIX 18.4 stale 7m00s".
+    """
+    t = Text()
+    t.append("\nRegime ", style="dim")
+    regime = (m.regime or "warming up").replace("_", " ").upper()
+    t.append(f" {regime} ", style=_REGIME_STYLE.get(m.regime or "", "reverse"))
+    if m.vix is None:
+        return t
+    if m.regime_source == "vix":
+        t.append("  VIX ", style="dim")
+        t.append(f"{m.vix:.1f}", style="bold")
+    else:
+        t.append(f"  realized · VIX {m.vix:.1f} stale {fmt.age(m.vix_age)}", style="bold yellow")
     return t
 
 
@@ -266,8 +301,11 @@ class TradesPane(TablePane):
         super().__init__("Open trades", TRADE_COLUMNS, **kwargs)
 
     def render_rows(self, snap: Snapshot, pal: Palette) -> None:
+        # Options and combos (IBKR): a Time value column (SAFE / RISK / CRITICAL).
+        with_tv = snap.venue == "ibkr" or any(has_tv(t) for t in snap.trades)
+        self.table.set_columns(TRADE_COLUMNS_TV if with_tv else TRADE_COLUMNS)
         # Formatted only when shown (or filtered): most of 500 rows are off screen.
-        self.sync([LazyRow(t.trade_id, trade_row, t, pal) for t in snap.trades])
+        self.sync([LazyRow(t.trade_id, trade_row, t, pal, with_tv) for t in snap.trades])
 
 
 class StrikesPane(TablePane):
@@ -275,7 +313,21 @@ class StrikesPane(TablePane):
         super().__init__("Strikes", STRIKE_COLUMNS, **kwargs)
 
     def render_rows(self, snap: Snapshot, pal: Palette) -> None:
-        self.sync([LazyRow(s.contract_id, strike_row, s, pal) for s in snap.strikes])
+        rows = snap.strikes
+        if rows:  # an empty picture keeps the layout it has
+            first = rows[0]
+            options = isinstance(first, OptionStrikeRow)
+            self.table.set_columns(OPTION_STRIKE_COLUMNS if options else STRIKE_COLUMNS)
+            title = (
+                f"Options {first.contract_id.rsplit(' ', 1)[0]} · calls | puts · "
+                "P = N(d2) from IV · TV = time value"
+                if isinstance(first, OptionStrikeRow)
+                else self.pane_title
+            )
+            if title != self.border_title:
+                self.border_title = title
+        make = option_strike_row if rows and isinstance(rows[0], OptionStrikeRow) else strike_row
+        self.sync([LazyRow(s.contract_id, make, s, pal) for s in rows])
 
 
 SEVERITY_FILTERS: tuple[str | None, ...] = (None, "warning", "critical")

@@ -8,10 +8,10 @@ column (`Column.right`). Strings are shown as they are, never parsed as markup.
 from __future__ import annotations
 
 from engine.alerts import Alert
-from engine.snapshot import StrikeRow, TradeRow
+from engine.snapshot import OptionSide, OptionStrikeRow, StrikeRow, TradeRow
 from tui import format as fmt
 from tui.format import Palette
-from tui.tables import Column, Row
+from tui.tables import Cell, Column, Row
 
 TRADE_COLUMNS = (  # what a trader needs first comes first: 80 columns show ID to State in full
     Column("id", "ID", 10),
@@ -29,6 +29,16 @@ TRADE_COLUMNS = (  # what a trader needs first comes first: 80 columns show ID t
     Column("contract", "Contract", 23),
 )
 
+# Options and combos: the time value state (SAFE / RISK / CRITICAL) and the time value right
+# after State, so that 80 columns still show them (the nearest rule moves right); the contract
+# column gives up 6 so that 160 columns still show every column. Only with option trades.
+TRADE_COLUMNS_TV = (
+    *TRADE_COLUMNS[:7],
+    Column("tv", "Time value", 12),
+    *TRADE_COLUMNS[7:-1],
+    Column("contract", "Contract", 17),
+)
+
 STRIKE_COLUMNS = (
     Column("flag", "", 3),
     Column("strike", "Strike", 9, right=True),
@@ -42,6 +52,27 @@ STRIKE_COLUMNS = (
     Column("diff_no", "DIFF N", 6, right=True),
     Column("vol", "Vol/OI", 13, right=True),
 )
+
+# An option chain, as traders read one: calls on the left, the strike in the middle, puts on the
+# right, bid/ask next to the strike. IV in percent, delta as the venue gives it, P = N(d2) from
+# the option's own IV (probability of finishing in the money: compare with |delta|), TV = time
+# value (mid − intrinsic). 94 columns; at 80 the puts' delta, P and TV scroll into view.
+OPTION_STRIKE_COLUMNS = (
+    Column("flag", "", 3),
+    Column("c_tv", "TV", 5, right=True),
+    Column("c_prob", "P", 4, right=True),
+    Column("c_delta", "Δ", 5, right=True),
+    Column("c_iv", "IV%", 5, right=True),
+    Column("c_ba", "Call b/a", 11, right=True),
+    Column("strike", "Strike", 7, right=True),
+    Column("p_ba", "Put b/a", 11, right=True),
+    Column("p_iv", "IV%", 5, right=True),
+    Column("p_delta", "Δ", 5, right=True),
+    Column("p_prob", "P", 4, right=True),
+    Column("p_tv", "TV", 5, right=True),
+)
+
+TV_STATE_STYLE = {"SAFE": "green", "RISK": "bold yellow", "CRITICAL": "bold white on red"}
 
 ALERT_COLUMNS = (
     Column("time", "Time", 8),
@@ -64,9 +95,9 @@ STATE_STYLE = {
 SEVERITY_STYLE = {"info": "", "warning": "bold yellow", "critical": "bold white on red"}
 
 
-def trade_row(t: TradeRow, pal: Palette) -> Row:
+def trade_row(t: TradeRow, pal: Palette, with_tv: bool = False) -> Row:
     state = "stale data" if t.state == "stale" else t.state
-    cells = (
+    cells: tuple[Cell, ...] = (
         t.trade_id,
         t.side,
         fmt.qty(t.qty),
@@ -82,7 +113,30 @@ def trade_row(t: TradeRow, pal: Palette) -> Row:
         t.contract_id,
     )
     search = f"{t.trade_id} {t.contract_id} {t.side} {t.strategy} {state}".lower()
+    if with_tv:
+        cells = (*cells[:7], tv_cell(t), *cells[7:])
+        if t.tv_state:
+            search += f" {t.tv_state.lower()}"
     return Row(t.trade_id, cells, search)
+
+
+def tv_cell(t: TradeRow) -> Cell:
+    """ "RISK .18", "SAFE 2.05", "CRITICAL .07": the time value state against min_time_value
+    and the time value in dollars per share (no leading zero: 12 columns hold them all)."""
+    if t.tv_state is None or t.time_value is None:
+        return (fmt.DASH, "dim") if t.contract_type in _TV_TYPES else ""
+    value = f"{t.time_value:.2f}"
+    if abs(t.time_value) < 1:
+        value = value.replace("0.", ".", 1)
+    return (f"{t.tv_state} {value}", TV_STATE_STYLE.get(t.tv_state, ""))
+
+
+_TV_TYPES = ("option_call", "option_put", "combo")
+
+
+def has_tv(t: TradeRow) -> bool:
+    """Whether the trade is an option or a combo (the Time value column is for those)."""
+    return t.contract_type in _TV_TYPES
 
 
 def strike_row(s: StrikeRow, pal: Palette) -> Row:
@@ -107,6 +161,35 @@ def strike_row(s: StrikeRow, pal: Palette) -> Row:
     )
     search = f"{strike} {s.contract_id} {'atm' if s.atm else ''} {'held' if s.held else ''}"
     return Row(s.contract_id, cells, (search + (" edge" if s.edge else "")).lower())
+
+
+def option_strike_row(s: OptionStrikeRow, pal: Palette) -> Row:
+    held = s.held
+    flag = ("◆" if s.atm else " ") + ("●" if held else " ") + " "
+    strike = f"{s.strike:,.2f}".rstrip("0").rstrip(".")
+    call, put = s.call, s.put
+    cells: tuple[Cell, ...] = (
+        (flag, "bold"),
+        *reversed(_option_cells(call)),
+        (strike, "bold" if s.atm else ""),
+        *_option_cells(put),
+    )
+    search = f"{strike} {s.contract_id} {'atm' if s.atm else ''} {'held' if held else ''}"
+    return Row(s.contract_id, cells, search.lower())
+
+
+def _option_cells(o: OptionSide | None) -> tuple[Cell, ...]:
+    """bid/ask, IV %, delta, P, TV of one side of a strike (the call's are shown mirrored)."""
+    if o is None:
+        return ("", "", "", "", "")
+    ba = f"{fmt.price(o.bid)}/{fmt.price(o.ask)}"
+    return (
+        (ba, "bold cyan") if o.held else ba,
+        f"{o.iv * 100:.1f}" if o.iv is not None else fmt.DASH,
+        f"{o.delta:+.2f}" if o.delta is not None else fmt.DASH,
+        f"{o.prob_itm:.2f}" if o.prob_itm is not None else fmt.DASH,
+        f"{o.time_value:.2f}" if o.time_value is not None else fmt.DASH,
+    )
 
 
 def alert_row(a: Alert) -> Row:

@@ -143,9 +143,28 @@ class LiveTable(DataTable):
         self.updates = 0  # cell updates written to the table (tests and benchmarks read it)
 
     def on_mount(self) -> None:
+        self._add_columns()
+
+    def _add_columns(self) -> None:
         for c in self.columns_spec:
             label = Text(c.label, justify="right") if c.right else c.label
             self.add_column(label, key=c.key, width=c.width)
+
+    def set_columns(self, columns: Sequence[Column]) -> bool:
+        """Show `columns` instead (a pane whose rows change kind, e.g. binary strikes to an
+        option chain). The rows go; the next `sync` brings them back. Nothing happens when the
+        columns are the same (the live path calls this on every update). True if changed."""
+        spec = tuple(columns)
+        if spec == self.columns_spec:
+            return False
+        self.clear(columns=True)
+        self._rows = []
+        self.columns_spec = spec
+        self._col_keys = tuple(c.key for c in spec)
+        self._justify = tuple("right" if c.right else "default" for c in spec)
+        if self.is_mounted:
+            self._add_columns()  # else on_mount adds them
+        return True
 
     # ------------------------------------------------------------------ queries
 
