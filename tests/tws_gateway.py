@@ -264,6 +264,10 @@ class Fill:
     price: float | None = None
     commission: float = 1.0
     exchange: str = "ISLAND"
+    # A BAG order: {leg conId: price} adds one execution per leg (shares = quantity × ratio, the
+    # combo's permId and orderRef), books the legs' positions, and charges `commission` on the
+    # legs (split evenly; the combo's own execution then has no commission report), as TWS does.
+    leg_prices: dict[int, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -397,6 +401,7 @@ class GatewayState:
     order_hook: Callable[[GwOrder], Outcome | None] | None = None
     default_outcome: Outcome = field(default_factory=Fill)
     cancel_sends_202: bool = True  # TWS's "Order Canceled - reason:" before status Cancelled
+    ignore_cancels: bool = False  # cancelOrder is swallowed: no answer (TWS not answering)
     update_positions_on_fill: bool = True
     read_only_api: bool = False  # placeOrder → error 321, as TWS in read-only API mode
     pacing_limit: int | None = None  # messages/s; over it → error 100 (None: only counted)
@@ -1620,6 +1625,7 @@ class Gateway:
         order.filled += qty
         order.avg_fill_price = (prev_value + qty * price) / order.filled if order.filled else 0.0
         order.last_fill_price = price
+        by_legs = bool(fill.leg_prices) and order.contract.sec_type == "BAG"
         realized = self._book_position(order, qty, price, fill.commission)
         execution = GwExecution(
             exec_id=f"0000e0d5.{order.perm_id:08x}.{next(self.state._exec_seq):02d}.01",
@@ -1636,39 +1642,98 @@ class Gateway:
             cum_qty=order.filled,
             avg_price=order.avg_fill_price,
             order_ref=order.order_ref,
-            commission=fill.commission,
+            commission=0.0 if by_legs else fill.commission,
             currency=order.contract.currency or "USD",
             realized_pnl=realized,
         )
         self.state.executions.append(execution)
+        legs = self._leg_executions(order, qty, fill) if by_legs else []
         done = order.remaining <= 0
         ioc = order.tif in ("IOC", "FOK")
         if done:
             order.status = "Filled"
         # live executions carry reqId -1
         self._to_owner(order, lambda c: enc_exec_details(c.version, -1, execution))
+        for leg in legs:
+            self._to_owner(order, lambda c, leg=leg: enc_exec_details(c.version, -1, leg))
         if done:
             self._to_owner(order, lambda c: enc_open_order(c.version, order))
         self._to_owner(order, lambda c: enc_order_status(order))
-        self._to_owner(order, lambda c: enc_commission_report(execution))
+        for charged in legs or [execution]:
+            self._to_owner(order, lambda c, e=charged: enc_commission_report(e))
         if not done and ioc:
             order.status = "Cancelled"
             self._to_owner(order, lambda c: enc_order_status(order))
         return execution
 
+    def _leg_executions(self, order: GwOrder, qty: float, fill: Fill) -> list[GwExecution]:
+        """One execution per leg of a BAG fill (see `Fill.leg_prices`)."""
+        assert fill.leg_prices is not None
+        legs = order.contract.combo_legs
+        out: list[GwExecution] = []
+        for leg in legs:
+            contract = self._leg_contract(leg.con_id)
+            action = "BUY" if (leg.action == "BUY") == (order.action == "BUY") else "SELL"
+            shares = qty * leg.ratio
+            price = fill.leg_prices[leg.con_id]
+            commission = fill.commission / len(legs)
+            realized = self._book(contract, action, order.account, shares, price, commission)
+            execution = GwExecution(
+                exec_id=f"0000e0d5.{order.perm_id:08x}.{next(self.state._exec_seq):02d}.01",
+                order_id=order.order_id,
+                client_id=order.client_id,
+                perm_id=order.perm_id,
+                contract=contract,
+                time=_ib_time(),
+                account=order.account,
+                exchange=fill.exchange,
+                side="BOT" if action == "BUY" else "SLD",
+                shares=shares,
+                price=price,
+                cum_qty=shares,
+                avg_price=price,
+                order_ref=order.order_ref,
+                commission=commission,
+                currency=contract.currency or "USD",
+                realized_pnl=realized,
+            )
+            self.state.executions.append(execution)
+            out.append(execution)
+        return out
+
+    def _leg_contract(self, con_id: int) -> GwContract:
+        for pos in self.state.positions:
+            if pos.contract.con_id == con_id:
+                return pos.contract
+        for cd in self.state.contract_details:
+            if cd.contract.con_id == con_id:
+                return cd.contract
+        raise KeyError(f"combo leg conId {con_id}: no position or contract details")
+
     def _book_position(
         self, order: GwOrder, qty: float, price: float, commission: float
     ) -> float | None:
         """Update the account's position after a fill; the realized P&L of a closing fill."""
-        if not self.state.update_positions_on_fill or order.contract.sec_type == "BAG":
+        if order.contract.sec_type == "BAG":
             return None
-        signed = qty if order.action == "BUY" else -qty
-        mult = order.contract.mult
-        pos = self.state.position_of(order.contract.con_id, order.account)
+        return self._book(order.contract, order.action, order.account, qty, price, commission)
+
+    def _book(
+        self,
+        contract: GwContract,
+        action: str,
+        account: str,
+        qty: float,
+        price: float,
+        commission: float,
+    ) -> float | None:
+        if not self.state.update_positions_on_fill:
+            return None
+        signed = qty if action == "BUY" else -qty
+        mult = contract.mult
+        pos = self.state.position_of(contract.con_id, account)
         if pos is None:
-            pos = self.state.add_position(
-                order.contract, 0.0, 0.0, market_price=price, account=order.account
-            )
+            pos = self.state.add_position(contract, 0.0, 0.0, market_price=price, account=account)
         realized: float | None = None
         old = pos.position
         new = old + signed
@@ -1697,6 +1762,8 @@ class Gateway:
     def _on_cancel_order(self, conn: _Connection, f: list[str]) -> None:
         # client.cancelOrder: 4, version 1, orderId, [>=169: manualCancelOrderTime]
         order_id = _int(f[2])
+        if self.state.ignore_cancels:
+            return
         try:
             order = self.state.order(order_id, conn.client_id)
         except KeyError:

@@ -1,0 +1,695 @@
+"""`IbkrVenue`: the engine's `Venue` protocol over an ib_async `IB` client (docs/ibkr.md).
+
+Positions: `ib.positions(account)` (the client's live copy), legs grouped into combos by
+`groups.py`; prices per share (IB `avgCost` / multiplier), quantities in contracts or combo
+units, sides long/short with positive quantities.
+
+Closing orders: one DAY limit order per attempt with `orderRef` = the engine's client order id,
+on the held contract (conId from the positions, exchange SMART), or one BAG order for a combo
+(its legs' conIds, ratios and actions as the combo is defined; a held long combo is sold, a held
+short one bought back). The limit is the engine's ladder price; below `min_price` the order is
+not sent (`MID_TOO_LOW`). `submit` waits up to `attempt_timeout_seconds` for the order to fill
+(on the client's events), cancels what is left and waits for the cancel to be confirmed, then
+returns filled / partial / unfilled with the average fill price per share (per combo unit) and
+the commissions of the commission reports.
+
+Outcomes:
+
+- TWS refuses the order: `rejected`, reason `REJECTED_201: <IB's text>` (`NO_MARGIN: …` when
+  the text is about margin, equity or buying power), `READ_ONLY: …` for the read-only API
+  (321), `REJECTED_<code>: …` for any other refusal;
+- not connected, the connection lost while the order works, a cancel never confirmed, a request
+  unanswered: `VenueError("GATEWAY_UNREACHABLE: …")`, the outcome is unknown and the engine
+  reconciles with `lookup`;
+- idempotency: an orderRef the client already knows (an order of this session, or one loaded
+  from TWS at connect) is never placed again: `submit` reports that order instead.
+
+`lookup` asks TWS for all open orders, completed orders and today's executions, cancels the
+order if it is still working (the engine wants a final answer), and returns its result, or None
+when IB has never seen the orderRef.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from engine.config import IbkrConfig
+from engine.models import Contract
+from engine.venues.base import OrderRequest, OrderResult, OrderStatus, VenueError, VenuePosition
+from engine.venues.ibkr.groups import (
+    GROUPS_FILE,
+    Combo,
+    Grouping,
+    GroupStore,
+    HeldLeg,
+    OpeningFill,
+    group_legs,
+)
+from engine.venues.ibkr.ib import IB, ComboLeg, LimitOrder, Trade
+from engine.venues.ibkr.ib import Contract as IbContract
+from engine.venues.ibkr.ids import contract_from_ib, default_close_of, engine_id
+
+__all__ = ["IbkrVenue"]
+
+log = logging.getLogger("engine.venues.ibkr")
+
+T = TypeVar("T")
+EPS = 1e-9
+UNREACHABLE = "GATEWAY_UNREACHABLE"
+_UNSET = 1e300  # IB's unset double is 1.797e308
+_DIGITS = 9
+_LOG_PREFIX = re.compile(r"^(?:Error|Warning) -?\d+, reqId -?\d+: ")
+_MARGIN = re.compile(r"margin|equity with loan|buying power|insufficient (?:funds|equity)", re.I)
+_READ_ONLY = re.compile(r"read[- ]only", re.I)
+# Error codes on an order that are not a refusal: our own cancel (202), notices and warnings
+# after which the order keeps working.
+_NOT_REFUSALS = frozenset({202, 399, 404, 10167, 10148})
+# Warnings ib_async leaves an order active after, that still mean a NEW order was refused.
+_REFUSING_WARNINGS = frozenset({321})
+
+
+class _Lost(Exception):
+    """The connection dropped while waiting."""
+
+
+class _Waker:
+    """Wakes a waiting coroutine on every packet the client processed and on a disconnect."""
+
+    def __init__(self, venue: IbkrVenue, ib: IB) -> None:
+        self._venue = venue
+        self._ib = ib
+        self._event = asyncio.Event()
+
+    def _set(self, *_: Any) -> None:
+        self._event.set()
+
+    def __enter__(self) -> _Waker:
+        self._ib.updateEvent += self._set
+        self._ib.disconnectedEvent += self._set
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._ib.updateEvent -= self._set
+        self._ib.disconnectedEvent -= self._set
+
+    async def until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until `predicate()` (True) or `timeout` seconds (False); `_Lost` on a drop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        while True:
+            if predicate():
+                return True
+            if not self._venue._connected(self._ib):
+                raise _Lost
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), remaining)
+
+
+class IbkrVenue:
+    """The `Venue` for Interactive Brokers.
+
+    `ib_provider()` gives the client (the connection's current `IB`, or None while there is
+    none); `is_ready()` (optional) says whether it is connected AND synchronised (positions
+    loaded): without it `ib.isConnected()` is used. `data_dir` holds the groups file.
+    `confirm_timeout_seconds` bounds the wait for a cancel's confirmation and for commission
+    reports; `request_timeout_seconds` each request of `lookup`.
+    """
+
+    name = "ibkr"
+
+    def __init__(
+        self,
+        ib_provider: Callable[[], IB | None],
+        config: IbkrConfig,
+        data_dir: Path | str,
+        close_of: Callable[[str], float] = default_close_of,
+        *,
+        is_ready: Callable[[], bool] | None = None,
+        confirm_timeout_seconds: float = 5.0,
+        request_timeout_seconds: float = 10.0,
+    ) -> None:
+        self._provider = ib_provider
+        self._config = config
+        self._close_of = close_of
+        self._is_ready = is_ready
+        self._confirm_timeout = confirm_timeout_seconds
+        self._request_timeout = request_timeout_seconds
+        self._store = GroupStore(Path(data_dir) / GROUPS_FILE)
+        self._last: Grouping = Grouping((), ())
+        self._warned: set[str] = set()
+        self._exec_seen: set[int] = set()  # legs whose executions were asked for
+        self._asked: dict[str, float] = {}  # client order id → quantity sent (this process)
+        self._done: dict[str, OrderResult] = {}  # client order id → the final answer given
+
+    # ---- connection --------------------------------------------------------------------------
+
+    def _connected(self, ib: IB | None) -> bool:
+        if ib is None or not ib.isConnected() or self._provider() is not ib:
+            return False
+        return self._is_ready() if self._is_ready is not None else True
+
+    def _ib(self) -> IB:
+        ib = self._provider()
+        if not self._connected(ib):
+            raise VenueError(f"{UNREACHABLE}: not connected to TWS / IB Gateway")
+        assert ib is not None
+        return ib
+
+    def _account(self, ib: IB) -> str:
+        if self._config.account:
+            return self._config.account
+        accounts = ib.managedAccounts()
+        if len(accounts) == 1:
+            return accounts[0]
+        raise VenueError(
+            f"ACCOUNT: {len(accounts)} managed accounts ({', '.join(accounts)}); "
+            "set [venues.ibkr] account"
+        )
+
+    async def _request(self, aw: Awaitable[T], what: str) -> T:
+        try:
+            return await asyncio.wait_for(aw, self._request_timeout)
+        except TimeoutError:
+            raise VenueError(f"{UNREACHABLE}: no answer to {what}") from None
+        except ConnectionError as exc:
+            raise VenueError(f"{UNREACHABLE}: connection lost during {what} ({exc})") from exc
+
+    # ---- positions ---------------------------------------------------------------------------
+
+    async def positions(self) -> list[VenuePosition]:
+        """What the account holds: single legs, and combos as one position each."""
+        ib = self._ib()
+        grouping = self._grouping(ib)
+        if self._needs_executions(grouping):
+            # legs that might belong together and whose executions were never read: ask once
+            await self._request(ib.reqExecutionsAsync(), "reqExecutions")
+            self._exec_seen.update(leg.con_id for leg in grouping.singles)
+            grouping = self._grouping(ib)
+        out = [
+            VenuePosition(leg.contract_id, leg.side, abs(leg.position), leg.price)
+            for leg in grouping.singles
+        ]
+        out += [VenuePosition(c.contract_id, c.side, c.qty, c.entry) for c in grouping.combos]
+        return out
+
+    def held_contracts(self) -> list[Contract]:
+        """The engine contracts of what is held: single legs, each combo and its legs. From the
+        client's copy of the positions (the last grouping while they cannot be read)."""
+        ib = self._provider()
+        grouping = self._last
+        if ib is not None and self._connected(ib):
+            with contextlib.suppress(VenueError):
+                grouping = self._grouping(ib)
+        out: dict[str, Contract] = {}
+        for leg in grouping.singles:
+            c = contract_from_ib(leg.ib_contract, self._close_of)
+            if c is not None:
+                out[c.id] = c
+        for combo in grouping.combos:
+            out[combo.contract_id] = combo.contract(self._close_of)
+            for leg, _ in combo.legs:
+                c = contract_from_ib(leg.ib_contract, self._close_of)
+                if c is not None:
+                    out.setdefault(c.id, c)
+        return list(out.values())
+
+    def _held(self, ib: IB) -> list[HeldLeg]:
+        out: list[HeldLeg] = []
+        for p in ib.positions(self._account(ib)):
+            if not p.position:
+                continue
+            c = p.contract
+            cid = engine_id(c)
+            if cid is None:
+                self._warn_once(
+                    f"unsupported:{c.conId}",
+                    f"ibkr position {c.localSymbol or c.symbol} ({c.secType}) is not supported; "
+                    "left out",
+                )
+                continue
+            try:
+                mult = float(c.multiplier) if c.multiplier else (100.0 if c.secType != "STK" else 1)
+            except ValueError:
+                mult = 100.0 if c.secType != "STK" else 1.0
+            out.append(
+                HeldLeg(
+                    c.conId,
+                    cid,
+                    c.symbol,
+                    c.currency or "USD",
+                    mult,
+                    float(p.position),
+                    float(p.avgCost),
+                    c,
+                )
+            )
+        return out
+
+    def _opening_fills(self, ib: IB) -> list[OpeningFill]:
+        return [
+            OpeningFill(
+                f.contract.conId,
+                f.execution.orderRef or "",
+                f.execution.permId,
+                f.execution.side,
+                str(f.execution.time),
+            )
+            for f in ib.fills()
+            if f.contract.secType != "BAG"
+        ]
+
+    def _grouping(self, ib: IB) -> Grouping:
+        grouping = group_legs(
+            self._held(ib),
+            self._config.groups,
+            self._opening_fills(ib),
+            self._store.groups,
+            warn=self._warn_once,
+        )
+        try:
+            self._store.save(c.remembered() for c in grouping.combos)
+        except OSError as exc:
+            self._warn_once(f"store:{exc}", f"ibkr groups file not written: {exc}")
+        self._last = grouping
+        for combo in grouping.combos:  # a group formed again may be dropped (and told) again
+            self._warned.discard(f"dropped:{combo.contract_id}")
+        return grouping
+
+    def _needs_executions(self, grouping: Grouping) -> bool:
+        fresh = [leg for leg in grouping.singles if leg.con_id not in self._exec_seen]
+        if not fresh:
+            return False
+        symbols = [leg.symbol for leg in grouping.singles]
+        return any(symbols.count(leg.symbol) > 1 for leg in fresh)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s", message)
+
+    # ---- submit ------------------------------------------------------------------------------
+
+    async def submit(self, req: OrderRequest) -> OrderResult:
+        """Place one closing limit order and wait for its outcome (module docstring)."""
+        ib = self._ib()
+        coid = req.client_order_id
+        known = self._known(ib, coid)
+        if known is not None:
+            log.warning("ibkr order %s is already at IB: reporting it, not placing another", coid)
+            done = self._done.get(coid)
+            if done is not None and isinstance(known, Trade) and known.isDone():
+                return done  # the answer this process already gave, word for word
+            return await self._report_known(ib, known, coid)
+        if self._config.readonly:
+            return _rejected(coid, "READ_ONLY: [venues.ibkr] readonly = true; nothing is sent")
+        if req.limit_price is None or not math.isfinite(req.limit_price):
+            return _rejected(coid, "NO_LIMIT: IB exits are limit orders; no limit price given")
+        limit = round(req.limit_price, 6)
+        if limit < self._config.min_price - EPS:
+            return _rejected(
+                coid,
+                f"MID_TOO_LOW: limit {limit:g} is below [venues.ibkr] min_price "
+                f"{self._config.min_price:g}; not sent",
+            )
+        qty = round(req.qty)
+        if qty <= 0 or abs(req.qty - qty) > EPS:
+            return _rejected(coid, f"BAD_QTY: {req.qty:g} is not a whole number of contracts")
+        grouping = self._grouping(ib)
+        target = self._closing_target(grouping, req, qty)
+        if isinstance(target, str):
+            return _rejected(coid, target)
+        contract, action = target
+        order = LimitOrder(
+            action,
+            qty,
+            limit,
+            orderRef=coid,
+            tif="DAY",
+            account=self._account(ib),
+        )
+        self._asked[coid] = float(qty)
+        with _Waker(self, ib) as waker:
+            trade = ib.placeOrder(contract, order)
+            log.info(
+                "ibkr order %s: %s %d %s @ %g (orderId %d)",
+                coid,
+                action,
+                qty,
+                req.contract_id,
+                limit,
+                trade.order.orderId,
+            )
+            return await self._work(waker, ib, trade, coid, self._config.attempt_timeout_seconds)
+
+    def _closing_target(
+        self, grouping: Grouping, req: OrderRequest, qty: int
+    ) -> tuple[IbContract, str] | str:
+        """(contract, action) of the order closing `req`, or why it cannot be sent."""
+        combo = grouping.combo(req.contract_id)
+        if combo is not None:
+            held_side, held_qty = combo.side, combo.qty
+        else:
+            leg = grouping.single(req.contract_id)
+            if leg is None:
+                return f"NOT_HELD: {req.contract_id} is not held at IB; nothing to close"
+            held_side, held_qty = leg.side, abs(leg.position)
+        want = "sell" if held_side == "long" else "buy"
+        if req.side != held_side or req.action != want:
+            return (
+                f"POSITION_MISMATCH: {req.contract_id} is held {held_side} at IB; "
+                f"a {req.action} to close {req.side} is not sent"
+            )
+        if qty > held_qty + EPS:
+            return (
+                f"POSITION_MISMATCH: {req.contract_id}: {qty} asked, {held_qty:g} held at IB; "
+                "not sent (it would open a position)"
+            )
+        action = "SELL" if held_side == "long" else "BUY"
+        if combo is not None:
+            return _bag(combo), action
+        assert leg is not None
+        contract = copy.copy(leg.ib_contract)  # positions carry no exchange: SMART routes
+        contract.exchange = "SMART"
+        return contract, action
+
+    async def _work(
+        self, waker: _Waker, ib: IB, trade: Trade, coid: str, timeout: float
+    ) -> OrderResult:
+        """Wait up to `timeout` for `trade` to finish, cancel the rest, wait for the
+        confirmation and the commission reports; its result."""
+        try:
+            await waker.until(lambda: trade.isDone() or _refusal(trade) is not None, timeout)
+            refused = _refusal(trade)
+            if refused is not None and not trade.isDone() and _filled(trade)[0] <= EPS:
+                return _rejected(coid, _reason(*refused), _venue_id(trade))
+            note = ""
+            if not trade.isDone():
+                note = f"CANCELLED: not filled within {timeout:g}s, the rest cancelled"
+                ib.cancelOrder(trade.order)
+                if not await waker.until(trade.isDone, self._confirm_timeout):
+                    raise VenueError(
+                        f"{UNREACHABLE}: the cancel of order {coid} (orderId "
+                        f"{trade.order.orderId}) was not confirmed"
+                    )
+            await waker.until(lambda: _complete(trade.contract, trade), self._confirm_timeout)
+        except _Lost:
+            raise VenueError(
+                f"{UNREACHABLE}: connection lost while order {coid} was working"
+            ) from None
+        result = self._result(trade, coid, note=note)
+        self._done[coid] = result
+        return result
+
+    def _known(self, ib: IB, coid: str) -> Trade | list[Any] | None:
+        """The client's own record of an orderRef: its trade, else its executions."""
+        # An order never acknowledged (no permId, still PendingSubmit) is one IB did not take:
+        # `lookup` answered None for it, and the engine sends the same id again.
+        trades = [t for t in ib.trades() if t.order.orderRef == coid and not (_unacknowledged(t))]
+        if trades:
+            active = [t for t in trades if not t.isDone()]
+            return active[0] if active else max(trades, key=lambda t: _filled(t)[0])
+        fills = [f for f in ib.fills() if f.execution.orderRef == coid]
+        return fills or None
+
+    async def _report_known(self, ib: IB, known: Trade | list[Any], coid: str) -> OrderResult:
+        with _Waker(self, ib) as waker:
+            if isinstance(known, Trade):
+                return await self._work(
+                    waker, ib, known, coid, self._config.attempt_timeout_seconds
+                )
+            try:
+                await waker.until(lambda: _reports_in(known), self._confirm_timeout)
+            except _Lost:
+                raise VenueError(f"{UNREACHABLE}: connection lost reading {coid}") from None
+            return self._from_fills(coid, known)
+
+    # ---- lookup ------------------------------------------------------------------------------
+
+    async def lookup(self, client_order_id: str) -> OrderResult | None:
+        """The order with this orderRef at IB (open, completed, or by its executions); a still
+        working one is cancelled first. None when IB has never seen it."""
+        coid = client_order_id
+        ib = self._ib()
+        with _Waker(self, ib) as waker:
+            try:
+                opened = await self._request(ib.reqAllOpenOrdersAsync(), "reqAllOpenOrders")
+                # what IB lists as working (an order only this client remembers as pending,
+                # that IB does not list, is not one IB has)
+                working = [t for t in opened if t.order.orderRef == coid and not t.isDone()]
+                for t in working:
+                    if t.order.clientId != ib.client.clientId:
+                        raise VenueError(
+                            f"ORDER_WORKING: order {coid} works under API client "
+                            f"{t.order.clientId} and cannot be cancelled from this one"
+                        )
+                    log.info("ibkr lookup %s: still working; cancelling it", coid)
+                    ib.cancelOrder(t.order)
+                if working and not await waker.until(
+                    lambda: all(t.isDone() for t in working), self._confirm_timeout
+                ):
+                    raise VenueError(f"{UNREACHABLE}: the cancel of order {coid} was not confirmed")
+                completed = await self._request(
+                    ib.reqCompletedOrdersAsync(False), "reqCompletedOrders"
+                )
+                await self._request(ib.reqExecutionsAsync(), "reqExecutions")
+                fills = [f for f in ib.fills() if f.execution.orderRef == coid]
+                trades = _unique_trades(
+                    [
+                        *working,
+                        *(
+                            t
+                            for t in ib.trades()
+                            if t.order.orderRef == coid and t.isDone() and not _unacknowledged(t)
+                        ),
+                        *(t for t in completed if t.order.orderRef == coid),
+                    ]
+                )
+                if not trades and not fills:
+                    return None
+                await waker.until(lambda: _reports_in(fills), self._confirm_timeout)
+            except _Lost:
+                raise VenueError(f"{UNREACHABLE}: connection lost looking up {coid}") from None
+        if not trades:
+            return self._from_fills(coid, fills)
+        if len(trades) > 1:
+            log.warning(
+                "ibkr: %d orders carry orderRef %s; reporting the most filled", len(trades), coid
+            )
+        trade = max(trades, key=lambda t: _filled(t, ib.fills())[0])
+        return self._result(trade, coid, ib.fills())
+
+    # ---- results -----------------------------------------------------------------------------
+
+    def _result(
+        self, trade: Trade, coid: str, extra: Iterable[Any] = (), note: str = ""
+    ) -> OrderResult:
+        """The result of an order that is over. `note`: why it ended (our cancel), if known."""
+        filled, avg, fills = _filled(trade, extra)
+        fees = _fees(fills)
+        total = float(trade.order.totalQuantity or 0) or self._asked.get(coid, 0.0)
+        refused = _refusal(trade, final=True)
+        if filled <= EPS and refused is not None:
+            return _rejected(coid, _reason(*refused), _venue_id(trade))
+        status: OrderStatus
+        if filled <= EPS:
+            status = "unfilled"
+        elif total and filled >= total - EPS:
+            status = "filled"
+        else:
+            status = "partial"
+        reason = ""
+        if status != "filled":
+            if refused is not None:
+                reason = _reason(*refused)
+            elif note:
+                reason = note
+            elif trade.orderStatus.status in ("Cancelled", "ApiCancelled", "Inactive"):
+                reason = f"CANCELLED: {trade.orderStatus.status} at IB"
+        if filled > EPS and not _reports_in(fills):
+            reason = (reason + "; " if reason else "") + "commission reports incomplete"
+        return OrderResult(
+            client_order_id=coid,
+            status=status,
+            filled_qty=filled,
+            avg_price=avg if filled > EPS else None,
+            fees=fees,
+            venue_order_id=_venue_id(trade),
+            reason=reason,
+        )
+
+    def _from_fills(self, coid: str, fills: Sequence[Any]) -> OrderResult:
+        """A result from executions alone (no order record): partial unless this process knows
+        the quantity it sent (the engine treats a partial of everything as closed)."""
+        top = [f for f in fills if f.contract.secType == "BAG"] or list(fills)
+        qty = sum(f.execution.shares for f in top)
+        avg = _avg(top)
+        asked = self._asked.get(coid)
+        status: OrderStatus = "filled" if asked and qty >= asked - EPS else "partial"
+        if qty <= EPS:
+            status = "unfilled"
+        perm = fills[0].execution.permId if fills else 0
+        return OrderResult(coid, status, float(qty), avg, _fees(fills), str(perm or ""))
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def _bag(combo: Combo) -> IbContract:
+    return IbContract(
+        secType="BAG",
+        symbol=combo.symbol,
+        currency=combo.currency,
+        exchange="SMART",
+        comboLegs=[
+            ComboLeg(
+                conId=leg.con_id,
+                ratio=abs(ratio),
+                action="BUY" if ratio > 0 else "SELL",
+                exchange="SMART",
+            )
+            for leg, ratio in combo.legs
+        ],
+    )
+
+
+def _rejected(coid: str, reason: str, venue_order_id: str = "") -> OrderResult:
+    return OrderResult(coid, "rejected", 0.0, None, 0.0, venue_order_id, reason)
+
+
+def _venue_id(trade: Trade) -> str:
+    perm = trade.order.permId or trade.orderStatus.permId
+    return str(perm or trade.order.orderId or "")
+
+
+def _reason(code: int, message: str) -> str:
+    if code == 201:
+        return f"{'NO_MARGIN' if _MARGIN.search(message) else 'REJECTED_201'}: {message}"
+    if code == 321 and _READ_ONLY.search(message):
+        return f"READ_ONLY: {message}"
+    return f"REJECTED_{code}: {message}"
+
+
+def _refusal(trade: Trade, final: bool = False) -> tuple[int, str] | None:
+    """The (code, message) of the error that refused the order, from its log. While it works
+    (`final` False) only a refusal ib_async leaves the order active after (321) counts; at the
+    end any error but our own cancel and the notices."""
+    for entry in trade.log:
+        code = entry.errorCode
+        if not code or code in _NOT_REFUSALS or 2100 <= code < 2200:
+            continue
+        if final or code in _REFUSING_WARNINGS:
+            return code, _LOG_PREFIX.sub("", entry.message)
+    return None
+
+
+def _unacknowledged(trade: Trade) -> bool:
+    return not trade.order.permId and trade.orderStatus.status == "PendingSubmit"
+
+
+def _unique_trades(trades: Iterable[Trade]) -> list[Trade]:
+    out: list[Trade] = []
+    seen: set[Any] = set()
+    for t in trades:
+        key = t.order.permId or (t.order.clientId, t.order.orderId)
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+def _exec_fills(trade: Trade, extra: Iterable[Any] = ()) -> list[Any]:
+    """The trade's executions, with those of `extra` carrying its permId (or orderRef)."""
+    by_id = {f.execution.execId: f for f in trade.fills}
+    perm, ref = trade.order.permId, trade.order.orderRef
+    for f in extra:
+        e = f.execution
+        if (perm and e.permId == perm) or (not perm and ref and e.orderRef == ref):
+            by_id.setdefault(e.execId, f)
+    return list(by_id.values())
+
+
+def _filled(trade: Trade, extra: Iterable[Any] = ()) -> tuple[float, float | None, list[Any]]:
+    """(filled quantity, average price per share / per combo unit, executions) of a trade."""
+    fills = _exec_fills(trade, extra)
+    qty_f, avg_f = _from_executions(trade.contract, fills)
+    status = trade.orderStatus
+    filled = max(qty_f, float(status.filled or 0.0))
+    fq = trade.order.filledQuantity
+    if isinstance(fq, (int, float)) and 0 < fq < _UNSET:
+        filled = max(filled, float(fq))
+    avg = avg_f if qty_f > EPS and qty_f >= filled - EPS else None
+    if avg is None and status.avgFillPrice and filled > EPS:
+        avg = round(float(status.avgFillPrice), _DIGITS)
+    if avg is None:
+        avg = avg_f
+    return filled, avg, fills
+
+
+def _from_executions(contract: Any, fills: Sequence[Any]) -> tuple[float, float | None]:
+    """Filled quantity and average price from executions: an order's own (a BAG order's BAG
+    executions), else, for a BAG, from its legs' executions and the combo's ratios."""
+    is_bag = contract is not None and contract.secType == "BAG"
+    top = [f for f in fills if f.contract.secType == "BAG"] if is_bag else list(fills)
+    qty = sum(f.execution.shares for f in top)
+    if qty > EPS:
+        return qty, _avg(top)
+    if not is_bag or not fills or not contract.comboLegs:
+        return 0.0, None
+    units: list[float] = []
+    price = 0.0
+    for cl in contract.comboLegs:
+        mine = [f for f in fills if f.contract.conId == cl.conId]
+        shares = sum(f.execution.shares for f in mine)
+        if shares <= EPS or not cl.ratio:
+            return 0.0, None
+        units.append(shares / cl.ratio)
+        leg_avg = sum(f.execution.shares * f.execution.price for f in mine) / shares
+        price += (1 if cl.action == "BUY" else -1) * cl.ratio * leg_avg
+    return min(units), round(price, _DIGITS)
+
+
+def _avg(fills: Sequence[Any]) -> float | None:
+    """The executions' average price (rounded at 9 decimals: float noise, not a tick)."""
+    qty = sum(f.execution.shares for f in fills)
+    if qty <= EPS:
+        return None
+    return round(sum(f.execution.shares * f.execution.price for f in fills) / qty, _DIGITS)
+
+
+def _fees(fills: Sequence[Any]) -> float:
+    """The commissions of the executions: a combo order's legs' when it has leg executions
+    (the combo's own execution is not charged separately), else the order's own."""
+    legs = [f for f in fills if f.contract.secType != "BAG"]
+    total = 0.0
+    for f in legs or fills:
+        r = f.commissionReport
+        if r.execId and r.commission is not None and abs(r.commission) < _UNSET:
+            total += r.commission
+    return round(total, 10)
+
+
+def _reports_in(fills: Sequence[Any]) -> bool:
+    """Every execution that is charged has its commission report (the legs' of a combo order
+    when it has leg executions: the combo's own execution may have none)."""
+    legs = [f for f in fills if f.contract.secType != "BAG"]
+    charged = legs or list(fills)
+    return all(f.commissionReport.execId for f in charged)
+
+
+def _complete(contract: Any, trade: Trade) -> bool:
+    """The executions cover the filled quantity and their commission reports are in."""
+    filled = float(trade.orderStatus.filled or 0.0)
+    qty, _ = _from_executions(contract, trade.fills)
+    return qty >= filled - EPS and _reports_in(trade.fills)
