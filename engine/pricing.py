@@ -7,9 +7,11 @@ stocks) are short their instrument.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Literal
 
-from engine.models import Contract, Quote, Trade, TradeState
+from engine.models import Contract, Quote, Trade, TradeState, quote_problem
 
 MarkMethod = Literal["bid", "mid", "last"]
 
@@ -56,8 +58,8 @@ def underlying_direction(trade: Trade, contract: Contract) -> int:
     shorts of calls/stock gain on a fall (NO "below K" and short puts on a rise). A range binary
     has no single direction (0).
     """
-    if contract.type == "binary_range":
-        return 0
+    if contract.type in ("binary_range", "combo"):
+        return 0  # (a combo's direction comes from its delta, where the venue gives one)
     base = -1 if contract.type in ("option_put", "binary_below") else 1
     if trade.side in ("no", "short"):
         base = -base
@@ -101,6 +103,69 @@ def intrinsic_value(contract: Contract, spot: float) -> float | None:
         return max(spot - contract.strike, 0.0)
     if contract.type == "option_put":
         return max(contract.strike - spot, 0.0)
+    return None
+
+
+def combo_quote(contract: Contract, quotes: Mapping[str, Quote]) -> Quote | None:
+    """A combo's quote from its legs' (docs/ibkr.md): None until every leg has one.
+
+    bid = Σ ratio × (ratio > 0: leg bid, else leg ask) — what selling the combo brings — and ask
+    the other way round; a bid below 0 (wide legs on a nearly worthless spread) is 0. The time
+    is the oldest leg's, so the data guard sees the combo as old as its stalest leg. A leg with
+    an invalid quote makes the combo's one-sided (None sides), which the data guard refuses.
+    Delta is Σ ratio × delta when every leg has one; `und_price` the first leg's.
+    """
+    bid = ask = 0.0
+    ts = math.inf
+    delta: float | None = 0.0
+    und: float | None = None
+    for leg in contract.legs:
+        q = quotes.get(leg.contract_id)
+        if q is None:
+            return None
+        ts = min(ts, q.ts)
+        if quote_problem(q, False) is not None:
+            bid = ask = math.nan
+            continue
+        assert q.bid is not None and q.ask is not None
+        r = leg.ratio
+        bid += r * (q.bid if r > 0 else q.ask)
+        ask += r * (q.ask if r > 0 else q.bid)
+        delta = None if delta is None or q.delta is None else delta + r * q.delta
+        if und is None:
+            und = q.und_price
+    if not contract.legs or not math.isfinite(ts):
+        return None
+    if not (math.isfinite(bid) and math.isfinite(ask)):
+        return Quote(contract.id, None, None, ts)
+    return Quote(contract.id, max(bid, 0.0), max(ask, 0.0), ts, delta=delta, und_price=und)
+
+
+def time_value(
+    contract: Contract,
+    quote: Quote,
+    spot: float | None,
+    contracts: Mapping[str, Contract],
+    quotes: Mapping[str, Quote],
+) -> float | None:
+    """Price beyond intrinsic value, per unit (mid − intrinsic): an option's at its quote's
+    `und_price` (the venue model's underlying price), else at `spot`; a combo's is Σ ratio × its
+    legs' time values. None for other instruments or when a number is missing."""
+    if contract.type in ("option_call", "option_put"):
+        if quote.bid is None or quote.ask is None:
+            return None
+        und = quote.und_price if quote.und_price and quote.und_price > 0 else spot
+        intrinsic = intrinsic_value(contract, und) if und is not None else None
+        return None if intrinsic is None else (quote.bid + quote.ask) / 2.0 - intrinsic
+    if contract.type == "combo":
+        total = 0.0
+        for leg in contract.legs:
+            c, q = contracts.get(leg.contract_id), quotes.get(leg.contract_id)
+            tv = time_value(c, q, spot, contracts, quotes) if c and q and not c.legs else None
+            if tv is None:
+                return None
+            total += leg.ratio * tv
+        return total
     return None
 
 

@@ -241,6 +241,7 @@ class Engine:
         self._last_heartbeat = -math.inf
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._exit_tasks: set[asyncio.Task[None]] = set()  # exits waiting on resting orders
+        self._combos_of_leg: dict[str, set[str]] = {}  # leg contract -> combos using it
         self._marks_pending: list[tuple[str, float, float, float, float]] = []
         self._seq = 0
         self._dirty = True
@@ -491,8 +492,7 @@ class Engine:
         elif isinstance(ev, SpotEvent):
             await self._on_spot(ev)
         elif isinstance(ev, ContractEvent):
-            self.contracts[ev.contract.id] = ev.contract
-            self._dirty = True
+            await self._on_contract(ev.contract)
         elif isinstance(ev, OpenEvent):
             await self._open_trade(ev, source="replay")
         elif isinstance(ev, SettleEvent):
@@ -500,6 +500,16 @@ class Engine:
         elif isinstance(ev, CommandEvent):
             await self.command(Command(ev.action, ev.trade_id))  # type: ignore[arg-type]
         self._maybe_publish()
+
+    async def _on_contract(self, c: Contract) -> None:
+        self.contracts[c.id] = c
+        self._dirty = True
+        if c.legs:
+            for leg in c.legs:
+                self._combos_of_leg.setdefault(leg.contract_id, set()).add(c.id)
+            cq = pricing.combo_quote(c, self.quotes)
+            if cq is not None:
+                await self._on_quote(cq)
 
     async def _on_quote(self, q: Quote) -> None:
         if await self._from_the_future(q.ts, f"quote:{q.id}"):
@@ -522,6 +532,11 @@ class Engine:
             now = self.clock.now()
             for tid in list(ids):
                 await self._evaluate(tid, now)
+        for combo_id in self._combos_of_leg.get(q.id, ()):
+            combo = self.contracts.get(combo_id)
+            cq = pricing.combo_quote(combo, self.quotes) if combo is not None else None
+            if cq is not None and cq != self.quotes.get(combo_id):
+                await self._on_quote(cq)  # the combo's quote follows each leg's
 
     async def _from_the_future(self, ts: float, source: str) -> bool:
         """A timestamp beyond now + tolerance is bad data (clock skew, a broken feed): believing
@@ -969,19 +984,21 @@ class Engine:
         crit = self._criteria(t, st)
         m = self._market_inputs(crit, now)
         spot = m["spot"]
-        time_value = None
-        if spot is not None and c.type in ("option_call", "option_put"):
-            intrinsic = pricing.intrinsic_value(c, spot)
-            if intrinsic is not None:
-                time_value = (q.bid + q.ask) / 2.0 - intrinsic  # type: ignore[operator]
+        und = spot if c.underlying == self.symbol else None  # another underlying: its quote's
+        time_value = pricing.time_value(c, q, und, self.contracts, self.quotes)
+        if q.und_price is not None and q.und_price > 0:
+            und = q.und_price  # the venue model's underlying price, for options on any underlying
+        direction = pricing.underlying_direction(t, c)
+        if c.type == "combo" and q.delta:
+            direction = (1 if q.delta > 0 else -1) * (-1 if t.side == "short" else 1)
         inp = rules.RuleInput(
             now=now,
             opened_ts=t.opened_ts,
             pnl_pct=pnl_pct,
             peak_pnl_pct=t.peak_pnl_pct,
-            direction=pricing.underlying_direction(t, c),
+            direction=direction,
             ttc_seconds=c.close_ts - now,
-            in_the_money=pricing.in_the_money(t, c, spot) if spot is not None else None,
+            in_the_money=pricing.in_the_money(t, c, und) if und is not None else None,
             time_value=time_value,
             **m,
         )
