@@ -79,11 +79,6 @@ async def build_runtime(
     closers: list[Callable[[], object]] = []
     # A missing or unusable Kalshi key, or one Kalshi refuses, stops start-up before anything
     # is written.
-    if config.engine.venue == "ibkr":
-        # The adapter's pieces are being built (docs/ibkr.md); nothing runs on a half of it.
-        raise ConfigError(
-            ['engine.venue: "ibkr" is not available in this version yet; use "sim" or "kalshi"']
-        )
     signer = _kalshi_signer(config) if config.engine.venue == "kalshi" else None
     kalshi_client = None
     if signer is not None:
@@ -101,7 +96,8 @@ async def build_runtime(
         raise
     try:
         # A live venue runs on real time whatever [sim] speed says.
-        clock = clock or (RealClock() if config.engine.venue == "kalshi" else sim_clock(config))
+        live = config.engine.venue in ("kalshi", "ibkr")
+        clock = clock or (RealClock() if live else sim_clock(config))
         bus = AlertBus(config.alerts.cooldown_seconds, config.engine.snapshot_alerts)
         if config.alerts.log_file:
             log_path = Path(config.alerts.log_file)
@@ -110,6 +106,12 @@ async def build_runtime(
             closers.append(jl.close)
         if print_alerts:
             bus.channels.append(PrintChannel())
+        if config.engine.venue == "ibkr":
+            from engine.ibkr_runtime import build_ibkr
+
+            return await build_ibkr(
+                config, config_path, clock, store, bus, closers, recorders or []
+            )
         if signer is not None and kalshi_client is not None:
             from engine.kalshi_runtime import build_kalshi
 

@@ -619,3 +619,16 @@ def test_spot_staleness_limit_is_within_the_engines() -> None:
     assert "engine.max_spot_age_seconds (5), got 8" in line
     [line] = errors_in('[spot]\nprimary = "kraken"\nfallback = "kraken"\n')
     assert "spot.fallback: the fallback must differ from the primary" in line
+
+
+def test_the_ibkr_paper_example_config_loads() -> None:
+    cfg = load_config(Path(__file__).resolve().parent.parent / "docs" / "ibkr-paper.toml")
+    assert cfg.engine.venue == "ibkr" and cfg.venues.ibkr.port == 4002
+    assert cfg.auto_stop.mode is Mode.ALERT_ONLY
+    ladder = cfg.ladder()  # IB's own ladder keys, not [auto_stop] ladder_*
+    assert (ladder.floor, ladder.tick, ladder.max_attempts, ladder.step_seconds) == (
+        0.05,
+        0.05,
+        5,
+        5.0,
+    )
