@@ -64,6 +64,7 @@ async def build_ibkr(
         config.data_path(),
         close_of=hours.close_of,
         is_ready=conn.is_ready,
+        now=clock.now,
     )
     feed = IbkrMarketFeed(conn, clock, ib_cfg, held=venue.held_contracts, close_of=hours.close_of)
     engine = Engine(config, clock, store, venue, alerts=bus, config_path=config_path)

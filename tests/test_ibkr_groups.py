@@ -1,5 +1,6 @@
 """Legs → combo trades (engine/venues/ibkr/groups.py): by config, by the opening executions
-(orderRef, one BAG order's permId), remembered in `ibkr_groups.json` across a restart.
+(orderRef, one BAG order's permId), remembered in `ibkr_groups.json` across a restart; a
+remembered group partly held is held back for the grace period (time on a `ManualClock`).
 
 The venue tests run the REAL ib_async client against the loopback TWS gateway; the pure rules
 (`group_legs`) are also tested directly.
@@ -7,6 +8,7 @@ The venue tests run the REAL ib_async client against the loopback TWS gateway; t
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -17,14 +19,17 @@ from pathlib import Path
 import pytest
 from ib_async import IB
 
+from engine.clock import ManualClock
 from engine.config import IbkrConfig, IbkrGroupConfig
 from engine.models import Leg
 from engine.venues.base import VenuePosition
 from engine.venues.ibkr.groups import (
     GROUPS_FILE,
+    PARTIAL_GRACE_SECONDS,
     GroupStore,
     HeldLeg,
     OpeningFill,
+    PartialHold,
     RememberedGroup,
     group_legs,
     group_name_of_ref,
@@ -130,8 +135,15 @@ async def clients(gw: Gateway) -> AsyncIterator[Clients]:
         ib.disconnect()
 
 
-def venue_of(clients: Clients, data_dir: Path, *groups: IbkrGroupConfig) -> IbkrVenue:
-    return IbkrVenue(lambda: clients.ib, IbkrConfig(groups=list(groups)), data_dir)
+def venue_of(
+    clients: Clients, data_dir: Path, *groups: IbkrGroupConfig, clock: ManualClock | None = None
+) -> IbkrVenue:
+    return IbkrVenue(
+        lambda: clients.ib,
+        IbkrConfig(groups=list(groups)),
+        data_dir,
+        now=(clock or ManualClock(1_000.0)).now,
+    )
 
 
 IC_CONFIG = IbkrGroupConfig(name="ic-1", legs=IC_LEGS)
@@ -197,31 +209,158 @@ async def test_groups_survive_a_restart_without_the_executions(
     assert "AAPL vert-1" not in {p.contract_id for p in await fresh.positions()}
 
 
-async def test_a_group_no_longer_fully_held_is_dropped(
+async def set_position(gw: Gateway, ib: IB, contract: GwContract, position: float) -> None:
+    """The account's position in `contract` changes at TWS; the client has seen it."""
+    pos = gw.state.position_of(contract.con_id)
+    assert pos is not None
+    pos.position = position
+    gw.push_position(pos)
+    await asyncio.wait_for(ib.positionEvent, DEADLINE)
+
+
+def saved_groups(data_dir: Path) -> set[str]:
+    return {g["name"] for g in json.loads((data_dir / GROUPS_FILE).read_text())["groups"]}
+
+
+VERT_LEGS = {f"AAPL {EXP} 150C", f"AAPL {EXP} 165C"}
+
+
+async def test_a_leg_closed_by_hand_becomes_single_after_the_grace_period(
     gw: Gateway, clients: Clients, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    clock = ManualClock(1_000.0)
     ib = await clients.connect()
-    venue = venue_of(clients, tmp_path)
+    venue = venue_of(clients, tmp_path, clock=clock)
     assert "AAPL vert-1" in {p.contract_id for p in await venue.positions()}
-    short_leg = gw.state.position_of(C165.con_id)
-    assert short_leg is not None
-    short_leg.position = 0  # bought back by hand
-    gw.push_position(short_leg)
-    await clients_position_update(ib)
-    caplog.set_level(logging.WARNING, logger="engine.venues.ibkr.groups")
-    caplog.set_level(logging.WARNING, logger="engine.venues.ibkr")
+    caplog.set_level(logging.INFO, logger="engine.venues.ibkr")
+    await set_position(gw, ib, C165, 0)  # the short leg bought back by hand
+
+    # within the grace period: the combo as last held in full (its trade is not closed as
+    # external on what may be a transient state), its long leg not as a single
+    for _ in range(3):
+        got = {p.contract_id for p in await venue.positions()}
+        assert got == {"AAPL", *IC_LEGS, "AAPL vert-1"}
+        assert {"AAPL vert-1", *VERT_LEGS} <= {c.id for c in venue.held_contracts()}
+        assert saved_groups(tmp_path) == {"vert-1"}  # still remembered
+        clock.advance(PARTIAL_GRACE_SECONDS / 3 - 1)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in caplog.records if "partly held" in r.getMessage()] == [
+        f"ibkr group AAPL vert-1 partly held (AAPL {EXP} 165C not held): reported as last held "
+        f"in full, its other legs not as singles, for up to {PARTIAL_GRACE_SECONDS:g}s"
+    ]  # once
+
+    clock.advance(3)  # the grace period is over: a leg was closed by hand
     got = {p.contract_id: p for p in await venue.positions()}
     assert "AAPL vert-1" not in got
     assert got[f"AAPL {EXP} 150C"] == VenuePosition(f"AAPL {EXP} 150C", "long", 1, 2.0)
-    assert any("vert-1 dropped" in r.getMessage() for r in caplog.records)
-    saved = json.loads((tmp_path / GROUPS_FILE).read_text())
-    assert saved["groups"] == []
+    [warned] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned.getMessage() == (
+        f"ibkr group AAPL vert-1 dropped: AAPL {EXP} 165C no longer held after 60s; "
+        "its other legs are single positions now"
+    )
+    assert saved_groups(tmp_path) == set()
+    assert "AAPL vert-1" not in {c.id for c in venue.held_contracts()}
+    clock.advance(600)
+    assert f"AAPL {EXP} 150C" in {p.contract_id for p in await venue.positions()}
 
 
-async def clients_position_update(ib: IB) -> None:
-    import asyncio
+async def test_legs_closed_one_at_a_time_keep_the_combo_then_the_group_is_closed(
+    gw: Gateway, clients: Clients, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A combo closed at TWS: its legs' updates arrive one by one, polls land in between."""
+    clock = ManualClock(1_000.0)
+    ib = await clients.connect()
+    venue = venue_of(clients, tmp_path, IC_CONFIG, clock=clock)
+    before = {p.contract_id for p in await venue.positions()}
+    assert before == {"AAPL", "AAPL ic-1", "AAPL vert-1"}
+    caplog.set_level(logging.INFO, logger="engine.venues.ibkr")
 
-    await asyncio.wait_for(ib.positionEvent, DEADLINE)
+    for i, leg in enumerate((P140, C160, P145)):  # three of the condor's four legs go
+        await set_position(gw, ib, leg, 0)
+        clock.advance(1)
+        got = {p.contract_id for p in await venue.positions()}
+        assert got == {"AAPL", "AAPL vert-1", "AAPL ic-1"}, f"after {i + 1} legs"
+        assert "AAPL ic-1" in {c.id for c in venue.held_contracts()}
+        assert saved_groups(tmp_path) == {"ic-1", "vert-1"}
+    await set_position(gw, ib, C155, 0)
+    assert {p.contract_id for p in await venue.positions()} == {"AAPL", "AAPL vert-1"}
+    assert saved_groups(tmp_path) == {"vert-1"}  # dropped at once: closed, not timed out
+    assert "AAPL ic-1" not in {c.id for c in venue.held_contracts()}
+    assert not [r for r in caplog.records if "dropped" in r.getMessage()]
+
+    # the same for a group remembered from its opening executions, and nothing left over
+    await set_position(gw, ib, C150, 0)
+    assert {p.contract_id for p in await venue.positions()} == {"AAPL", "AAPL vert-1"}
+    await set_position(gw, ib, C165, 0)
+    assert {p.contract_id for p in await venue.positions()} == {"AAPL"}
+    assert saved_groups(tmp_path) == set()
+    clock.advance(PARTIAL_GRACE_SECONDS * 2)
+    assert {p.contract_id for p in await venue.positions()} == {"AAPL"}
+    # nothing dropped; only the config's group that is not held any more is pointed out
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [m for m in warned if "(config)" not in m or "not held; not grouped" not in m] == []
+
+
+async def test_a_group_whose_legs_come_back_is_the_same_combo(
+    gw: Gateway, clients: Clients, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Updates in flight: a leg missing for a moment; the combo is reported again as it was,
+    and a later partial state has a grace period of its own."""
+    clock = ManualClock(1_000.0)
+    ib = await clients.connect()
+    venue = venue_of(clients, tmp_path, clock=clock)
+    first = {p.contract_id: p for p in await venue.positions()}
+    assert first["AAPL vert-1"] == VenuePosition("AAPL vert-1", "long", 1, pytest.approx(1.20))
+    caplog.set_level(logging.WARNING, logger="engine.venues.ibkr")
+
+    await set_position(gw, ib, C150, 0)
+    clock.advance(50)
+    got = {p.contract_id: p for p in await venue.positions()}
+    assert not VERT_LEGS & set(got) and got["AAPL vert-1"] == first["AAPL vert-1"]
+    await set_position(gw, ib, C150, 1)
+    assert {p.contract_id: p for p in await venue.positions()} == first
+
+    clock.advance(5)  # 55 s after the first partial state: a new one starts its own clock
+    await set_position(gw, ib, C150, 0)
+    assert "AAPL vert-1" in {p.contract_id for p in await venue.positions()}
+    clock.advance(PARTIAL_GRACE_SECONDS - 1)
+    got = {p.contract_id for p in await venue.positions()}
+    assert not VERT_LEGS & got and "AAPL vert-1" in got
+    clock.advance(1)
+    got = {p.contract_id for p in await venue.positions()}
+    assert f"AAPL {EXP} 165C" in got and "AAPL vert-1" not in got
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ibkr group AAPL vert-1 dropped: AAPL {EXP} 150C no longer held after 60s; "
+        "its other legs are single positions now"
+    ]
+
+
+async def test_a_partly_held_config_group_is_held_back_too(
+    gw: Gateway, clients: Clients, tmp_path: Path
+) -> None:
+    """A config group once formed, seen partly held after a restart (a new process reading the
+    groups file): held back, then its remaining legs single after the grace period."""
+    ib = await clients.connect()
+    assert "AAPL ic-1" in {
+        p.contract_id for p in await venue_of(clients, tmp_path, IC_CONFIG).positions()
+    }
+    await set_position(gw, ib, P140, 0)
+
+    clock = ManualClock(5_000.0)
+    again = venue_of(clients, tmp_path, IC_CONFIG, clock=clock)
+    got = {p.contract_id for p in await again.positions()}
+    assert got == {"AAPL", "AAPL vert-1"}
+    assert saved_groups(tmp_path) == {"ic-1", "vert-1"}
+    clock.advance(PARTIAL_GRACE_SECONDS)
+    got = {p.contract_id for p in await again.positions()}
+    assert got == {"AAPL", "AAPL vert-1", *IC_LEGS[1:]}
+    assert saved_groups(tmp_path) == {"vert-1"}
+
+    # a config group never formed (here: a leg not held from the start) is not held back
+    fresh = venue_of(
+        clients, tmp_path / "fresh", IbkrGroupConfig(name="x", legs=IC_LEGS), clock=clock
+    )
+    assert set(IC_LEGS[1:]) <= {p.contract_id for p in await fresh.positions()}
 
 
 async def test_legs_of_one_bag_order_without_order_ref(
@@ -301,6 +440,40 @@ def test_remembered_orientation_is_kept() -> None:
     [combo] = group_legs(held, [], [], memory).combos
     assert (combo.side, combo.entry) == ("short", pytest.approx(-2.0))
     assert [r for _, r in combo.legs] == [-1, 1]
+
+
+def test_partial_hold_in_the_rules() -> None:
+    """`group_legs` with a `PartialHold`: partly held → held back (neither combo nor singles)
+    until the grace period ends; in full again → the combo, and the clock forgotten."""
+    a, b = leg(1, "X 20260116 100C", 1, 300.0), leg(2, "X 20260116 110C", -1, 100.0)
+    memory = [RememberedGroup("v", "X", "orderRef", 1, (1, 2), (a.contract_id, b.contract_id))]
+    hold = PartialHold(60.0)
+    dropped: list[str] = []
+
+    def rules(held: list[HeldLeg], now: float) -> tuple[list[str], list[str], list[str]]:
+        g = group_legs(
+            held, [], [], memory, partial=hold, now=now, warn=lambda k, m: dropped.append(k)
+        )
+        return (
+            [c.contract_id for c in g.combos],
+            [s.contract_id for s in g.singles],
+            [h.contract_id for h in g.held_back],
+        )
+
+    assert rules([a, b], 0.0) == (["X v"], [], [])
+    assert rules([a], 10.0) == ([], [], ["X v"])
+    assert hold.since == {"X v": 10.0}
+    assert rules([a], 69.9) == ([], [], ["X v"])
+    assert rules([a, b], 70.0) == (["X v"], [], [])
+    assert hold.since == {}
+    assert rules([b], 100.0) == ([], [], ["X v"])
+    assert rules([b], 160.0) == ([], [b.contract_id], [])
+    assert dropped == ["dropped:X v"]
+    assert rules([], 161.0) == ([], [], [])
+    assert hold.since == {}
+    # without a PartialHold, as before: dropped at once
+    g = group_legs([a], [], [], memory, warn=lambda k, m: dropped.append(k))
+    assert ([s.contract_id for s in g.singles], g.held_back) == ([a.contract_id], ())
 
 
 def test_names_from_order_refs() -> None:

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 from ib_async import IB
 
+from engine.clock import ManualClock
 from engine.config import IbkrConfig, IbkrGroupConfig
 from engine.models import Leg
 from engine.venues.base import OrderRequest, VenueError, VenuePosition
+from engine.venues.ibkr.groups import PARTIAL_GRACE_SECONDS
 from engine.venues.ibkr.venue import IbkrVenue
 from tests.tws_gateway import (
     IN_CANCEL_ORDER,
@@ -99,7 +101,9 @@ async def session(gw: Gateway) -> AsyncIterator[Session]:
         ib.disconnect()
 
 
-def make_venue(session: Session, data_dir: Path, **config: Any) -> IbkrVenue:
+def make_venue(
+    session: Session, data_dir: Path, clock: ManualClock | None = None, **config: Any
+) -> IbkrVenue:
     cfg = IbkrConfig(**{"attempt_timeout_seconds": 0.2, **config})
     return IbkrVenue(
         lambda: session.ib,
@@ -107,6 +111,7 @@ def make_venue(session: Session, data_dir: Path, **config: Any) -> IbkrVenue:
         data_dir,
         confirm_timeout_seconds=0.5,
         request_timeout_seconds=DEADLINE,
+        now=(clock or ManualClock(1_000.0)).now,
     )
 
 
@@ -337,6 +342,66 @@ async def test_combo_closes_with_one_bag_order(
         (PUT.con_id, 2, "BUY"),
     ]
     assert (bag.action, bag.total_quantity, bag.lmt_price) == ("BUY", 1, 5.90)
+
+
+async def test_after_our_closing_bag_the_legs_never_show_as_singles(
+    gw: Gateway, session: Session, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The BAG order filled; TWS reports the legs' new positions one at a time (here: driven
+    by hand, one per poll). The polls in between see the combo partly held: they report
+    neither the combo nor its other leg, and the combo's contract stays for the market feed."""
+    clock = ManualClock(1_000.0)
+    gw.state.add_position(C155, 2, 200.0)
+    gw.state.add_position(C165, -2, 80.0)
+    ib = session.ib
+    assert ib is not None
+    await asyncio.wait_for(ib.reqPositionsAsync(), DEADLINE)
+    venue = make_venue(
+        session,
+        tmp_path,
+        clock,
+        groups=[IbkrGroupConfig(name="vert-1", legs=["AAPL 20260116 155C", "AAPL 20260116 165C"])],
+    )
+    assert "AAPL vert-1" in {p.contract_id for p in await venue.positions()}
+    gw.state.update_positions_on_fill = False  # the test sends the legs' updates itself
+    gw.state.queue_outcome(Fill(price=1.35, leg_prices={C155.con_id: 2.05, C165.con_id: 0.70}))
+    res = await venue.submit(sell("AAPL vert-1", 2, 1.35, "close-vert"))
+    assert (res.status, res.filled_qty) == ("filled", 2)
+
+    async def leg_closed(contract: Any) -> None:
+        pos = gw.state.position_of(contract.con_id)
+        assert pos is not None
+        pos.position = 0
+        gw.push_position(pos)
+        await asyncio.wait_for(ib.positionEvent, DEADLINE)
+
+    singles = {"AAPL", CALL_ID, PUT_ID}
+    caplog.set_level(logging.INFO, logger="engine.venues.ibkr")
+    await leg_closed(C165)
+    clock.advance(5)
+    assert {p.contract_id for p in await venue.positions()} == singles
+    assert "AAPL vert-1" in {c.id for c in venue.held_contracts()}
+    clock.advance(PARTIAL_GRACE_SECONDS - 10)
+    assert {p.contract_id for p in await venue.positions()} == singles
+    res = await venue.submit(sell("AAPL vert-1", 2, 1.35, "close-vert-2"))
+    assert res.reason.startswith("NOT_HELD: ")  # nothing sent for a combo partly held
+    await leg_closed(C155)
+    assert {p.contract_id for p in await venue.positions()} == singles
+    assert "AAPL vert-1" not in {c.id for c in venue.held_contracts()}
+    clock.advance(PARTIAL_GRACE_SECONDS)
+    assert {p.contract_id for p in await venue.positions()} == singles
+    assert len(gw.state.orders) == 1
+    told = [r.getMessage() for r in caplog.records if r.name.startswith("engine.venues.ibkr")]
+    assert [m for m in told if "partly held" in m] == [
+        "ibkr group AAPL vert-1 partly held (AAPL 20260116 165C not held; our closing order "
+        "close-vert was sent): neither it nor its other legs are reported for up to 60s"
+    ]
+    assert not [m for m in told if "dropped" in m]
+
+
+def test_submit_runs_in_a_task_at_the_engine() -> None:
+    """`submit` waits up to attempt_timeout_seconds: the engine must not await it inline."""
+    assert IbkrVenue.resting_orders is True
 
 
 # ---- unknown outcomes, lookup, idempotency ------------------------------------------------------

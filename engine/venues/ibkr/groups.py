@@ -11,8 +11,15 @@ Legs form one combo trade (docs/ibkr.md) when
 
 Only legs of the same underlying symbol, currency and multiplier form a combo (one BAG order,
 one price per share). A group is remembered (written atomically: temp file, fsync, rename) so a
-restart on another day, when IB no longer returns yesterday's executions, groups the same way;
-a remembered group whose legs are no longer all held is dropped (logged).
+restart on another day, when IB no longer returns yesterday's executions, groups the same way.
+
+A remembered group (a config group once formed included) whose legs are only PARTLY held is held
+back for `PARTIAL_GRACE_SECONDS` (`PartialHold`): IB sends a closed combo's leg position updates
+one at a time, so a read between them sees the group partly held. While held back neither the
+combo nor its remaining legs are reported (no leg turns into a single the engine would adopt) and
+the group stays remembered. All its legs held again: it is the combo it was. None held: it is
+dropped at once (closed). Still partly held when the grace period ends: it is dropped (a warning:
+a leg was closed by hand) and its remaining legs are single positions from then on.
 
 Normalisation: a combo's legs keep their signed ratio (+ held long, − held short); `qty` is the
 number of combo units, the gcd of the legs' absolute positions, and ratio = position / qty. The
@@ -42,11 +49,14 @@ from engine.venues.ibkr.ids import combo_contract, contract_from_ib, default_clo
 
 __all__ = [
     "GROUPS_FILE",
+    "PARTIAL_GRACE_SECONDS",
     "Combo",
     "GroupStore",
     "Grouping",
+    "HeldBack",
     "HeldLeg",
     "OpeningFill",
+    "PartialHold",
     "RememberedGroup",
     "group_legs",
     "group_name_of_ref",
@@ -59,6 +69,12 @@ FILE_VERSION = 1
 STRATEGY_PREFIX = "ts:"  # the orderRef prefix of the strategy tag: "ts:ic-1" → group "ic-1"
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.:\-]+")
 _NAME_MAX = 40
+# How long a remembered group seen partly held is held back before its remaining legs become
+# single positions. IB sends the leg updates of one combo fill within a second or two of each
+# other (a reconnect's position download within seconds); the engine reads positions every 5 s.
+# 60 s is a dozen polls of margin for a slow or busy gateway, and still short for a person who
+# closed one leg by hand: the legs left are watched as singles a minute later.
+PARTIAL_GRACE_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +199,26 @@ class Combo:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldBack:
+    """A remembered group partly held, within its grace period: `legs` its legs still held
+    (reported neither as the combo nor as singles), `missing` the engine ids of the others,
+    `since` when it was first seen partly held."""
+
+    group: RememberedGroup
+    legs: tuple[HeldLeg, ...]
+    missing: tuple[str, ...]
+    since: float
+
+    @property
+    def contract_id(self) -> str:
+        return f"{self.group.symbol} {self.group.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class Grouping:
     combos: tuple[Combo, ...]
     singles: tuple[HeldLeg, ...]
+    held_back: tuple[HeldBack, ...] = ()
 
     def combo(self, contract_id: str) -> Combo | None:
         return next((c for c in self.combos if c.contract_id == contract_id), None)
@@ -253,6 +286,26 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 # ---- grouping ----------------------------------------------------------------------------------
+
+
+class PartialHold:
+    """When each remembered group was first seen partly held (by its combo contract id), to hold
+    it back for `grace_seconds` (module docstring). `group_legs` keeps it current: a group held
+    in full again, not held at all, or dropped is forgotten here."""
+
+    def __init__(self, grace_seconds: float = PARTIAL_GRACE_SECONDS) -> None:
+        self.grace_seconds = grace_seconds
+        self.since: dict[str, float] = {}
+
+    def holds(self, key: str, now: float) -> bool:
+        """Is group `key`, partly held at `now`, within its grace period (counted from the
+        first time it was seen so)?"""
+        first = self.since.setdefault(key, now)
+        return now - first < self.grace_seconds
+
+    def keep_only(self, keys: Iterable[str]) -> None:
+        keep = set(keys)
+        self.since = {k: t for k, t in self.since.items() if k in keep}
 
 
 def group_name_of_ref(order_ref: str) -> str:
@@ -324,12 +377,15 @@ def group_legs(
     remembered: Sequence[RememberedGroup],
     *,
     warn: Callable[[str, str], None] | None = None,
+    partial: PartialHold | None = None,
+    now: float = 0.0,
 ) -> Grouping:
     """Group the held legs (see the module's docstring for the rules and their order).
 
     `config_groups` are `IbkrGroupConfig`s (name, legs as engine ids). `warn(key, message)` is
     told about config groups that cannot be formed and remembered groups that are dropped (the
-    default logs each message).
+    default logs each message). `partial` (updated in place), with the time `now`, holds back
+    remembered groups seen partly held; without it such a group is dropped at once.
     """
 
     def _warn(key: str, message: str) -> None:
@@ -344,15 +400,47 @@ def group_legs(
     combos: list[Combo] = []
     used_ids: set[str] = set()
     memory = {g.name: g for g in remembered}
+    held_back: list[HeldBack] = []
+    partly: list[str] = []  # the groups seen partly held in this call
 
     def take(combo: Combo) -> None:
         combos.append(combo)
         used_ids.add(combo.contract_id)
         claimed.update(leg.con_id for leg, _ in combo.legs)
 
+    def hold_back(group: RememberedGroup, legs: Sequence[HeldLeg], missing: Sequence[str]) -> str:
+        """A partly held group: "held" back within its grace period; "expired" when the grace
+        period ran out (dropped and told here); "no" when it is not to be held back."""
+        key = f"{group.symbol} {group.name}"
+        if partial is None or any(leg.con_id in claimed for leg in legs) or key in used_ids:
+            return "no"
+        partly.append(key)
+        if not partial.holds(key, now):
+            _warn(
+                f"dropped:{key}",
+                f"ibkr group {key} dropped: {', '.join(missing)} no longer held after "
+                f"{now - partial.since[key]:.0f}s; its other legs are single positions now",
+            )
+            return "expired"
+        held_back.append(HeldBack(group, tuple(legs), tuple(missing), partial.since[key]))
+        used_ids.add(key)
+        claimed.update(leg.con_id for leg in legs)
+        return "held"
+
     # 1. config
     for cfg in config_groups:
-        missing = [cid for cid in cfg.legs if cid not in by_id]
+        missing = [cid for cid in dict.fromkeys(cfg.legs) if cid not in by_id]
+        prior = memory.get(cfg.name)
+        if (
+            missing
+            and len(missing) < len(set(cfg.legs))
+            and prior is not None
+            and prior.source == "config"
+            and set(prior.contract_ids) == set(cfg.legs)  # formed before, as configured now
+        ):
+            still = [by_id[cid] for cid in dict.fromkeys(cfg.legs) if cid in by_id]
+            if hold_back(prior, still, missing) != "no":
+                continue
         if missing:
             _warn(
                 f"config:{cfg.name}:missing",
@@ -370,7 +458,6 @@ def group_legs(
         if why is not None:
             _warn(f"config:{cfg.name}:why", f"ibkr group {cfg.name!r} (config): {why}")
             continue
-        prior = memory.get(cfg.name)
         same = prior is not None and set(prior.con_ids) == {leg.con_id for leg in legs}
         combo = _combine(cfg.name, legs, "config", prior.orientation if same and prior else None)
         if combo is None:
@@ -398,6 +485,8 @@ def group_legs(
                 )
                 if leg is None
             ]
+            if hold_back(group, legs, gone) != "no":
+                continue
             _warn(
                 f"dropped:{group.symbol} {group.name}",
                 f"ibkr group {group.symbol} {group.name} dropped: {', '.join(gone)} no longer held",
@@ -449,8 +538,10 @@ def group_legs(
             if combo is not None:
                 take(combo)
 
+    if partial is not None:
+        partial.keep_only(partly)
     singles = tuple(leg for leg in held if leg.con_id not in claimed)
-    return Grouping(tuple(combos), singles)
+    return Grouping(tuple(combos), singles, tuple(held_back))
 
 
 def _unique(base: str, symbol: str, used: set[str]) -> str:

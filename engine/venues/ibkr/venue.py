@@ -2,7 +2,10 @@
 
 Positions: `ib.positions(account)` (the client's live copy), legs grouped into combos by
 `groups.py`; prices per share (IB `avgCost` / multiplier), quantities in contracts or combo
-units, sides long/short with positive quantities.
+units, sides long/short with positive quantities. A remembered combo seen partly held (IB's leg
+updates of a closed combo arrive one at a time; our own closing BAG order's too) is reported
+neither as the combo nor as single legs for up to `PARTIAL_GRACE_SECONDS` on the injected time
+function `now` (groups.py), so the engine never adopts a leg of a combo being closed.
 
 Closing orders: one DAY limit order per attempt with `orderRef` = the engine's client order id,
 on the held contract (conId from the positions, exchange SMART), or one BAG order for a combo
@@ -37,6 +40,7 @@ import copy
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,11 +50,13 @@ from engine.models import Contract
 from engine.venues.base import OrderRequest, OrderResult, OrderStatus, VenueError, VenuePosition
 from engine.venues.ibkr.groups import (
     GROUPS_FILE,
+    PARTIAL_GRACE_SECONDS,
     Combo,
     Grouping,
     GroupStore,
     HeldLeg,
     OpeningFill,
+    PartialHold,
     group_legs,
 )
 from engine.venues.ibkr.ib import IB, ComboLeg, LimitOrder, Trade
@@ -124,10 +130,16 @@ class IbkrVenue:
     none); `is_ready()` (optional) says whether it is connected AND synchronised (positions
     loaded): without it `ib.isConnected()` is used. `data_dir` holds the groups file.
     `confirm_timeout_seconds` bounds the wait for a cancel's confirmation and for commission
-    reports; `request_timeout_seconds` each request of `lookup`.
+    reports; `request_timeout_seconds` each request of `lookup`. `now()` (seconds; default
+    `time.monotonic`, tests pass a manual clock's `now`) times how long a remembered group has
+    been partly held, against `partial_grace_seconds`.
     """
 
     name = "ibkr"
+    # `submit` waits up to `attempt_timeout_seconds` for a resting DAY order to fill: the engine
+    # runs the submit of such a venue in a task (`Engine._resting_orders`) instead of awaiting it
+    # on the exit path.
+    resting_orders = True
 
     def __init__(
         self,
@@ -139,6 +151,8 @@ class IbkrVenue:
         is_ready: Callable[[], bool] | None = None,
         confirm_timeout_seconds: float = 5.0,
         request_timeout_seconds: float = 10.0,
+        now: Callable[[], float] | None = None,
+        partial_grace_seconds: float = PARTIAL_GRACE_SECONDS,
     ) -> None:
         self._provider = ib_provider
         self._config = config
@@ -147,6 +161,11 @@ class IbkrVenue:
         self._confirm_timeout = confirm_timeout_seconds
         self._request_timeout = request_timeout_seconds
         self._store = GroupStore(Path(data_dir) / GROUPS_FILE)
+        self._now = now or time.monotonic
+        self._partial = PartialHold(partial_grace_seconds)
+        self._formed: dict[str, Combo] = {}  # combo contract id → as last held in full
+        self._closing: dict[str, str] = {}  # combo contract id → our closing BAG's orderRef
+        self._partial_told: set[str] = set()  # held-back groups already logged
         self._last: Grouping = Grouping((), ())
         self._warned: set[str] = set()
         self._exec_seen: set[int] = set()  # legs whose executions were asked for
@@ -202,11 +221,20 @@ class IbkrVenue:
             for leg in grouping.singles
         ]
         out += [VenuePosition(c.contract_id, c.side, c.qty, c.entry) for c in grouping.combos]
+        # A combo held back while partly held, with no closing order of ours behind it, is
+        # reported as last held in full: the engine would otherwise close its trade as external
+        # on a transient state (legs updated one at a time) and adopt it again a moment later.
+        # After our own closing order the engine has booked the close: nothing is reported.
+        for back in grouping.held_back:
+            formed = self._formed.get(back.contract_id)
+            if formed is not None and back.contract_id not in self._closing:
+                out.append(VenuePosition(formed.contract_id, formed.side, formed.qty, formed.entry))
         return out
 
     def held_contracts(self) -> list[Contract]:
-        """The engine contracts of what is held: single legs, each combo and its legs. From the
-        client's copy of the positions (the last grouping while they cannot be read)."""
+        """The engine contracts of what is held: single legs, each combo and its legs, and a
+        combo held back while partly held (as last held in full). From the client's copy of
+        the positions (the last grouping while they cannot be read)."""
         ib = self._provider()
         grouping = self._last
         if ib is not None and self._connected(ib):
@@ -217,7 +245,16 @@ class IbkrVenue:
             c = contract_from_ib(leg.ib_contract, self._close_of)
             if c is not None:
                 out[c.id] = c
-        for combo in grouping.combos:
+        combos = list(grouping.combos)
+        for back in grouping.held_back:
+            formed = self._formed.get(back.contract_id)
+            if formed is not None:
+                combos.append(formed)
+            for leg in back.legs:  # held, though not reported
+                c = contract_from_ib(leg.ib_contract, self._close_of)
+                if c is not None:
+                    out.setdefault(c.id, c)
+        for combo in combos:
             out[combo.contract_id] = combo.contract(self._close_of)
             for leg, _ in combo.legs:
                 c = contract_from_ib(leg.ib_contract, self._close_of)
@@ -277,14 +314,42 @@ class IbkrVenue:
             self._opening_fills(ib),
             self._store.groups,
             warn=self._warn_once,
+            partial=self._partial,
+            now=self._now(),
         )
         try:
-            self._store.save(c.remembered() for c in grouping.combos)
+            self._store.save(
+                [
+                    *(c.remembered() for c in grouping.combos),
+                    *(b.group for b in grouping.held_back),  # still remembered meanwhile
+                ]
+            )
         except OSError as exc:
             self._warn_once(f"store:{exc}", f"ibkr groups file not written: {exc}")
         self._last = grouping
+        for back in grouping.held_back:
+            if back.contract_id not in self._partial_told:
+                self._partial_told.add(back.contract_id)
+                closing = self._closing.get(back.contract_id)
+                log.info(
+                    "ibkr group %s partly held (%s not held%s): %s for up to %gs",
+                    back.contract_id,
+                    ", ".join(back.missing),
+                    f"; our closing order {closing} was sent" if closing else "",
+                    "neither it nor its other legs are reported"
+                    if closing
+                    else "reported as last held in full, its other legs not as singles,",
+                    self._partial.grace_seconds,
+                )
+        back_ids = {b.contract_id for b in grouping.held_back}
+        self._partial_told &= back_ids
         for combo in grouping.combos:  # a group formed again may be dropped (and told) again
             self._warned.discard(f"dropped:{combo.contract_id}")
+        self._formed = {
+            **{k: v for k, v in self._formed.items() if k in back_ids},
+            **{c.contract_id: c for c in grouping.combos},
+        }
+        self._closing = {k: v for k, v in self._closing.items() if k in self._formed}
         return grouping
 
     def _needs_executions(self, grouping: Grouping) -> bool:
@@ -340,6 +405,9 @@ class IbkrVenue:
             account=self._account(ib),
         )
         self._asked[coid] = float(qty)
+        if contract.secType == "BAG":
+            # its legs' position updates will come one at a time: the group is then partly held
+            self._closing[req.contract_id] = coid
         with _Waker(self, ib) as waker:
             trade = ib.placeOrder(contract, order)
             log.info(
