@@ -1510,7 +1510,7 @@ class Engine:
         await self._alert(
             AlertKind.EXECUTION_FAILURE,
             Severity.CRITICAL,
-            f"{msg}: ladder exhausted after {ex.attempts} attempts — trade left OPEN, "
+            f"{msg}: LIMIT_REACHED: ladder exhausted after {ex.attempts} attempts — trade left OPEN, "
             "close it by hand",
             t.trade_id,
             data={"intent_id": ex.intent_id},

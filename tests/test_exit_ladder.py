@@ -127,7 +127,7 @@ async def test_at_the_floor_it_gives_up_after_the_last_attempt_and_leaves_the_tr
     assert t.state == TradeState.OPEN and t.qty == 10
     alerts = h.of_kind("execution_failure")
     assert [a.severity.value for a in alerts] == ["warning", "critical"]
-    assert "ladder exhausted after 4 attempts" in alerts[1].message
+    assert "LIMIT_REACHED: ladder exhausted after 4 attempts" in alerts[1].message
     assert "left OPEN" in alerts[1].message
     [held] = await h.venue.positions()  # nothing was sold
     assert (held.contract_id, held.qty) == (CID, 10)
