@@ -221,6 +221,7 @@ class Trade:
     exit_reason: str | None = None
     realized_pnl: float | None = None
     closed_qty: float = 0.0
+    multiplier: float = 1.0  # the contract's, kept with the trade for when the contract is unknown
 
     @property
     def is_long_like(self) -> bool:

@@ -197,7 +197,13 @@ CREATE TABLE commands (
 );
 """
 
-MIGRATIONS: list[str] = [_V1]
+# v2: the contract's multiplier on each trade, so a fill booked while the contract is not known
+# (after a restart, an exit that filled while the engine was down) has the right P&L.
+_V2 = """
+ALTER TABLE trades ADD COLUMN multiplier REAL NOT NULL DEFAULT 1.0;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -269,12 +275,12 @@ def _num_ok(v: Any) -> bool:
 _TRADE_COLS = (
     "trade_id, contract_id, side, qty, entry_price, opened_ts, strategy, venue, overrides, state,"
     " paused, fees, peak_pnl, peak_pnl_pct, trough_pnl, trough_pnl_pct, closed_ts, exit_price,"
-    " exit_reason, realized_pnl, closed_qty"
+    " exit_reason, realized_pnl, closed_qty, multiplier"
 )
 
 _INSERT_TRADE = f"""
 INSERT INTO trades ({_TRADE_COLS}, source, updated_ts)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (trade_id) DO NOTHING
 """
 
@@ -282,7 +288,7 @@ _UPDATE_TRADE = """
 UPDATE trades SET contract_id = ?, side = ?, qty = ?, entry_price = ?, opened_ts = ?,
     strategy = ?, venue = ?, overrides = ?, state = ?, paused = ?, fees = ?, peak_pnl = ?,
     peak_pnl_pct = ?, trough_pnl = ?, trough_pnl_pct = ?, closed_ts = ?, exit_price = ?,
-    exit_reason = ?, realized_pnl = ?, closed_qty = ?, updated_ts = ?
+    exit_reason = ?, realized_pnl = ?, closed_qty = ?, multiplier = ?, updated_ts = ?
 WHERE trade_id = ?
 """
 
@@ -296,6 +302,7 @@ _REQUIRED_NUMS = (
     "trough_pnl",
     "trough_pnl_pct",
     "closed_qty",
+    "multiplier",
 )
 _OPTIONAL_NUMS = ("closed_ts", "exit_price", "realized_pnl")
 
@@ -372,6 +379,7 @@ def _trade_params(t: Trade) -> tuple[Any, ...]:
         t.exit_reason,
         t.realized_pnl,
         float(t.closed_qty),
+        float(t.multiplier),
     )
 
 
@@ -391,6 +399,8 @@ def _row_to_trade(r: sqlite3.Row) -> Trade:
             raise ValueError(f"{name} is not a finite number ({r[name]!r})")
     if r["qty"] <= 0:
         raise ValueError(f"qty must be > 0 (got {r['qty']})")
+    if r["multiplier"] <= 0:
+        raise ValueError(f"multiplier must be > 0 (got {r['multiplier']})")
     if r["entry_price"] < 0:
         raise ValueError(f"entry_price must be >= 0 (got {r['entry_price']})")
     if r["paused"] not in (0, 1):
@@ -429,6 +439,7 @@ def _row_to_trade(r: sqlite3.Row) -> Trade:
         exit_reason=r["exit_reason"],
         realized_pnl=None if r["realized_pnl"] is None else float(r["realized_pnl"]),
         closed_qty=float(r["closed_qty"]),
+        multiplier=float(r["multiplier"]),
     )
 
 

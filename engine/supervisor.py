@@ -951,6 +951,9 @@ class Engine:
             await self._recover(f"quote:{t.contract_id}")
         assert c is not None and q is not None
         mult = c.multiplier
+        if t.multiplier != mult:  # a trade journaled before its contract was known (CLI)
+            t.multiplier = mult
+            await self.store.save_trade(t)
         mark = pricing.mark_price(t, q, self.config.engine.mark)
         pnl = pricing.position_pnl(t, mark, mult)
         basis = pricing.original_cost_basis(t, mult)
@@ -1440,7 +1443,7 @@ class Engine:
         already = float(prior.get("filled_qty") or 0.0) if prior else 0.0
         new_qty = max(res.filled_qty - already, 0.0)
         c = self.contracts.get(t.contract_id)
-        mult = c.multiplier if c else 1.0
+        mult = c.multiplier if c else t.multiplier
         fill = None
         if new_qty > EPS and res.avg_price is not None:
             fees = res.fees * (new_qty / res.filled_qty) if res.filled_qty > 0 else res.fees
@@ -1560,7 +1563,7 @@ class Engine:
     ) -> None:
         """Close a trade in the journal without an order (settled, external, closed elsewhere)."""
         c = self.contracts.get(t.contract_id)
-        pricing.close_record(t, price, reason, now, c.multiplier if c else 1.0)
+        pricing.close_record(t, price, reason, now, c.multiplier if c else t.multiplier)
         await self.store.save_trade(t)
         self._add_realized(t.realized_pnl or 0.0, t.closed_ts or self.clock.now())
         await self.store.add_audit(now, t.trade_id, "closed", {"reason": reason, "price": price})
@@ -1591,6 +1594,7 @@ class Engine:
             opened_ts=ev.ts,
             strategy=ev.strategy,
             venue=self.venue.name,
+            multiplier=c.multiplier if (c := self.contracts.get(ev.contract_id)) else 1.0,
         )
         await self.store.add_trade(t, source=source)
         open_position = getattr(self.venue, "open_position", None)
@@ -1614,10 +1618,15 @@ class Engine:
         a trade opened or closed) is left to the next poll: the answer may predate the change.
         """
         asked_at = self._holding_seq
+        # A venue whose market feed reports its connection (IB's GATEWAY_UNREACHABLE) shares
+        # that episode: one outage, one alert, whichever notices it first. The feed ends it
+        # (it latches every drop of the connection, however short, and reports its recovery).
+        shared = f"source:{self.venue.name}"
         try:
             positions = await self.venue.positions()
         except VenueError as e:
-            await self._episode("venue", f"venue {self.venue.name} unreachable: {e}", None)
+            key = shared if str(e).startswith("GATEWAY_UNREACHABLE") else "venue"
+            await self._episode(key, f"venue {self.venue.name} unreachable: {e}", None)
             return
         await self._recover("venue")
         moved = {c for c, seq in self._touched.items() if seq > asked_at}
@@ -1980,7 +1989,7 @@ class Engine:
         unreal = 0.0
         for t in self.trades.values():
             c = self.contracts.get(t.contract_id)
-            mult = c.multiplier if c else 1.0
+            mult = c.multiplier if c else t.multiplier
             at_risk += abs(t.qty) * t.entry_price * mult
             st = self.status.get(t.trade_id)
             if st is not None and st.pnl is not None:
@@ -2426,7 +2435,7 @@ class Engine:
             problem=st.problem,
             strategy=t.strategy,
             paused=t.paused,
-            proceeds=pricing.exit_value(t, st.mark, c.multiplier if c else 1.0)
+            proceeds=pricing.exit_value(t, st.mark, c.multiplier if c else t.multiplier)
             if st.mark is not None
             else None,
             contract_type=c.type if c is not None else "",
@@ -2457,7 +2466,7 @@ class Engine:
         st = self.status.get(trade_id) or _Status()
         row = self._trade_row(t, now)
         c = self.contracts.get(t.contract_id)
-        mult = c.multiplier if c else 1.0
+        mult = c.multiplier if c else t.multiplier
         basis = pricing.original_cost_basis(t, mult)
         crit = self._criteria(t, st) if trade_id in self.status else Criteria()
         marks = [

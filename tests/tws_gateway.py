@@ -1257,11 +1257,13 @@ class Gateway:
         *,
         client_id: int | None = None,
         commission: float = 1.0,
+        leg_prices: dict[int, float] | None = None,
     ) -> GwExecution:
-        """Fill a working order now (all that remains by default)."""
+        """Fill a working order now (all that remains by default); a BAG order with
+        `leg_prices` as `Fill.leg_prices` says."""
         order = self.state.order(order_id, client_id)
         assert order.is_open, f"order {order_id} is {order.status}"
-        return self._fill(order, Fill(quantity, price, commission))
+        return self._fill(order, Fill(quantity, price, commission, leg_prices=leg_prices))
 
     def cancel_order_by_tws(self, order_id: int, client_id: int | None = None) -> None:
         """TWS cancels a working order itself (end of day, margin): 202 and status Cancelled."""

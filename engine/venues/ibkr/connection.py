@@ -318,6 +318,11 @@ class IbConnection:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # Python 3.11: a cancel landing as connectAsync's wait_for times out
+                        # comes back as TimeoutError; a stop must still stop.
+                        raise asyncio.CancelledError from exc
                     self.failures += 1
                     self._set_state(False, f"cannot connect to {self.where}: {_describe(exc)}")
                     continue

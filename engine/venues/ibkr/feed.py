@@ -154,6 +154,16 @@ def _ib_contract(contract_id: str) -> IbContract | None:
     return Option(p.symbol, p.expiry, p.strike, p.right, "SMART", currency=p.currency)
 
 
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError if this task was asked to stop. On Python 3.11 a cancellation that
+    lands as an inner `asyncio.wait_for` times out comes back as TimeoutError (fixed in 3.12);
+    the client library's requests use wait_for, and the loop above goes on after a TimeoutError,
+    so without this a stopped engine could wait for its feed forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class IbkrMarketFeed:
     """Market data of the held contracts, the underlying, VIX and the strike table (module doc).
 
@@ -202,11 +212,25 @@ class IbkrMarketFeed:
 
     # --- the loop ---------------------------------------------------------------------------
 
-    async def run(self, engine: _Sink) -> None:
-        ib = self.conn.ib
+    def _attach(self) -> None:
+        """Listen to the connection and the client's tickers (once). Before the first line is
+        requested: IB answers a subscription with the current values at once, and a quiet
+        contract may send nothing more for a long time."""
+        if self._remove_error_listener is not None:
+            return
         self.conn.add_listener(self)
-        ib.pendingTickersEvent += self._on_pending
+        self.conn.ib.pendingTickersEvent += self._on_pending
         self._remove_error_listener = self.conn.add_error_listener(self._on_error)
+
+    def _detach(self) -> None:
+        self.conn.remove_listener(self)
+        self.conn.ib.pendingTickersEvent -= self._on_pending
+        if self._remove_error_listener is not None:
+            self._remove_error_listener()
+            self._remove_error_listener = None
+
+    async def run(self, engine: _Sink) -> None:
+        self._attach()
         try:
             while True:
                 self._wake.clear()
@@ -218,12 +242,10 @@ class IbkrMarketFeed:
                     raise
                 except Exception:
                     log.exception("IB feed: step failed; going on")
+                _stop_if_cancelled()
                 await self._wait()
         finally:
-            self.conn.remove_listener(self)
-            ib.pendingTickersEvent -= self._on_pending
-            if self._remove_error_listener is not None:
-                self._remove_error_listener()
+            self._detach()
             for con_id in list(self._mine):
                 self.conn.lines.release(con_id)
             self._mine.clear()
@@ -243,6 +265,7 @@ class IbkrMarketFeed:
 
     async def step(self, engine: _Sink) -> None:
         """One round: the connection's episode, then (when connected) subscriptions and data."""
+        self._attach()
         await self._report_connection(engine)
         if not self.conn.connected:
             return
