@@ -511,9 +511,52 @@ class Engine:
             if cq is not None:
                 await self._on_quote(cq)
 
+    async def handle_quotes(self, quotes: Sequence[Quote]) -> None:
+        """Quotes that arrived together (one batch of a venue's ticks): all are applied before
+        anything is evaluated, so a combo is never priced from one leg's new quote and another
+        leg's old one of the same moment (a transient price a rule could fire on)."""
+        with self._busy:
+            try:
+                for rec in self.recorders:
+                    for q in quotes:
+                        rec(QuoteEvent(q.ts, q))
+                accepted = [q.id for q in quotes if await self._accept_quote(q)]
+                await self._quotes_changed(accepted)
+            except Exception as e:
+                log.exception("a batch of %d quotes failed", len(quotes))
+                await self._alert(
+                    AlertKind.DATA_QUALITY,
+                    Severity.CRITICAL,
+                    f"internal error on a batch of quotes ({type(e).__name__}: {e}); "
+                    "the engine goes on",
+                    subject=f"internal:{type(e).__name__}",
+                )
+            self._maybe_publish()
+
     async def _on_quote(self, q: Quote) -> None:
+        if await self._accept_quote(q):
+            await self._quotes_changed([q.id])
+
+    async def _quotes_changed(self, ids: Sequence[str]) -> None:
+        """Evaluate the trades on contracts whose quotes changed, then re-derive the quotes of
+        the combos they are legs of and evaluate those combos' trades."""
+        now = self.clock.now()
+        combos: dict[str, None] = {}
+        for cid in ids:
+            for tid in list(self.by_contract.get(cid, ())):
+                await self._evaluate(tid, now)
+            combos.update(dict.fromkeys(self._combos_of_leg.get(cid, ())))
+        for combo_id in combos:
+            combo = self.contracts.get(combo_id)
+            cq = pricing.combo_quote(combo, self.quotes) if combo is not None else None
+            if cq is not None and cq != self.quotes.get(combo_id) and await self._accept_quote(cq):
+                for tid in list(self.by_contract.get(combo_id, ())):
+                    await self._evaluate(tid, now)
+
+    async def _accept_quote(self, q: Quote) -> bool:
+        """Store `q` unless it is from the future or older than the one held (alerted)."""
         if await self._from_the_future(q.ts, f"quote:{q.id}"):
-            return
+            return False
         old = self.quotes.get(q.id)
         if old is not None and q.ts < old.ts:
             # Out of order: never let an older quote replace a newer one.
@@ -524,19 +567,10 @@ class Engine:
                 data={"source": f"quote:{q.id}"},
                 subject=f"order:{q.id}",
             )
-            return
+            return False
         self.quotes[q.id] = q
         self._dirty = True
-        ids = self.by_contract.get(q.id)
-        if ids:
-            now = self.clock.now()
-            for tid in list(ids):
-                await self._evaluate(tid, now)
-        for combo_id in self._combos_of_leg.get(q.id, ()):
-            combo = self.contracts.get(combo_id)
-            cq = pricing.combo_quote(combo, self.quotes) if combo is not None else None
-            if cq is not None and cq != self.quotes.get(combo_id):
-                await self._on_quote(cq)  # the combo's quote follows each leg's
+        return True
 
     async def _from_the_future(self, ts: float, source: str) -> bool:
         """A timestamp beyond now + tolerance is bad data (clock skew, a broken feed): believing

@@ -116,3 +116,22 @@ async def test_a_stale_leg_makes_the_combo_stale(tmp_path):
     assert h.venue.submitted == []  # never act on the stale combo
     assert any("quote" in a.message for a in h.of_kind("data_quality"))
     await h.close()
+
+
+async def test_legs_quoted_together_are_applied_together(tmp_path):
+    """One batch of ticks moves both legs: the long leg down, the short leg further down. Each
+    on its own (long leg first) would price the spread at 0.40 for an instant (-84 %) and fire
+    max_loss; applied together the spread is at 1.95 (-22 %) and nothing fires."""
+    h = await _vertical(tmp_path, max_loss_percent=40)
+    ts = h.clock.now()
+    await h.engine.handle_quotes(
+        [q(C150, 2.00, 2.10, ts, und_price=151.0), q(C155, 0.01, 0.05, ts, und_price=151.0)]
+    )
+    assert h.engine.quotes[VERTICAL.id].bid == pytest.approx(1.95)
+    assert h.venue.submitted == [] and h.exits == []
+    # The same ticks one by one, long leg first: the instant in between fires.
+    await h.engine.handle(QuoteEvent(ts, q(C150, 4.00, 4.20, ts)))
+    await h.engine.handle(QuoteEvent(ts, q(C155, 1.50, 1.60, ts)))
+    await h.engine.handle(QuoteEvent(ts, q(C150, 2.00, 2.10, ts)))
+    assert [e["rule"] for e in h.exits] == ["max_loss"]
+    await h.close()

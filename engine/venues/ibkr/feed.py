@@ -554,6 +554,8 @@ class IbkrMarketFeed:
         ib = self.conn.ib
         under = self._qualified.get(self.underlying_id)
         vix = self._qualified.get(VIX_KEY)
+        batch: list[Quote] = []  # handed over together: a combo's legs move as one
+        spot: float | None = None
         for con_id in con_ids:
             cid = self._mine.get(con_id)
             q_contract = self._qualified.get(cid) if cid is not None else None
@@ -567,11 +569,19 @@ class IbkrMarketFeed:
                 continue
             quote = quote_from_ticker(cid, ticker, now)
             if quote is not None and self._due(cid, _quote_key(quote), now):
-                await engine.handle_safely(QuoteEvent(now, quote))
+                batch.append(quote)
             if under is not None and con_id == under.conId:
                 price = spot_from_ticker(ticker)
                 if price is not None and self._due("spot:", (price,), now):
-                    await engine.handle_safely(SpotEvent(now, self.config.underlying, price))
+                    spot = price
+        handle_quotes = getattr(engine, "handle_quotes", None)
+        if batch and handle_quotes is not None:
+            await handle_quotes(batch)
+        else:
+            for quote in batch:
+                await engine.handle_safely(QuoteEvent(now, quote))
+        if spot is not None:
+            await engine.handle_safely(SpotEvent(now, self.config.underlying, spot))
 
     async def _vix(self, engine: _Sink, ticker: Ticker, now: float) -> None:
         update = getattr(engine, "vix_update", None)
