@@ -71,6 +71,7 @@ async def build_ibkr(
     engine_ref.append(engine)
     engine.market_hours = hours
     engine.symbol = ib_cfg.underlying
+    engine.spot_source = "ibkr"  # the underlying's price comes from the gateway (market pane)
     engine.recorders.extend(recorders)
     if await conn.wait_connected(timeout=ib_cfg.connect_timeout_seconds):
         await feed.step(engine)  # the held contracts first: positions are adopted onto them

@@ -2362,6 +2362,11 @@ class Engine:
         _, close, cs = chain
         latest = self.spot_hist.latest()
         spot = latest[1] if latest is not None else None
+        held = set(self.by_contract)  # traded contracts, and the legs of traded combos
+        for cid in self.by_contract:
+            combo = self.contracts.get(cid)
+            if combo is not None and combo.legs:
+                held.update(leg.contract_id for leg in combo.legs)
         by_strike: dict[float, list[Contract | None]] = {}
         for c in cs:
             if c.strike is None:
@@ -2412,7 +2417,7 @@ class Engine:
                         delta=q.delta if q is not None else None,
                         time_value=m.time_value,
                         prob_itm=m.prob_itm,
-                        held=c.id in self.by_contract,
+                        held=c.id in held,
                         volume=q.volume if q is not None else 0.0,
                         open_interest=q.open_interest if q is not None else 0.0,
                         quote_age=(now - q.ts) if q is not None else None,

@@ -70,7 +70,10 @@ async def test_the_spread_and_the_option_are_adopted_with_greeks_and_time_value(
     assert row.call.time_value == pytest.approx(3.10)
     assert table[150.0].call is not None and table[150.0].call.held  # the single option
     assert table[155.0].call is not None and not table[155.0].call.held
+    assert row.call.held  # a leg of the spread
+    assert table[165.0].call is not None and table[165.0].call.held
     assert eng.snapshot().market is not None and eng.snapshot().market.spot == 158.0  # type: ignore[union-attr]
+    assert eng.snapshot().market.spot_source == "ibkr"  # type: ignore[union-attr]
 
     def trade_rows() -> dict[str, object]:
         out = {r.contract_id: r for r in eng.snapshot().trades}
