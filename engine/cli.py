@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("file", metavar="FILE.jsonl")
     rp.add_argument("--json", action="store_true", help="print JSON Lines (exits, alerts, summary)")
     rp.add_argument("--db", default=None, help="journal to write (default: a temporary one)")
+    rp.add_argument(
+        "--compare",
+        metavar="B.toml",
+        default=None,
+        help="what-if: run the session under the config and under B.toml, print the difference",
+    )
     return p
 
 
@@ -367,6 +373,9 @@ async def _replay(config: Config, args: argparse.Namespace) -> int:
     def on_error(n: int, msg: str) -> None:
         print(f"{args.file}:{n}: skipped: {msg}", file=sys.stderr)
 
+    if args.compare:
+        with fh:
+            return await _replay_compare(config, args, fh, on_error)
     if args.json:
         emit = print_jsonl(sys.stdout)
     else:
@@ -394,6 +403,29 @@ async def _replay(config: Config, args: argparse.Namespace) -> int:
             f"summary: {summary['trades']} trades, {summary['exits']} exits, {summary['alerts']} alerts"
             f", {summary['invalid_lines']} invalid lines skipped"
         )
+    return EXIT_OK
+
+
+async def _replay_compare(config: Config, args: argparse.Namespace, fh: Any, on_error: Any) -> int:
+    """`replay FILE --compare B.toml`: the session under A (this config) and under B."""
+    from engine.replay import compare_replays, format_comparison
+
+    if args.db:
+        print("trade-supervisor: --db cannot be used with --compare", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        config_b = load_config(Path(args.compare))
+    except ConfigError as e:
+        print("\n".join(e.lines), file=sys.stderr)
+        print(f"trade-supervisor: --compare {args.compare}: fix the config", file=sys.stderr)
+        return EXIT_CONFIG
+    path_a = resolve_config_path(args.config)
+    label_a = str(path_a) if path_a else "built-in defaults"
+    cmp = await compare_replays(fh, config, config_b, on_error=on_error)
+    if args.json:
+        print(json.dumps(cmp.to_json(label_a, args.compare), separators=(",", ":")))
+    else:
+        print(format_comparison(cmp, label_a, args.compare))
     return EXIT_OK
 
 
