@@ -1,8 +1,12 @@
 """Alerts: what the supervisor saw and did, delivered to channels and stored.
 
-The bus throttles repeats of the same alert (same kind and subject within `cooldown_seconds`) and
-counts what it held back. Channels are small objects with one `deliver` coroutine; a failing channel
-is counted and never stops the engine. Desktop and webhook channels plug in here later.
+The bus throttles repeats of the same alert (same kind and subject within `cooldown_seconds`): the
+repeats are held back and counted, and the next one after the cooldown carries the count
+(`Alert.repeats`). Channels are small objects with one `deliver` coroutine; a failing channel is
+counted and never stops the engine. A channel with a `filter` (`AlertFilter`: minimum severity,
+kinds, quiet hours) is given only the alerts the filter passes. Slow channels (desktop, webhook:
+engine/alert_channels.py) only queue in `deliver` and send from their own task, so `raise_` never
+waits on the network; they report their own `health()`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import sys
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, tzinfo
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -52,12 +58,63 @@ class AlertChannel(Protocol):
     async def deliver(self, alert: Alert) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelHealth:
+    """How an alert channel is doing, for the header: alerts sent, failed (every attempt failed,
+    or the channel raised), dropped (its queue was full), held back by quiet hours, waiting."""
+
+    name: str
+    sent: int = 0
+    failed: int = 0
+    dropped: int = 0
+    quiet: int = 0
+    pending: int = 0
+    failing: bool = False  # the last delivery failed
+    disabled: str | None = None  # why the channel is off (e.g. no desktop notification backend)
+
+
+SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    SKIP = "skip"  # below the severity or not one of the kinds
+    QUIET = "quiet"  # within the quiet hours
+
+
+@dataclass(frozen=True, slots=True)
+class AlertFilter:
+    """Which alerts a channel passes on. Quiet hours are (start, end) minutes after midnight in
+    `tz` (end < start runs over midnight), taken at the alert's own time; critical alerts pass
+    them. Alerts held back by quiet hours are dropped for the channel, not delayed."""
+
+    min_severity: Severity = Severity.INFO
+    kinds: frozenset[AlertKind] = frozenset()  # empty: every kind
+    quiet_hours: tuple[int, int] | None = None
+    tz: tzinfo = UTC
+
+    def check(self, alert: Alert) -> Verdict:
+        if SEVERITY_RANK[alert.severity] < SEVERITY_RANK[self.min_severity]:
+            return Verdict.SKIP
+        if self.kinds and alert.kind not in self.kinds:
+            return Verdict.SKIP
+        if self.quiet_hours is not None and alert.severity is not Severity.CRITICAL:
+            local = datetime.fromtimestamp(alert.ts, self.tz)
+            minute = local.hour * 60 + local.minute
+            start, end = self.quiet_hours
+            inside = start <= minute < end if start < end else minute >= start or minute < end
+            if inside:
+                return Verdict.QUIET
+        return Verdict.PASS
+
+
 class JsonlChannel:
     """Appends each alert as one JSON line to a file (flushed per line)."""
 
-    name = "jsonl"
+    name = "log"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, filter: AlertFilter | None = None) -> None:
+        self.filter = filter
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = path.open("a", encoding="utf-8")
 
@@ -114,6 +171,9 @@ class AlertBus:
         self._last: dict[tuple[str, str], float] = {}
         self._held: dict[tuple[str, str], int] = {}
         self.listeners: list[Callable[[Alert], None]] = []
+        self._sent: dict[str, int] = {}  # per channel, for channels without their own health()
+        self._quiet: dict[str, int] = {}
+        self._failing: dict[str, bool] = {}
 
     def restore(self, rows: list[dict[str, Any]]) -> int:
         """Put stored alerts (newest first, as `Store.recent_alerts` returns them) back into
@@ -166,14 +226,45 @@ class AlertBus:
                 log.exception("could not store alert")
                 self.failures["store"] = self.failures.get("store", 0) + 1
         for ch in self.channels:
+            f: AlertFilter | None = getattr(ch, "filter", None)
+            verdict = Verdict.PASS if f is None else f.check(alert)
+            if verdict is Verdict.QUIET:
+                self._quiet[ch.name] = self._quiet.get(ch.name, 0) + 1
+            if verdict is not Verdict.PASS:
+                continue
             try:
-                await ch.deliver(alert)
+                await ch.deliver(alert)  # queueing channels return at once (never the network)
             except Exception:
                 log.exception("alert channel %s failed", ch.name)
                 self.failures[ch.name] = self.failures.get(ch.name, 0) + 1
+                self._failing[ch.name] = True
+            else:
+                self._sent[ch.name] = self._sent.get(ch.name, 0) + 1
+                self._failing[ch.name] = False
         for listener in self.listeners:
             listener(alert)
         return alert
+
+    def channel_health(self) -> tuple[ChannelHealth, ...]:
+        """Each channel's health, in the order of `channels`."""
+        out = []
+        for ch in self.channels:
+            quiet = self._quiet.get(ch.name, 0)
+            own: Callable[[], ChannelHealth] | None = getattr(ch, "health", None)
+            if own is not None:
+                h = own()
+                out.append(replace(h, quiet=h.quiet + quiet))
+                continue
+            out.append(
+                ChannelHealth(
+                    ch.name,
+                    sent=self._sent.get(ch.name, 0),
+                    failed=self.failures.get(ch.name, 0),
+                    quiet=quiet,
+                    failing=self._failing.get(ch.name, False),
+                )
+            )
+        return tuple(out)
 
 
 def alert_from_row(r: Mapping[str, Any]) -> Alert | None:

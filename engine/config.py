@@ -38,7 +38,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-from engine.models import Mode
+from engine.models import AlertKind, Mode
 
 APP_NAME = "trade-supervisor"
 SECRET_MASK = "**********"
@@ -245,10 +245,140 @@ class PaperConfig(Strict):
     seed: int = 11
 
 
+ALERT_KIND_NAMES: tuple[str, ...] = tuple(k.value for k in AlertKind)
+AlertKindName = Literal[ALERT_KIND_NAMES]  # type: ignore[valid-type]
+SeverityName = Literal["info", "warning", "critical"]
+_QUIET_HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+def parse_quiet_hours(v: str) -> tuple[int, int] | None:
+    """ "22:00-07:00" as (start, end) minutes after midnight; "" is None (no quiet hours).
+    A window whose end is before its start runs over midnight."""
+    if not v.strip():
+        return None
+    m = _QUIET_HOURS.match(v)
+    if m is None:
+        raise PydanticCustomError(
+            "quiet_hours", 'expected "HH:MM-HH:MM" such as "22:00-07:00", or "" for none'
+        )
+    h1, m1, h2, m2 = (int(x) for x in m.groups())
+    if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 == 24 and m2):
+        raise PydanticCustomError("quiet_hours", "expected hours 00-23 and minutes 00-59")
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end % 1440:
+        raise PydanticCustomError("quiet_hours", "the quiet hours start and end at the same time")
+    return start, end
+
+
+def _quiet_hours(v: str) -> str:
+    parse_quiet_hours(v)
+    return v
+
+
+def _time_zone(v: str) -> str:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise PydanticCustomError(
+            "time_zone", 'expected an IANA time zone such as "UTC" or "America/New_York"'
+        ) from None
+    return v
+
+
+QuietHours = Annotated[str, AfterValidator(_quiet_hours)]
+
+
+class AlertChannelConfig(Strict):
+    """What one alert channel passes on: the alerts at or above a severity, of some kinds, and
+    (except critical ones) not within its quiet hours. Every alert is stored whatever this says."""
+
+    min_severity: SeverityName = "info"
+    kinds: list[AlertKindName] = Field(default_factory=list)  # empty: every kind
+    quiet_hours: QuietHours = ""  # "22:00-07:00" in [alerts] time_zone; critical ones pass
+
+
+class AlertLogConfig(AlertChannelConfig):
+    """The JSON-lines alert log ([alerts] log_file)."""
+
+
+class DesktopAlertsConfig(AlertChannelConfig):
+    """Desktop notifications through plyer, where the machine has a notification backend."""
+
+    enabled: bool = True
+    min_severity: SeverityName = "warning"
+    timeout_seconds: Annotated[int, Field(ge=1, le=600)] = 10  # how long the notice shows
+
+
+class WebhookAlertsConfig(AlertChannelConfig):
+    """An HTTP POST per alert: a generic JSON body, ntfy, or Telegram's Bot API `sendMessage`."""
+
+    enabled: bool = False
+    format: Literal["json", "ntfy", "telegram"] = "json"
+    # json: the address posted to; ntfy: the topic's address ("https://ntfy.sh/mytopic");
+    # telegram: the Bot API's address, "" for https://api.telegram.org.
+    url: str = ""
+    telegram_bot_token: SecretStr | None = None
+    telegram_chat_id: str = ""
+    min_severity: SeverityName = "warning"
+    timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 5.0
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 4
+    backoff_base_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    backoff_max_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+    queue_size: Annotated[int, Field(ge=1, le=10_000)] = 100
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if v and not _HTTP_URL.match(v):
+            raise PydanticCustomError(
+                "url", 'expected an http(s) address such as "https://ntfy.sh/mytopic"'
+            )
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_env(cls, data: Any) -> Any:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key, env in (
+            ("telegram_bot_token", "TELEGRAM_BOT_TOKEN"),
+            ("telegram_chat_id", "TELEGRAM_CHAT_ID"),
+        ):
+            if data.get(key) == SECRET_MASK:  # a redacted dump read back: not set
+                del data[key]
+            if not data.get(key) and os.environ.get(env):
+                data[key] = os.environ[env]
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> WebhookAlertsConfig:
+        if not self.enabled:
+            return self
+        if self.format == "telegram":
+            token = self.telegram_bot_token
+            if token is None or not token.get_secret_value().strip() or not self.telegram_chat_id:
+                raise ValueError(
+                    'format = "telegram" needs telegram_bot_token and telegram_chat_id (or the '
+                    "environment variables TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID)"
+                )
+        elif not self.url:
+            raise ValueError(f'format = "{self.format}" needs url, the address to post to')
+        return self
+
+
 class AlertsConfig(Strict):
     log_file: str = "alerts.jsonl"  # relative paths are inside the data directory
     cooldown_seconds: NonNeg = 30.0
     print_headless: bool = True
+    time_zone: Annotated[str, AfterValidator(_time_zone)] = "UTC"  # of the quiet hours
+    log: AlertLogConfig = Field(default_factory=AlertLogConfig)
+    desktop: DesktopAlertsConfig = Field(default_factory=DesktopAlertsConfig)
+    webhook: WebhookAlertsConfig = Field(default_factory=WebhookAlertsConfig)
 
 
 UI_KEY_IDS: tuple[str, ...] = (

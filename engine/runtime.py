@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.alerts import AlertBus, JsonlChannel, PrintChannel
+from engine.alert_channels import attach_channels
+from engine.alerts import AlertBus
 from engine.clock import Clock, RealClock, ScaledClock
 from engine.commands import Command
 from engine.config import Config, ConfigError
@@ -99,13 +100,8 @@ async def build_runtime(
         live = config.engine.venue in ("kalshi", "ibkr")
         clock = clock or (RealClock() if live else sim_clock(config))
         bus = AlertBus(config.alerts.cooldown_seconds, config.engine.snapshot_alerts)
-        if config.alerts.log_file:
-            log_path = Path(config.alerts.log_file)
-            jl = JsonlChannel(log_path if log_path.is_absolute() else data / log_path)
-            bus.channels.append(jl)
-            closers.append(jl.close)
-        if print_alerts:
-            bus.channels.append(PrintChannel())
+        # The log, stdout, desktop and webhook channels; the venues below share this bus.
+        attach_channels(bus, config.alerts, data, closers, print_alerts=print_alerts)
         if config.engine.venue == "ibkr":
             from engine.ibkr_runtime import build_ibkr
 

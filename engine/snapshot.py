@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.alerts import Alert
+from engine.alerts import Alert, ChannelHealth
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +182,7 @@ class Snapshot:
     alerts: tuple[Alert, ...]
     health: tuple[SourceHealth, ...]
     risk: RiskView
+    alert_channels: tuple[ChannelHealth, ...] = ()  # AlertBus.channel_health()
 
 
 @dataclass(frozen=True, slots=True)

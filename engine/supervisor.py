@@ -2206,6 +2206,7 @@ class Engine:
             alerts=tuple(self.alerts.recent),
             health=tuple(self._health(now)),
             risk=self._risk,
+            alert_channels=self.alerts.channel_health(),
         )
         return self._snapshot
 

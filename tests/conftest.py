@@ -1,9 +1,23 @@
-"""Fixtures shared by the venue tests."""
+"""Fixtures shared by the tests."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+_DESKTOP_SESSION = ("DISPLAY", "WAYLAND_DISPLAY", "DBUS_SESSION_BUS_ADDRESS")
+
+
+@pytest.fixture(autouse=True)
+def no_desktop_session(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests run as on a server: desktop notifications ([alerts.desktop], on by default) find no
+    session and turn themselves off, so a developer's desktop gets no pop-ups from the suite.
+    (Subprocesses started by tests inherit this environment.)"""
+    for name in _DESKTOP_SESSION:
+        monkeypatch.delenv(name, raising=False)
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,13 @@ def header_text(snap: Snapshot | None, engine_error: str | None = None) -> Text:
         t.append(" PAUSED ", style="bold white on red")
     t.append("  ")
     t.append_text(health_text(snap.health))
+    for c in snap.alert_channels:  # only a channel that lost alerts is shown: "webhook ✗3"
+        if c.failed + c.dropped:
+            t.append("  ")
+            t.append(
+                f"{c.name} ✗{c.failed + c.dropped}",
+                style="bold white on red" if c.failing else "red",
+            )
     t.append("  ")
     t.append(fmt.hms(snap.ts) + " UTC", style="bold")
     return t
