@@ -5,6 +5,7 @@
     trade-supervisor trades add|list|close               the manual journal
     trade-supervisor record OUT.jsonl                    record a simulated session
     trade-supervisor replay FILE.jsonl [--json]          replay a session through the engine
+    trade-supervisor metrics [--since D] [--json|--csv]  trade analytics from the journal
     trade-supervisor check-config                        print the effective config or its errors
 
 Exit codes: 0 ok, 1 a runtime failure (journal locked, bad journal), 2 a bad config or bad usage.
@@ -84,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--db", default=None, help="journal to use (default: a temporary one)")
 
+    me = sub.add_parser("metrics", help="trade analytics from the journal (closed trades)")
+    me.add_argument(
+        "--since", type=_since, default=None, metavar="YYYY-MM-DD", help="closed on or after (UTC)"
+    )
+    me.add_argument("--strategy", default=None, help="only trades of this strategy tag")
+    fmt = me.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print every number as JSON")
+    fmt.add_argument("--csv", action="store_true", help="print one CSV row per trade")
+
     rp = sub.add_parser("replay", help="run a recorded session through the engine")
     rp.add_argument("file", metavar="FILE.jsonl")
     rp.add_argument("--json", action="store_true", help="print JSON Lines (exits, alerts, summary)")
@@ -125,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_status(config, args.json))
         if args.cmd == "trades":
             return asyncio.run(_trades(config, args))
+        if args.cmd == "metrics":
+            return asyncio.run(_metrics(config, args))
         if args.cmd == "replay":
             return asyncio.run(_replay(config, args))
         if args.cmd == "record":
@@ -357,6 +369,58 @@ def _trade_json(t: Any) -> dict[str, Any]:
             "realized_pnl",
         )
     }
+
+
+def _since(text: str) -> float:
+    """`--since YYYY-MM-DD` (or an ISO date-time; UTC unless it says otherwise) -> Unix seconds."""
+    from datetime import UTC, datetime
+
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+async def _metrics(config: Config, args: argparse.Namespace) -> int:
+    """`metrics`: per-trade numbers, aggregates and auto-stop effectiveness (engine/analytics.py)."""
+    from engine import analytics
+
+    def thresholds(t: Any) -> tuple[float | None, float | None]:
+        try:
+            c = config.auto_stop.criteria_for(t.strategy, t.overrides)
+        except ValueError:  # overrides the config no longer accepts: use the strategy's
+            c = config.auto_stop.criteria_for(t.strategy)
+        return c.profit_target_percent, c.max_loss_percent
+
+    path = _journal(config)
+    if not path.exists():
+        if not (args.json or args.csv):
+            print(f"no journal at {path}")
+            return EXIT_OK
+        report = analytics.build_report([])
+    else:
+        store = Store(path)
+        await store.open(readonly=True)  # reads only: works beside a running engine
+        try:
+            report = await analytics.load_report(
+                store, since=args.since, strategy=args.strategy, thresholds=thresholds
+            )
+        finally:
+            await store.close()
+    since_text = (
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(args.since)).replace(" 00:00:00", "")
+        if args.since is not None
+        else None
+    )
+    report.filters.update(since=args.since, since_text=since_text, strategy=args.strategy)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif args.csv:
+        sys.stdout.write(analytics.format_csv(report))
+    else:
+        sys.stdout.write(analytics.format_text(report))
+    return EXIT_OK
 
 
 async def _replay(config: Config, args: argparse.Namespace) -> int:

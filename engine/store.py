@@ -203,7 +203,17 @@ _V2 = """
 ALTER TABLE trades ADD COLUMN multiplier REAL NOT NULL DEFAULT 1.0;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2]
+# v3: settlement values of contracts (YES terms for binaries), kept after the engine forgets a
+# settled contract, so trade analytics can price a trade closed earlier "as if held".
+_V3 = """
+CREATE TABLE settlements (
+    contract_id  TEXT PRIMARY KEY,
+    value        REAL NOT NULL,
+    ts           REAL NOT NULL
+);
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -1127,6 +1137,25 @@ class Store:
             "SELECT * FROM fills WHERE trade_id = ? ORDER BY ts, id", (trade_id,)
         )
         return [dict(r) for r in rows]
+
+    # --- settlements -----------------------------------------------------------------------
+
+    async def record_settlement(self, contract_id: str, value: float, ts: float) -> None:
+        """Remember a contract's settlement value (YES terms for a binary: 0..1). A repeated
+        settlement of the same contract replaces the earlier one."""
+        for name, v in (("value", value), ("ts", ts)):
+            if not _num_ok(v):
+                raise StoreError(f"settlement of {contract_id!r}: {name} {v!r} is not a number")
+        await self._write(
+            "INSERT INTO settlements (contract_id, value, ts) VALUES (?, ?, ?)"
+            " ON CONFLICT (contract_id) DO UPDATE SET value = excluded.value, ts = excluded.ts",
+            (str(contract_id), float(value), float(ts)),
+        )
+
+    async def settlements(self) -> dict[str, tuple[float, float]]:
+        """Every recorded settlement: contract_id -> (value, ts)."""
+        rows = await self._fetchall("SELECT contract_id, value, ts FROM settlements")
+        return {r[0]: (float(r[1]), float(r[2])) for r in rows}
 
     # --- alerts and audit ------------------------------------------------------------------
 

@@ -819,6 +819,10 @@ class Engine:
                 subject=f"settle:{ev.contract_id}",
             )
             return
+        try:  # kept for trade analytics (a rule's exit vs holding); never blocks the settlement
+            await self.store.record_settlement(ev.contract_id, ev.value, now)
+        except StoreError:
+            log.exception("could not journal the settlement of %s", ev.contract_id)
         for tid in list(self.by_contract.get(ev.contract_id, ())):
             t = self.trades[tid]
             payout = ev.value if t.side == "yes" else 1.0 - ev.value
