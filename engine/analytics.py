@@ -67,19 +67,24 @@ recorded settlement stays pending and is left out of the sums.
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import functools
 import io
 import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.models import Trade, TradeState
 from engine.rules import RULE_ORDER
 
 if TYPE_CHECKING:
+    from engine.config import Config
     from engine.store import Store
+    from engine.supervisor import Engine
 
 __all__ = [
     "NEAR",
@@ -91,12 +96,15 @@ __all__ = [
     "aggregate",
     "build_report",
     "classify_exit",
+    "config_thresholds",
+    "equity_curve",
     "equity_max_drawdown",
     "format_csv",
     "format_text",
     "if_held_pnl",
     "load_report",
     "max_drawdown",
+    "metrics_for",
     "profit_factor",
     "selected",
     "sharpe",
@@ -526,13 +534,78 @@ async def load_report(
         marks = await store.marks(t.trade_id)
         inputs.append(TradeInput(t, tuple(fills), tuple(marks)))
     settled = {cid: v for cid, (v, _ts) in (await store.settlements()).items()}
-    return build_report(
-        inputs,
-        settled,
-        thresholds,
-        filters={"since": since, "strategy": strategy},
-        problems=problems,
+    # The arithmetic on a thread: called from the engine's loop (the metrics screen), a large
+    # journal must not hold the loop an exit may need.
+    return await asyncio.to_thread(
+        functools.partial(
+            build_report,
+            inputs,
+            settled,
+            thresholds,
+            filters={"since": since, "strategy": strategy},
+            problems=problems,
+        )
     )
+
+
+def config_thresholds(config: Config) -> Thresholds:
+    """A trade's profit target and max loss as `config` sets them now (global, strategy, trade
+    overrides; overrides the config no longer accepts fall back to the strategy's)."""
+
+    def thresholds(t: Trade) -> tuple[float | None, float | None]:
+        try:
+            c = config.auto_stop.criteria_for(t.strategy, t.overrides)
+        except ValueError:
+            c = config.auto_stop.criteria_for(t.strategy)
+        return c.profit_target_percent, c.max_loss_percent
+
+    return thresholds
+
+
+def equity_curve(rows: Sequence[TradeStats]) -> list[tuple[float, float]]:
+    """(close time, cumulative realised P&L) per trade with a known P&L and exit time, in close
+    order (the curve `equity_max_drawdown` measures, without its starting 0)."""
+    out: list[tuple[float, float]] = []
+    equity = 0.0
+    done = [r for r in rows if r.realized_pnl is not None and r.exit_ts is not None]
+    for r in sorted(done, key=lambda r: (r.exit_ts, r.trade_id)):
+        assert r.realized_pnl is not None and r.exit_ts is not None
+        equity += r.realized_pnl
+        out.append((r.exit_ts, equity))
+    return out
+
+
+async def metrics_for(engine: Engine) -> dict[str, Any]:
+    """The screen's metrics (`host.call(metrics_for)`, on the engine loop): the report of every
+    closed trade in the engine's journal as plain data (`Report.to_dict()` without the per-trade
+    rows), plus `equity` ([close ts, cumulative P&L] pairs) and `as_of` (the engine's clock).
+
+    Reads through a read-only connection of its own, so the engine's writes never queue behind
+    these reads (the engine's own connection is used only when the journal is not a file)."""
+    from engine.store import Store
+
+    thresholds = config_thresholds(engine.config)
+    path = getattr(engine.store, "path", None)
+    if isinstance(path, Path) and path.is_file():
+        store = Store(path)
+        await store.open(readonly=True, lock=False)
+        try:
+            report = await load_report(store, thresholds=thresholds)
+        finally:
+            await store.close()
+    else:
+        report = await load_report(engine.store, thresholds=thresholds)
+    data = await asyncio.to_thread(_screen_data, report)
+    data["as_of"] = engine.clock.now()
+    return data
+
+
+def _screen_data(report: Report) -> dict[str, Any]:
+    data = report.to_dict()
+    del data["trades"]
+    data["equity"] = [list(p) for p in equity_curve(report.trades)]
+    data["closed_trades"] = len(report.trades)
+    return data
 
 
 # --- output ----------------------------------------------------------------------------------

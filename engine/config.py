@@ -389,6 +389,7 @@ UI_KEY_IDS: tuple[str, ...] = (
     "close_all",
     "detail",
     "edit",
+    "metrics",
     "reload",
     "filter",
     "clear_filter",
@@ -424,7 +425,11 @@ class UiConfig(Strict):
     up_color: str = "green"
     down_color: str = "red"
     toasts: bool = True
+    toast_min_severity: SeverityName = "warning"
+    toast_kinds: list[AlertKindName] = Field(default_factory=list)  # empty: every kind
     bell: bool = True
+    bell_min_severity: SeverityName = "critical"
+    bell_kinds: list[AlertKindName] = Field(default_factory=list)  # empty: every kind
     keys: dict[UiKeyId, KeyName] = Field(default_factory=dict)
 
 

@@ -12,7 +12,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,14 @@ class MainScreen(Screen[None]):
             "Edit",
             id="edit",
             tooltip="Edit the selected trade's rule thresholds",
+        ),
+        Binding(
+            "m",
+            "app.metrics",
+            "Metrics",
+            id="metrics",
+            show=False,
+            tooltip="Closed trades: equity curve, aggregates and per-rule effectiveness",
         ),
         Binding("r", "app.reload", "Reload", id="reload", show=False, tooltip="Reload config.toml"),
         Binding(
@@ -304,22 +312,24 @@ class TradeSupervisorApp(App[int]):
             main.query_one(AlertsPane).render_rows(snap, pal)
 
     def _announce_alerts(self, snap: Snapshot) -> None:
-        """Toast new warning/critical alerts and ring the bell for critical ones (once each).
+        """Toast new alerts and ring the bell (once each), as `[ui]` filters them per channel
+        (defaults: toasts for warning and critical, the bell for critical).
 
         Alerts restored from the journal at start-up have seq <= 0 and are never announced."""
         last = self._last_alert_seq
         fresh = [a for a in snap.alerts if a.seq > last]
         self._last_alert_seq = max((a.seq for a in snap.alerts), default=last)
-        loud = [a for a in fresh if a.severity.value in ("warning", "critical")]
-        if self.config.ui.toasts:
+        ui = self.config.ui
+        loud = [a for a in fresh if _passes(a, ui.toast_min_severity, ui.toast_kinds)]
+        if ui.toasts:
             for a in reversed(loud[:MAX_TOASTS_PER_UPDATE]):
                 self.notify(
                     a.message,
                     title=f"{a.kind.value}{' · ' + a.trade_id if a.trade_id else ''}",
-                    severity="error" if a.severity.value == "critical" else "warning",
+                    severity=TOAST_SEVERITY.get(a.severity.value, "warning"),
                     timeout=10 if a.severity.value == "critical" else 5,
                 )
-        if self.config.ui.bell and any(a.severity.value == "critical" for a in fresh):
+        if ui.bell and any(_passes(a, ui.bell_min_severity, ui.bell_kinds) for a in fresh):
             self.ring_bell()
 
     def ring_bell(self) -> None:
@@ -473,6 +483,22 @@ class TradeSupervisorApp(App[int]):
         await self.push_screen(EditThresholdsScreen(detail, submit))
 
     @work(exclusive=True, group="action")
+    async def action_metrics(self) -> None:
+        from engine.analytics import metrics_for
+        from tui.screens.metrics import MetricsScreen
+
+        if isinstance(self.screen, MetricsScreen):
+            return
+        host = self.host
+
+        async def fetch() -> dict[str, Any]:
+            return await host.call(metrics_for)  # module-level: pickled for the engine process
+
+        await self.push_screen(
+            MetricsScreen(fetch, up=self.palette_colors.up, down=self.palette_colors.down)
+        )
+
+    @work(exclusive=True, group="action")
     async def action_reload(self) -> None:
         await self.send(Command("reload"))
 
@@ -576,6 +602,17 @@ class TradeSupervisorApp(App[int]):
                 b.tooltip,
                 lambda a=action: self.run_action(a),  # type: ignore[misc]
             )
+
+
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+TOAST_SEVERITY: dict[str, Any] = {"info": "information", "warning": "warning", "critical": "error"}
+
+
+def _passes(alert: Any, min_severity: str, kinds: Sequence[str]) -> bool:
+    """Whether an alert reaches a channel: at least `min_severity`, of `kinds` (empty: any)."""
+    if SEVERITY_RANK.get(alert.severity.value, 0) < SEVERITY_RANK[min_severity]:
+        return False
+    return not kinds or alert.kind.value in kinds
 
 
 def ui_config_problems(config: Config, where: str) -> list[str]:

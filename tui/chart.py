@@ -66,12 +66,15 @@ def render_pnl_chart(
     height: int,
     up: str = "green",
     down: str = "red",
+    time_text: Callable[[float], str] = _hms,
+    empty_text: str = "no marks yet",
 ) -> list[Text]:
     """Draw `points` ((ts, P&L $), oldest first) and `levels` into `height` lines of `width` cells.
 
     The y range covers every point and every level, so a stop far from the current P&L is still
     on the chart. Rows are top = highest P&L. Non-finite values are skipped. Always returns exactly
-    `height` lines of exactly `width` cells (an empty list when either is < 1).
+    `height` lines of exactly `width` cells (an empty list when either is < 1). `time_text`
+    writes the time axis's ends (default HH:MM:SS, UTC).
     """
     if width < 1 or height < 1:
         return []
@@ -141,7 +144,7 @@ def render_pnl_chart(
             for i, ch in enumerate(text):
                 row[start + i] = (ch, f"bold {row_style[r]}")
         if r == empty_row:
-            _overlay_centre(row, "no marks yet", plot_w)
+            _overlay_centre(row, empty_text, plot_w)
         for ch, style in row:
             line.append(ch, style=style)
         if reserve:
@@ -154,7 +157,7 @@ def render_pnl_chart(
         line = Text(no_wrap=True, overflow="crop")
         if axis_w >= 0:
             line.append(" " * axis_w + "└", style=_NEUTRAL)
-        first, last = _hms(pts[0][0]), _hms(pts[-1][0])
+        first, last = time_text(pts[0][0]), time_text(pts[-1][0])
         if first != last and plot_w >= len(first) + len(last) + 2:
             axis = first + "─" * (plot_w - len(first) - len(last)) + last
         elif plot_w >= len(last):
@@ -248,6 +251,8 @@ class PnlChart(Widget):
         up: str = "green",
         down: str = "red",
         *,
+        time_text: Callable[[float], str] = _hms,
+        empty_text: str = "no marks yet",
         name: str | None = None,
         id: str | None = None,
         classes: str | None = None,
@@ -255,6 +260,8 @@ class PnlChart(Widget):
         super().__init__(name=name, id=id, classes=classes)
         self.up = up
         self.down = down
+        self.time_text = time_text
+        self.empty_text = empty_text
         self.points: tuple[tuple[float, float], ...] = ()
         self.levels: tuple[PnlLevel, ...] = ()
 
@@ -270,6 +277,13 @@ class PnlChart(Widget):
     def render(self) -> Text:
         size = self.content_size
         lines = render_pnl_chart(
-            self.points, self.levels, size.width, size.height, self.up, self.down
+            self.points,
+            self.levels,
+            size.width,
+            size.height,
+            self.up,
+            self.down,
+            self.time_text,
+            self.empty_text,
         )
         return Text("\n", no_wrap=True, overflow="crop").join(lines)
