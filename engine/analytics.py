@@ -60,9 +60,10 @@ for `long`/`short`; fees are the fees the trade actually paid (the comparison is
 exit's own fees are not charged to the rule). Then, with d = realised − if_held:
     saved = d when d > 0 (the stop avoided a loss), given up = −d when d < 0,
 and per rule: exits, settled (compared), pending (not settled yet), realised, if-held, saved,
-given up, net = saved − given up. Options settle at expiry intrinsic value, which the journal
-does not record (the engine accepts settlements of binaries only): an option trade with no
-recorded settlement stays pending and is left out of the sums.
+given up, net = saved − given up. Options (and option combos) traded by the engine get their
+value at expiry recorded the same way (intrinsic at the underlying's price at the close:
+`Engine._record_expiries`); a trade whose contract has no recorded value yet stays pending and
+is left out of the sums.
 """
 
 from __future__ import annotations

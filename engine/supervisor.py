@@ -230,6 +230,7 @@ class Engine:
         # and it must not come back as a new trade meanwhile.
         self._settled: dict[str, float] = {}
         self._holding_seq = 0  # see _touch
+        self._expiry_watch: set[str] = set()  # contracts traded here, until their expiry value
         self._touched: dict[str, int] = {}  # contract -> _holding_seq of its last change
         self._breaches: set[str] = set()
         self._risk = RiskView(0, 0.0, 0.0, ())
@@ -306,6 +307,49 @@ class Engine:
         self.by_contract.setdefault(t.contract_id, set()).add(t.trade_id)
         self.status.setdefault(t.trade_id, _Status())
         self._touch(t.contract_id)
+        self._expiry_watch.add(t.contract_id)  # options: their value at expiry, for the metrics
+
+    async def _record_expiries(self, now: float) -> None:
+        """An option (or combo of options) traded here that reached its expiry: record its value
+        there (intrinsic at the underlying's price at the close) as its settlement, for the
+        metrics' rule effectiveness (binaries are recorded by `_on_settle`)."""
+        for cid in list(self._expiry_watch):
+            c = self.contracts.get(cid)
+            if c is None or c.type not in ("option_call", "option_put", "combo"):
+                self._expiry_watch.discard(cid)
+                continue
+            if c.close_ts > now:
+                continue
+            value = self._expiry_value(c)
+            if value is None and now - c.close_ts < SETTLEMENT_WAIT_SECONDS:
+                continue  # no price of the underlying at the close yet
+            self._expiry_watch.discard(cid)
+            if value is None:
+                log.info("%s expired with no underlying price known: not recorded", cid)
+                continue
+            try:
+                await self.store.record_settlement(cid, value, c.close_ts)
+            except Exception:
+                log.exception("could not record the expiry value of %s", cid)
+
+    def _expiry_value(self, c: Contract) -> float | None:
+        """Per unit at expiry: an option's intrinsic value at the underlying's price at its close
+        (the spot history when it is the engine's symbol, else the last quote's model price);
+        a combo's, the sum of ratio × its legs'."""
+        if c.type == "combo":
+            total = 0.0
+            for leg in c.legs:
+                lc = self.contracts.get(leg.contract_id)
+                v = self._expiry_value(lc) if lc is not None and not lc.legs else None
+                if v is None:
+                    return None
+                total += leg.ratio * v
+            return total
+        und = self.spot_hist.price_at(c.close_ts) if c.underlying == self.symbol else None
+        if und is None:
+            q = self.quotes.get(c.id)
+            und = q.und_price if q is not None else None
+        return pricing.intrinsic_value(c, und) if und is not None and und > 0 else None
 
     def _touch(self, contract_id: str) -> None:
         """Our holding in `contract_id` changed (a trade opened, filled or left): a positions
@@ -886,6 +930,8 @@ class Engine:
         elif now - self._last_opportunity_scan >= OPPORTUNITY_SCAN_SECONDS:
             self._last_opportunity_scan = now
             await self._scan_opportunities(now)
+        if self._expiry_watch:
+            await self._record_expiries(now)
         state = None
         if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
             self._last_heartbeat = now

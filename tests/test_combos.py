@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.models import Contract, ContractEvent, Leg, Quote, QuoteEvent, TradeState
+from engine.models import Contract, ContractEvent, Leg, Quote, QuoteEvent, SpotEvent, TradeState
 from engine.pricing import combo_quote, time_value
 from tests.engine_harness import T0, Harness, config
 
@@ -134,4 +134,22 @@ async def test_legs_quoted_together_are_applied_together(tmp_path):
     await h.engine.handle(QuoteEvent(ts, q(C155, 1.50, 1.60, ts)))
     await h.engine.handle(QuoteEvent(ts, q(C150, 2.00, 2.10, ts)))
     assert [e["rule"] for e in h.exits] == ["max_loss"]
+    await h.close()
+
+
+async def test_options_record_their_value_at_expiry_for_the_metrics(tmp_path):
+    """The spread is closed by a rule; at its expiry the engine records what it was worth then
+    (intrinsic at the underlying's price at the close), as binaries record their settlement, so
+    `metrics` can say what holding would have made."""
+    h = await _vertical(tmp_path, max_loss_percent=40)
+    await h.leg_quotes(2.00, 2.10, 0.60, 0.70)  # max_loss closes it
+    assert (await h.store.get_trade("v1")).state == TradeState.CLOSED
+    h.at(CLOSE - T0 - 60)
+    await h.engine.handle(SpotEvent(h.clock.now(), "SPY", 157.0))  # SPY's last price
+    await h.tick()
+    assert await h.store.settlements() == {}  # not expired yet
+    h.at(CLOSE - T0 + 1)
+    await h.tick()
+    # 150C worth 7, 155C worth 2: the spread (+1, -1) worth 5 per unit
+    assert await h.store.settlements() == {VERTICAL.id: (pytest.approx(5.0), CLOSE)}
     await h.close()
