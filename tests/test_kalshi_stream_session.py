@@ -241,10 +241,10 @@ async def test_spot_stream_true_feeds_the_engine_from_the_websocket_tickers(
 @pytest.mark.parametrize(
     ("table", "key", "value"),
     [
-        ("venues.kalshi", "ws_url", "https://demo-api.kalshi.co/trade-api/ws/v2"),
-        ("venues.kalshi", "ws_url", "demo-api.kalshi.co"),
-        ("spot", "coinbase_ws_url", "http://ws-feed.exchange.coinbase.com"),
-        ("spot", "kraken_ws_url", "ws.kraken.com/v2"),
+        ("venues.kalshi", "ws_url", "https://exchange.invalid/trade-api/ws/v2"),
+        ("venues.kalshi", "ws_url", "exchange.invalid"),
+        ("spot", "coinbase_ws_url", "http://feed.exchange.invalid"),
+        ("spot", "kraken_ws_url", "ws.exchange.invalid/v2"),
     ],
 )
 def test_a_websocket_address_must_be_ws_or_wss(table: str, key: str, value: str) -> None:
