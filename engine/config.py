@@ -427,9 +427,11 @@ class UiConfig(Strict):
     toasts: bool = True
     toast_min_severity: SeverityName = "warning"
     toast_kinds: list[AlertKindName] = Field(default_factory=list)  # empty: every kind
+    toast_quiet_hours: QuietHours = ""  # in [alerts] time_zone; critical ones pass
     bell: bool = True
     bell_min_severity: SeverityName = "critical"
     bell_kinds: list[AlertKindName] = Field(default_factory=list)  # empty: every kind
+    bell_quiet_hours: QuietHours = ""  # in [alerts] time_zone; critical ones pass
     keys: dict[UiKeyId, KeyName] = Field(default_factory=dict)
 
 

@@ -1,5 +1,6 @@
 """`[ui]` per-channel alert filters: toast_min_severity / toast_kinds, bell_min_severity /
-bell_kinds (defaults: toasts for warning and critical, the bell for critical)."""
+bell_kinds, toast_quiet_hours / bell_quiet_hours (defaults: toasts for warning and critical, the
+bell for critical, no quiet hours)."""
 
 from __future__ import annotations
 
@@ -73,7 +74,14 @@ def test_the_shipped_config_reproduces_the_old_behaviour() -> None:
     assert (ui.toast_min_severity, ui.toast_kinds) == ("warning", [])
     assert (ui.bell_min_severity, ui.bell_kinds) == ("critical", [])
     text = (ROOT / "config.toml").read_text(encoding="utf-8")
-    for key in ("toast_min_severity", "toast_kinds", "bell_min_severity", "bell_kinds"):
+    for key in (
+        "toast_min_severity",
+        "toast_kinds",
+        "toast_quiet_hours",
+        "bell_min_severity",
+        "bell_kinds",
+        "bell_quiet_hours",
+    ):
         assert f"\n{key} = " in text
 
 
@@ -83,3 +91,24 @@ def test_the_shipped_config_reproduces_the_old_behaviour() -> None:
 def test_bad_filters_are_config_errors(ui: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         parse_config({"ui": ui})
+
+
+async def test_quiet_hours_silence_toasts_and_the_bell_except_critical(tmp_path: Path) -> None:
+    # The harness's clock reads 16:00 UTC ([alerts] time_zone defaults to UTC).
+    quiet = {"toast_quiet_hours": "15:00-17:00", "bell_quiet_hours": "15:00-17:00"}
+    toasted, bells = await _run(tmp_path, {**quiet, "bell_min_severity": "warning"})
+    assert toasted == {"feed is lying"}  # warnings held back, the critical one passes
+    assert bells == 1  # rung by the critical alert only (the warnings were quiet)
+    _t, bells = await _run(
+        tmp_path / "2",
+        {**quiet, "bell_min_severity": "warning"},
+        _raise_warning,
+    )
+    assert bells == 0
+    toasted, _b = await _run(tmp_path / "3", {"toast_quiet_hours": "17:00-18:00"})
+    assert toasted == {"risk warning", "feed warning", "feed is lying"}  # outside the window
+
+
+def test_bad_quiet_hours_are_config_errors() -> None:
+    with pytest.raises(ConfigError):
+        parse_config({"ui": {"bell_quiet_hours": "late"}})

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
 import sys
+import zoneinfo
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,10 @@ from textual.screen import Screen
 from textual.theme import BUILTIN_THEMES
 from textual.widgets import DataTable, Footer, Input, Static
 
+from engine.alerts import AlertFilter, Verdict
 from engine.commands import Command, CommandResult
-from engine.config import UI_KEY_IDS, Config, ConfigError
+from engine.config import UI_KEY_IDS, Config, ConfigError, parse_quiet_hours
+from engine.models import AlertKind, Severity
 from engine.snapshot import Snapshot, TradeRow
 from engine.store import StoreError
 from tui import format as fmt
@@ -320,7 +324,10 @@ class TradeSupervisorApp(App[int]):
         fresh = [a for a in snap.alerts if a.seq > last]
         self._last_alert_seq = max((a.seq for a in snap.alerts), default=last)
         ui = self.config.ui
-        loud = [a for a in fresh if _passes(a, ui.toast_min_severity, ui.toast_kinds)]
+        tz = self.config.alerts.time_zone
+        toast = _ui_filter(ui.toast_min_severity, tuple(ui.toast_kinds), ui.toast_quiet_hours, tz)
+        bell = _ui_filter(ui.bell_min_severity, tuple(ui.bell_kinds), ui.bell_quiet_hours, tz)
+        loud = [a for a in fresh if toast.check(a) is Verdict.PASS]
         if ui.toasts:
             for a in reversed(loud[:MAX_TOASTS_PER_UPDATE]):
                 self.notify(
@@ -329,7 +336,7 @@ class TradeSupervisorApp(App[int]):
                     severity=TOAST_SEVERITY.get(a.severity.value, "warning"),
                     timeout=10 if a.severity.value == "critical" else 5,
                 )
-        if ui.bell and any(_passes(a, ui.bell_min_severity, ui.bell_kinds) for a in fresh):
+        if ui.bell and any(bell.check(a) is Verdict.PASS for a in fresh):
             self.ring_bell()
 
     def ring_bell(self) -> None:
@@ -604,15 +611,21 @@ class TradeSupervisorApp(App[int]):
             )
 
 
-SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 TOAST_SEVERITY: dict[str, Any] = {"info": "information", "warning": "warning", "critical": "error"}
 
 
-def _passes(alert: Any, min_severity: str, kinds: Sequence[str]) -> bool:
-    """Whether an alert reaches a channel: at least `min_severity`, of `kinds` (empty: any)."""
-    if SEVERITY_RANK.get(alert.severity.value, 0) < SEVERITY_RANK[min_severity]:
-        return False
-    return not kinds or alert.kind.value in kinds
+@functools.cache
+def _ui_filter(
+    min_severity: str, kinds: Sequence[str], quiet_hours: str, time_zone: str
+) -> AlertFilter:
+    """The toast's or the bell's filter, as the engine's channels filter (engine/alerts.py):
+    at least `min_severity`, of `kinds` (empty: any), outside the quiet hours unless critical."""
+    return AlertFilter(
+        Severity(min_severity),
+        frozenset(AlertKind(k) for k in kinds),
+        parse_quiet_hours(quiet_hours),
+        zoneinfo.ZoneInfo(time_zone),
+    )
 
 
 def ui_config_problems(config: Config, where: str) -> list[str]:
