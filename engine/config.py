@@ -290,6 +290,22 @@ def _time_zone(v: str) -> str:
 QuietHours = Annotated[str, AfterValidator(_quiet_hours)]
 
 
+def _secrets_from_env(data: Any, keys: Sequence[tuple[str, str]]) -> Any:
+    """A table's secrets: each `(key, ENV)` left out (or empty) is read from the environment
+    variable; a redacted value read back from a dump (SECRET_MASK) counts as not set."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        return data  # reported as "expected a table" by the model itself
+    data = dict(data)
+    for key, env in keys:
+        if data.get(key) == SECRET_MASK:
+            del data[key]
+        if not data.get(key) and os.environ.get(env):
+            data[key] = os.environ[env]
+    return data
+
+
 class AlertChannelConfig(Strict):
     """What one alert channel passes on: the alerts at or above a severity, of some kinds, and
     (except critical ones) not within its quiet hours. Every alert is stored whatever this says."""
@@ -340,20 +356,13 @@ class WebhookAlertsConfig(AlertChannelConfig):
     @model_validator(mode="before")
     @classmethod
     def _from_env(cls, data: Any) -> Any:
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        for key, env in (
-            ("telegram_bot_token", "TELEGRAM_BOT_TOKEN"),
-            ("telegram_chat_id", "TELEGRAM_CHAT_ID"),
-        ):
-            if data.get(key) == SECRET_MASK:  # a redacted dump read back: not set
-                del data[key]
-            if not data.get(key) and os.environ.get(env):
-                data[key] = os.environ[env]
-        return data
+        return _secrets_from_env(
+            data,
+            (
+                ("telegram_bot_token", "TELEGRAM_BOT_TOKEN"),
+                ("telegram_chat_id", "TELEGRAM_CHAT_ID"),
+            ),
+        )
 
     @model_validator(mode="after")
     def _complete(self) -> WebhookAlertsConfig:
@@ -478,20 +487,10 @@ class KalshiConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _from_env(cls, data: Any) -> Any:
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            return data  # reported as "expected a table" by the model itself
-        data = dict(data)
-        for key, env in (
-            ("api_key_id", "KALSHI_API_KEY_ID"),
-            ("private_key_path", "KALSHI_PRIVATE_KEY_PATH"),
-        ):
-            if data.get(key) == SECRET_MASK:  # a redacted dump read back: the secret is not set
-                del data[key]
-            if not data.get(key) and os.environ.get(env):
-                data[key] = os.environ[env]
-        return data
+        return _secrets_from_env(
+            data,
+            (("api_key_id", "KALSHI_API_KEY_ID"), ("private_key_path", "KALSHI_PRIVATE_KEY_PATH")),
+        )
 
 
 _HTTP_URL = re.compile(r"^https?://[^/\s]+(/\S*)?$")
