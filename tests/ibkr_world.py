@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
-import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,19 +326,6 @@ class World:
 
     def bag_orders(self) -> list[GwOrder]:
         return [o for o in self.gw.state.orders if o.contract.sec_type == "BAG"]
-
-
-@pytest.fixture(autouse=True)
-def decoded_cleanly(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Fail a test if ib_async could not decode something the gateway sent."""
-    caplog.set_level(logging.INFO, logger="ib_async")
-    yield
-    bad = [
-        r.getMessage()
-        for r in caplog.get_records("setup") + caplog.get_records("call")
-        if r.name == "ib_async.Decoder" or "Unknown reqId" in r.getMessage()
-    ]
-    assert bad == []
 
 
 @pytest.fixture

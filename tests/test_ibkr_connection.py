@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from engine.clock import ManualClock
 from engine.config import IbkrConfig
 from engine.venues.ibkr.connection import IbConnection, IbError, backoff_delay, pacing
 from engine.venues.ibkr.ib import Option, Stock
+from tests.ib_client_guard import decoded_cleanly as decoded_cleanly  # autouse
 from tests.tws_gateway import Gateway, option_contract, stock_contract, tws_gateway
 
 ACCOUNT = "DU7654321"
@@ -121,20 +121,6 @@ class Harness:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-@pytest.fixture(autouse=True)
-def decoded_cleanly(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Fail the test if the client could not decode a message or got one for an unknown
-    request (ib_async only logs those)."""
-    caplog.set_level(logging.INFO, logger="ib_async")
-    yield
-    bad = [
-        r.getMessage()
-        for r in caplog.get_records("setup") + caplog.get_records("call")
-        if r.name == "ib_async.Decoder" or "Unknown reqId" in r.getMessage()
-    ]
-    assert bad == []
 
 
 @pytest.fixture

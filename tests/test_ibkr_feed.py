@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from engine.models import Contract, ContractEvent, Leg, MarketEvent, Quote, Quot
 from engine.venues.ibkr.connection import IbConnection
 from engine.venues.ibkr.feed import IbkrMarketFeed
 from engine.venues.ibkr.ids import default_close_of
+from tests.ib_client_guard import decoded_cleanly as decoded_cleanly  # autouse
 from tests.tws_gateway import (
     BID,
     Gateway,
@@ -206,20 +207,6 @@ class Harness:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-@pytest.fixture(autouse=True)
-def decoded_cleanly(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Fail the test if the client could not decode a message or got one for an unknown
-    request (ib_async only logs those)."""
-    caplog.set_level(logging.INFO, logger="ib_async")
-    yield
-    bad = [
-        r.getMessage()
-        for r in caplog.get_records("setup") + caplog.get_records("call")
-        if r.name == "ib_async.Decoder" or "Unknown reqId" in r.getMessage()
-    ]
-    assert bad == []
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from engine.alerts import Alert
 from engine.commands import Command
 from engine.models import AlertKind, Leg, Mode, Severity, TradeState
 from engine.snapshot import OptionStrikeRow
+from tests.ib_client_guard import decoded_cleanly as decoded_cleanly  # autouse
 from tests.ibkr_world import (
     C150,
     C160,
@@ -31,7 +32,6 @@ from tests.ibkr_world import (
     expiry,
     oid,
 )
-from tests.ibkr_world import decoded_cleanly as decoded_cleanly  # the fixtures
 from tests.ibkr_world import world as world
 from tests.tws_gateway import Fill, GwContract, GwOrder, Reject, Rest
 

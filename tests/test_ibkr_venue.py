@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from engine.models import Leg
 from engine.venues.base import OrderRequest, VenueError, VenuePosition
 from engine.venues.ibkr.groups import PARTIAL_GRACE_SECONDS
 from engine.venues.ibkr.venue import IbkrVenue
+from tests.ib_client_guard import decoded_cleanly as decoded_cleanly  # autouse
 from tests.tws_gateway import (
     IN_CANCEL_ORDER,
     IN_PLACE_ORDER,
@@ -44,19 +45,6 @@ PUT = option_contract(700002, "AAPL", "20260116", 140.0, "P")
 # a bull call spread held by config group "vert-1": +1 150C (the CALL above is separate), 160C
 C155 = option_contract(700011, "AAPL", "20260116", 155.0, "C")
 C165 = option_contract(700012, "AAPL", "20260116", 165.0, "C")
-
-
-@pytest.fixture(autouse=True)
-def decoded_cleanly(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Fail a test if ib_async could not decode something the gateway sent."""
-    caplog.set_level(logging.INFO, logger="ib_async")
-    yield
-    bad = [
-        r.getMessage()
-        for r in caplog.get_records("setup") + caplog.get_records("call")
-        if r.name == "ib_async.Decoder" or "Unknown reqId" in r.getMessage()
-    ]
-    assert bad == []
 
 
 @pytest.fixture

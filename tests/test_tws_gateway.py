@@ -9,14 +9,14 @@ event with a deadline; no test sleeps for timing.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from ib_async import IB, ComboLeg, Contract, LimitOrder, Option, Stock
 
+from tests.ib_client_guard import decoded_cleanly as decoded_cleanly  # autouse
 from tests.tws_gateway import (
     ASK_OPTION,
     BID_OPTION,
@@ -55,22 +55,6 @@ async def until(ib: IB, predicate: Callable[[], Any], timeout: float = DEADLINE)
         return value
 
     return await asyncio.wait_for(loop(), timeout)
-
-
-@pytest.fixture(autouse=True)
-def decoded_cleanly(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """ib_async's decoder swallows a message it cannot parse (it logs the exception): fail the
-    test if any message the gateway sent was malformed or addressed to an unknown request."""
-    caplog.set_level(logging.INFO, logger="ib_async")
-    yield
-    bad = [
-        r.getMessage()
-        for r in caplog.get_records("setup") + caplog.get_records("call")
-        if r.name == "ib_async.Decoder"
-        or "Unknown reqId" in r.getMessage()
-        or "No order found" in r.getMessage()
-    ]
-    assert bad == []
 
 
 @pytest.fixture
