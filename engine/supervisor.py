@@ -867,6 +867,10 @@ class Engine:
             await self.store.record_settlement(ev.contract_id, ev.value, now)
         except StoreError:
             log.exception("could not journal the settlement of %s", ev.contract_id)
+        # From here the positions poll leaves this contract alone: the account may list it until
+        # the payout, and a poll landing between two trades' settlements (each a journal write)
+        # would otherwise adopt the not-yet-settled difference as a new trade.
+        self._settled[ev.contract_id] = now
         for tid in list(self.by_contract.get(ev.contract_id, ())):
             t = self.trades[tid]
             payout = ev.value if t.side == "yes" else 1.0 - ev.value
@@ -879,7 +883,6 @@ class Engine:
         settle = getattr(self.venue, "settle", None)
         if settle is not None:
             settle(ev.contract_id, ev.value)
-        self._settled[ev.contract_id] = now
         self.contracts.pop(ev.contract_id, None)
         self.quotes.pop(ev.contract_id, None)
         self._bad.pop(f"quote:{ev.contract_id}", None)
@@ -1730,6 +1733,8 @@ class Engine:
         for key, ts in ours.items():
             if key[0] in moved or any(t.trade_id in self.exits for t in ts):
                 continue  # an exit in flight (or one that just ended) explains any difference
+            if key[0] in self._settled:
+                continue  # being settled (or waiting for an in-flight exit to settle after)
             if held.get(key, 0.0) <= EPS:
                 c = self.contracts.get(key[0])
                 if c is not None and c.close_ts <= now < c.close_ts + SETTLEMENT_WAIT_SECONDS:
