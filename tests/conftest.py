@@ -24,3 +24,16 @@ def no_desktop_session(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def rsa_key() -> rsa.RSAPrivateKey:
     """The test account's API key (one per test run: generating 2048-bit keys is slow)."""
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A failed test that never reached its store's close() leaves aiosqlite's worker thread
+    running (the failure's traceback keeps the connection alive), and the interpreter would wait
+    for that thread forever at exit: CI would hang instead of reporting the failure. Stop them."""
+    import gc
+
+    import aiosqlite
+
+    for obj in gc.get_objects():
+        if isinstance(obj, aiosqlite.Connection) and obj._connection is not None:
+            obj.stop()
