@@ -143,9 +143,10 @@ class TradeRow:
     paused: bool
     proceeds: float | None  # what closing the open quantity at the mark brings (negative: costs)
     contract_type: str = ""  # binary_above … option_call, option_put, stock, combo
-    # Options and combos under the min_time_value rule: the time value the evaluation measured
-    # (dollars per share) and its state against the rule's floor: SAFE (> 2 × floor), RISK
-    # (<= 2 × floor), CRITICAL (<= floor: the rule fires). None when not measured.
+    # Options and combos: the time value the evaluation measured (dollars per share) and, under
+    # the min_time_value rule, its state against the rule's floor: SAFE (> 2 × floor), RISK
+    # (<= 2 × floor), CRITICAL (<= floor: the rule fires); no state without the rule. None when
+    # not measured.
     time_value: float | None = None
     tv_state: str | None = None
 

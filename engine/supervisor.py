@@ -116,6 +116,7 @@ class _Status:
     last_sample_ts: float = -math.inf
     criteria: Criteria | None = None
     peaks_dirty: bool = False  # peak/trough moved since last persisted
+    time_value: float | None = None  # options and combos: the last evaluation's, $ per unit
 
 
 @dataclass(slots=True)
@@ -1076,6 +1077,7 @@ class Engine:
         spot = m["spot"]
         und = spot if c.underlying == self.symbol else None  # another underlying: its quote's
         time_value = pricing.time_value(c, q, und, self.contracts, self.quotes)
+        st.time_value = time_value
         if q.und_price is not None and q.und_price > 0:
             und = q.und_price  # the venue model's underlying price, for options on any underlying
         direction = pricing.underlying_direction(t, c)
@@ -2507,6 +2509,8 @@ class Engine:
                 tv_state = (
                     "CRITICAL" if tv.fired else signals.time_value_state(tv.value, tv.threshold)
                 )
+            else:  # no floor set for this trade: the value alone, with no state to measure
+                time_value = st.time_value
         return TradeRow(
             trade_id=t.trade_id,
             contract_id=t.contract_id,

@@ -136,6 +136,20 @@ async def test_the_option_chain_vix_close_and_time_value_states(tmp_path: Path) 
         assert "CRITICAL .07" in text and "RISK .15" in text
 
 
+async def test_time_value_without_the_rule_shows_the_value_alone(tmp_path: Path) -> None:
+    """No min_time_value: there is no floor to measure a state against, but an options trader
+    still reads each option's time value in the trades pane."""
+    cfg = ui_config(tmp_path, sim={"demo_trades": 0}, auto_stop={"mode": "alert_only"})
+    async with running_app(tmp_path, config=cfg, warmup_seconds=0) as (app, pilot, host):
+        await host.call(_option_market)
+        await host.sync(force=True)
+        await settle(pilot)
+        trades = app.main.query_one(TradesPane)
+        assert trades.table.columns_spec == TRADE_COLUMNS_TV
+        cells = {tid: _cell(trades, tid, "tv") for tid in ("safe", "risk", "crit")}
+        assert cells == {"safe": "2.05", "risk": ".15", "crit": ".07"}
+
+
 async def test_binary_strikes_keep_their_layout(tmp_path: Path) -> None:
     async with running_app(tmp_path) as (app, _pilot, _host):
         assert app.main.query_one(StrikesPane).table.columns_spec == STRIKE_COLUMNS

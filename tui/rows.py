@@ -122,12 +122,15 @@ def trade_row(t: TradeRow, pal: Palette, with_tv: bool = False) -> Row:
 
 def tv_cell(t: TradeRow) -> Cell:
     """ "RISK .18", "SAFE 2.05", "CRITICAL .07": the time value state against min_time_value
-    and the time value in dollars per share (no leading zero: 12 columns hold them all)."""
-    if t.tv_state is None or t.time_value is None:
+    and the time value in dollars per share (no leading zero: 12 columns hold them all); the
+    value alone (".18") when the trade has no min_time_value."""
+    if t.time_value is None:
         return (fmt.DASH, "dim") if t.contract_type in _TV_TYPES else ""
     value = f"{t.time_value:.2f}"
     if abs(t.time_value) < 1:
         value = value.replace("0.", ".", 1)
+    if t.tv_state is None:  # min_time_value is off for this trade: the value, no state
+        return (value, "")
     return (f"{t.tv_state} {value}", TV_STATE_STYLE.get(t.tv_state, ""))
 
 
