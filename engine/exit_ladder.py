@@ -11,8 +11,9 @@ walked down rather than crossed at any price:
 `bid_now` / `ask_now` are read at each attempt, not at the first: when the market moves away, the
 ladder follows it (a trader closing by hand re-reads the book too). `ladder_floor` is the lowest
 price a sell is ever sent at; a bid below it leaves the order at the floor, where it fills only if
-the book comes back, and after `ladder_max_attempts` the engine gives up with a critical
-`execution_failure` alert. A buy to close a short has no ceiling besides the attempt count.
+the book comes back (the engine's alerts say MID_TOO_LOW when the held side's mid is under the
+floor), and after `ladder_max_attempts` the engine gives up with a critical `execution_failure`
+alert (LIMIT_REACHED). A buy to close a short has no ceiling besides the attempt count.
 """
 
 from __future__ import annotations

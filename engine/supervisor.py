@@ -131,6 +131,9 @@ class _Exit:
     unknown_coid: str | None = None  # an order whose outcome is unknown (timeout): look it up
     resend_coid: str | None = None  # an order the venue never saw: send again with the same id
     limits: dict[str, float | None] = field(default_factory=dict)  # client order id -> limit
+    # client order id -> the held side's mid, for attempts priced while that mid was below the
+    # ladder's floor (MID_TOO_LOW: the order sits at the floor and fills only if the book recovers)
+    low_mids: dict[str, float] = field(default_factory=dict)
     # The exit's one warning is out (an attempt unfilled, rejected or of unknown outcome); the
     # rest of its attempts are in the journal, and giving up is a critical alert of its own.
     warned: bool = False
@@ -1414,6 +1417,11 @@ class Engine:
         a = self.config.ladder()
         step = exit_limit(t, q, ex.attempts, a.tick, a.floor)
         ex.limits[coid] = step.limit
+        if t.side != "short":
+            bid, ask = pricing.held_bid_ask(t, q)
+            mid = (bid + ask) / 2
+            if mid < a.floor:
+                ex.low_mids[coid] = mid
         return step.limit
 
     async def _attempt(self, t: Trade, ex: _Exit, now: float, force: bool = False) -> None:
@@ -1575,6 +1583,12 @@ class Engine:
             f"{f' at {limit:.4f}' if limit is not None else ''} {res.status}"
             f"{' (' + res.reason + ')' if res.reason else ''}; {t.qty:g} left"
         )
+        low = ex.low_mids.get(coid)
+        if low is not None:
+            msg += (
+                f"; MID_TOO_LOW: the mid {low:.4f} is below the floor {a.floor:g}, so the limit "
+                "stays at the floor and fills only if the book comes back"
+            )
         if ex.attempts < a.max_attempts:
             await self.store.book_result(trade=t, ts=now, order=order, fill=fill)
             if ex.warned:

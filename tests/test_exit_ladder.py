@@ -132,3 +132,44 @@ async def test_at_the_floor_it_gives_up_after_the_last_attempt_and_leaves_the_tr
     [held] = await h.venue.positions()  # nothing was sold
     assert (held.contract_id, held.qty) == (CID, 10)
     await h.close()
+
+
+async def test_a_market_below_the_floor_says_mid_too_low(tmp_path):
+    """An option worth less than the ladder's floor cannot be sold by the ladder: the trader is
+    told why (MID_TOO_LOW) in the one warning and in the final LIMIT_REACHED."""
+    cfg = config(
+        auto_stop={
+            "criteria": {"max_loss_percent": 30},
+            "ladder_max_attempts": 3,
+            "ladder_step_seconds": 1,
+            "ladder_tick": 0.05,
+            "ladder_floor": 0.20,
+        },
+    )
+    h = await standard(tmp_path, cfg)
+    await h.quote(0.10, 0.14)  # held mid 0.12, under the floor
+    for dt in range(1, 6):
+        await h.quote(0.10, 0.14, ts=T0 + dt)
+        await h.tick(dt)
+    assert [r.limit_price for r in h.venue.submitted] == [pytest.approx(0.20)] * 3
+    alerts = h.of_kind("execution_failure")
+    assert [a.severity.value for a in alerts] == ["warning", "critical"]
+    for a in alerts:
+        assert "MID_TOO_LOW: the mid 0.1200 is below the floor 0.2" in a.message
+    assert "LIMIT_REACHED" in alerts[1].message
+    await h.close()
+
+
+async def test_a_market_above_the_floor_does_not_say_mid_too_low(tmp_path):
+    cfg = config(
+        auto_stop={"criteria": {"max_loss_percent": 30}, "ladder_max_attempts": 2},
+        paper={"slippage": "fixed", "slippage_fixed": 0.20},  # nothing fills
+    )
+    h = await standard(tmp_path, cfg)
+    await h.quote(0.30, 0.32)
+    for dt in range(1, 8):
+        await h.quote(0.30, 0.32, ts=T0 + dt)
+        await h.tick(dt)
+    alerts = h.of_kind("execution_failure")
+    assert alerts and not any("MID_TOO_LOW" in a.message for a in alerts)
+    await h.close()
