@@ -160,8 +160,11 @@ class _BusyGate:
 
     async def wait_idle(self, timeout: float) -> None:
         if self.count:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # lands as its timeout fires, and a stopping engine would wait for this forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._idle.wait()
 
 
 class Engine:
