@@ -35,5 +35,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     import aiosqlite
 
     for obj in gc.get_objects():
-        if isinstance(obj, aiosqlite.Connection) and obj._connection is not None:
+        # `type`, not isinstance: a weak proxy to a dead object raises on any attribute access.
+        if type(obj) is aiosqlite.Connection and obj._connection is not None:
             obj.stop()
