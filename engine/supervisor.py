@@ -2210,6 +2210,10 @@ class Engine:
             for s in self.subscribers:
                 s(snap)
 
+    def held_contract_ids(self) -> set[str]:
+        """The contracts of the trades being watched (feeds follow the ones they do not list)."""
+        return {t.contract_id for t in self.trades.values()}
+
     def snapshot(self) -> Snapshot:
         """The current immutable picture (rebuilt only when something changed)."""
         if self._snapshot is not None and not self._dirty:

@@ -23,6 +23,13 @@ Choices worth knowing:
   between polls (doubling up to `max_backoff_seconds`). A `KalshiAuthError` stops the feed: a
   refused key or signature does not fix itself, and polling on would only hide the fault behind
   staleness alerts. Market data needs no key, so this means a proxy or the venue refuses us.
+- Held markets outside the current event (a position in a later event, or in one that closed
+  while the engine was stopped) are followed too, when the engine says what it holds
+  (`held_contract_ids`): each is looked up once (`GET /markets/{ticker}`), announced, quoted
+  over REST while its event is open and settled like the current event's once it closed, so no
+  position sits unprotected as "no contract details" or is closed as external at a stale mark.
+  A market of another series gets that series as its underlying: the BTC spot rules and the
+  probability model do not apply to it, the price rules do.
 - With a `stream` (a `KalshiStream`), prices and sizes come from its `KalshiQuote`s as they
   arrive; REST still finds events, settles, and adds volume, open interest and the last trade.
   A market the stream has no live book for (before its snapshot, after a drop or a gap) is
@@ -42,7 +49,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from engine.clock import Clock
 from engine.models import Contract, ContractEvent, MarketEvent, Quote, QuoteEvent, SettleEvent
-from engine.venues.kalshi.errors import KalshiAuthError, KalshiError
+from engine.venues.kalshi.errors import KalshiAuthError, KalshiError, KalshiNotFound
 from engine.venues.kalshi.fixed import FixedPointError, parse_optional
 from engine.venues.kalshi.stream import Disconnected, KalshiQuote, SequenceGap
 
@@ -62,6 +69,9 @@ _ONE = Decimal(1)
 
 class _Sink(Protocol):
     async def handle_safely(self, event: MarketEvent) -> object: ...
+
+
+HELD_RETRY_SECONDS = 60.0  # a held ticker Kalshi did not know (or skipped) is asked again after
 
 
 class QuoteStream(Protocol):
@@ -230,6 +240,11 @@ class KalshiMarketFeed:
         self._streamed: dict[str, KalshiQuote] = {}  # latest stream quote per ticker
         self._rest: dict[str, Market] = {}  # latest REST record per ticker (current event)
         self._retired: _Tracked | None = None  # the event just closed, until the next is found
+        # Open events other than the current one, followed for the markets held in them.
+        self.held: dict[str, _Tracked] = {}
+        # Held tickers not to look up before a time: unknown to Kalshi or unusable (a minute),
+        # settled (`settle_give_up_seconds`), given up on unsettled (an hour).
+        self._held_retry: dict[str, float] = {}
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -274,6 +289,7 @@ class KalshiMarketFeed:
             ok &= await self._guard(
                 f"quotes of {self.current.ticker}", self._poll_current(engine, self.current)
             )
+        ok &= await self._guard("held markets", self._follow_held(engine, now))
         for tracked in list(self.closed.values()):
             ok &= await self._guard(
                 f"settlement of {tracked.ticker}", self._poll_closed(engine, tracked)
@@ -334,6 +350,7 @@ class KalshiMarketFeed:
             return
         self._no_event_logged = False
         close, event = best
+        self.held.pop(event.event_ticker, None)  # followed for a held market: now the whole ladder
         tracked = _Tracked(event.event_ticker, close)
         out: list[MarketEvent] = []
         for market in event.markets:
@@ -470,6 +487,74 @@ class KalshiMarketFeed:
         except KalshiError as exc:
             log.warning("Kalshi feed: could not change the stream's markets: %s", exc)
 
+    # --- held markets outside the current event -------------------------------------------
+
+    def _followed(self) -> set[str]:
+        out = set(self.current.contracts) if self.current is not None else set()
+        for tracked in (*self.closed.values(), *self.held.values()):
+            out |= tracked.contracts
+        return out
+
+    async def _follow_held(self, engine: _Sink, now: float) -> None:
+        """Announce, quote and (via `closed`) settle the held markets the ladder does not cover."""
+        held_ids = getattr(engine, "held_contract_ids", None)
+        if held_ids is None:
+            return
+        held = set(held_ids())
+        for ticker in [t for t, until in self._held_retry.items() if until <= now]:
+            del self._held_retry[ticker]
+        for ticker in sorted(held - self._followed()):
+            if ticker in self._held_retry:
+                continue
+            await self._adopt_market(engine, ticker, now)
+        for key, tracked in list(self.held.items()):
+            gone = tracked.contracts - held
+            tracked.contracts -= gone
+            for cid in gone:
+                self._rest.pop(cid, None)
+                self._last.pop(cid, None)
+            if not tracked.contracts:
+                del self.held[key]
+            elif tracked.close_ts <= now:
+                del self.held[key]
+                self.closed.setdefault(key, tracked).contracts |= tracked.contracts
+                log.info("Kalshi feed: %s closed; waiting for its settlement", key)
+            else:
+                await self._poll_current(engine, tracked)
+
+    async def _adopt_market(self, engine: _Sink, ticker: str, now: float) -> None:
+        try:
+            market = await self.client.get_market(ticker)
+        except KalshiNotFound:
+            self._held_retry[ticker] = now + HELD_RETRY_SECONDS
+            log.warning("Kalshi feed: held market %s is unknown to Kalshi", ticker)
+            return
+        series = market.event_ticker.split("-", 1)[0]
+        underlying = self.underlying if series == self.series_ticker else series
+        contract, why = contract_for(market, underlying)
+        if contract is None:
+            self._held_retry[ticker] = now + HELD_RETRY_SECONDS
+            log.warning("Kalshi feed: cannot follow held market %s: %s", ticker, why)
+            return
+        self._held_retry.pop(ticker, None)
+        key = market.event_ticker or ticker
+        closed = contract.close_ts <= now
+        group = self.closed if closed else self.held
+        tracked = group.setdefault(key, _Tracked(key, contract.close_ts))
+        tracked.contracts.add(contract.id)
+        log.info(
+            "Kalshi feed: following held market %s (%s)",
+            ticker,
+            "closed, awaiting its settlement" if closed else "outside the current event",
+        )
+        events: list[MarketEvent] = [ContractEvent(now, contract)]
+        if closed:
+            events.extend(self._settlements(tracked, market, now))
+            if tracked.done:
+                del self.closed[key]
+        for ev in events:
+            await engine.handle_safely(ev)
+
     async def _poll_closed(self, engine: _Sink, tracked: _Tracked) -> None:
         markets = await self._markets(tracked.ticker)
         now = self.clock.now()
@@ -481,6 +566,9 @@ class KalshiMarketFeed:
             log.info("Kalshi feed: %s fully settled", tracked.ticker)
         elif now - tracked.close_ts > self.settle_give_up_seconds:
             del self.closed[tracked.ticker]
+            for cid in tracked.contracts - tracked.settled:
+                # Held still: ask about it again now and then, not every poll.
+                self._held_retry[cid] = now + 60 * HELD_RETRY_SECONDS
             log.error(
                 "Kalshi feed: %s still unsettled %.0f s after close; giving up on %s",
                 tracked.ticker,
@@ -490,13 +578,15 @@ class KalshiMarketFeed:
         for ev in out:
             await engine.handle_safely(ev)
 
-    @staticmethod
-    def _settlements(tracked: _Tracked, market: Market, now: float) -> list[SettleEvent]:
+    def _settlements(self, tracked: _Tracked, market: Market, now: float) -> list[SettleEvent]:
         if market.ticker not in tracked.contracts or market.ticker in tracked.settled:
             return []
         value = settle_value(market)
         if value is None:
             return []
         tracked.settled.add(market.ticker)
+        # Settled once, ever: a position the engine still holds for a moment (an exit in flight
+        # books first) must not make `_follow_held` look the market up and settle it again.
+        self._held_retry[market.ticker] = now + self.settle_give_up_seconds
         log.info("Kalshi feed: %s settled %s", market.ticker, market.raw.get("result"))
         return [SettleEvent(now, market.ticker, value)]
