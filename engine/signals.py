@@ -10,6 +10,9 @@ Units, everywhere in this module:
 - momentum deltas: percent (1.0 = 1 %); momentum score: basis points (1 % = 100 bps);
 - volatility `sigma` and drift `mu`: annualised, as fractions (0.50 = 50 % a year);
 - time to close `tau_years`: years of 525,600 minutes (crypto trades 24/7);
+- realised volatility: minute returns annualised over MINUTES_PER_YEAR for a 24/7 market, over
+  TRADING_MINUTES_PER_YEAR for an exchange-traded underlying (its minute returns exist only while
+  the exchange is open, so √525,600 would overstate it about 2.3 times);
 - probabilities, volatility score, binary prices: 0..1 (binary prices are dollars per contract).
 
 Probability model (DESIGN.md §4, venues.md "Probability model"): the spot is lognormal with drift
@@ -27,6 +30,10 @@ from itertools import pairwise
 
 MINUTES_PER_YEAR = 525_600
 """Minutes in a (365-day) year: the annualisation base for a market that trades 24/7."""
+
+TRADING_MINUTES_PER_YEAR = 252 * 390
+"""Trading minutes in a year on a US exchange (252 sessions of 6.5 hours): the annualisation base
+for the realised volatility of a stock or index, comparable with its options' implied volatility."""
 
 MOMENTUM_WINDOWS_MIN = (1, 2, 3, 4, 15, 30)
 """Momentum look-back windows, minutes."""
@@ -196,23 +203,33 @@ def _sample_stdev(xs: list[float]) -> float:
     return math.sqrt(ss / (n - 1))
 
 
-def realized_vol_from_closes(closes: list[float]) -> float | None:
-    """Annualised volatility from 1-minute closes: stdev(log returns) · √MINUTES_PER_YEAR.
+def realized_vol_from_closes(
+    closes: list[float], minutes_per_year: float = MINUTES_PER_YEAR
+) -> float | None:
+    """Annualised volatility from 1-minute closes: stdev(log returns) · √minutes_per_year
+    (MINUTES_PER_YEAR for 24/7 markets, TRADING_MINUTES_PER_YEAR for exchange-traded ones).
 
     None with fewer than 3 returns (4 closes).
     """
     if len(closes) < 4:
         return None
-    return _sample_stdev(log_returns(closes)) * _SQRT_MINUTES_PER_YEAR
+    scale = (
+        _SQRT_MINUTES_PER_YEAR
+        if minutes_per_year == MINUTES_PER_YEAR
+        else math.sqrt(minutes_per_year)
+    )
+    return _sample_stdev(log_returns(closes)) * scale
 
 
-def realized_vol(hist: SpotHistory, now: float, window_minutes: int) -> float | None:
+def realized_vol(
+    hist: SpotHistory, now: float, window_minutes: int, minutes_per_year: float = MINUTES_PER_YEAR
+) -> float | None:
     """Annualised realised volatility over the last `window_minutes` minutes, as a fraction.
 
     From the 1-minute log returns of `hist.minute_closes(now, window_minutes)`:
-    sample stdev(returns) · √MINUTES_PER_YEAR. None with fewer than 3 returns.
+    sample stdev(returns) · √minutes_per_year. None with fewer than 3 returns.
     """
-    return realized_vol_from_closes(hist.minute_closes(now, window_minutes))
+    return realized_vol_from_closes(hist.minute_closes(now, window_minutes), minutes_per_year)
 
 
 # --- volatility score and regime ------------------------------------------------------------------
@@ -267,6 +284,7 @@ class VolatilityTracker:
         "_sorted",
         "_state",
         "lookback_minutes",
+        "minutes_per_year",
         "recompute_seconds",
         "regime_thresholds",
         "windows_minutes",
@@ -278,6 +296,7 @@ class VolatilityTracker:
         lookback_minutes: int,
         regime_thresholds: list[float],
         recompute_seconds: float = 60.0,
+        minutes_per_year: float = MINUTES_PER_YEAR,
     ) -> None:
         if not windows_minutes or any(w <= 0 for w in windows_minutes):
             raise ValueError("volatility windows must be a non-empty list of positive minutes")
@@ -287,6 +306,7 @@ class VolatilityTracker:
         self.lookback_minutes = lookback_minutes
         self.regime_thresholds = list(regime_thresholds)
         self.recompute_seconds = recompute_seconds
+        self.minutes_per_year = minutes_per_year
         self._samples: deque[tuple[float, float]] = deque()  # (ts_seconds, sigma), oldest first
         self._sorted: list[float] = []  # the same sigmas, sorted, for rank look-ups
         self._last_ts: float | None = None
@@ -320,7 +340,7 @@ class VolatilityTracker:
         closes = hist.minute_closes(now, max(self.windows_minutes))
         per_window: dict[int, float | None] = {}
         for w in self.windows_minutes:
-            per_window[w] = realized_vol_from_closes(closes[-(w + 1) :])
+            per_window[w] = realized_vol_from_closes(closes[-(w + 1) :], self.minutes_per_year)
         vals = [v for v in per_window.values() if v is not None]
         if not vals:
             self._state = VolatilityState(per_window, None, None, None)

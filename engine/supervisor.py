@@ -2628,9 +2628,18 @@ class Engine:
 
     @staticmethod
     def _new_vol_tracker(config: Config) -> signals.VolatilityTracker:
+        """Realised volatility of the underlying: an IBKR underlying trades only while its exchange
+        is open, so its minute returns are annualised over trading minutes, not 24/7 ones."""
         s = config.signals
         return signals.VolatilityTracker(
-            s.volatility_windows_minutes, s.volatility_lookback_minutes, s.regime_thresholds
+            s.volatility_windows_minutes,
+            s.volatility_lookback_minutes,
+            s.regime_thresholds,
+            minutes_per_year=(
+                signals.TRADING_MINUTES_PER_YEAR
+                if config.engine.venue == "ibkr"
+                else signals.MINUTES_PER_YEAR
+            ),
         )
 
 

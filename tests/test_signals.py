@@ -14,6 +14,7 @@ import pytest
 from engine.signals import (
     MINUTES_PER_YEAR,
     MOMENTUM_WINDOWS_MIN,
+    TRADING_MINUTES_PER_YEAR,
     SpotHistory,
     StrikeMetrics,
     VolatilityTracker,
@@ -203,6 +204,22 @@ def test_realized_vol_alternating_series() -> None:
     expected = 2 * r / math.sqrt(3) * math.sqrt(525_600)
     assert realized_vol(h, 4 * 60.0, 4) == pytest.approx(expected)
     assert expected == pytest.approx(statistics.stdev([r, -r, r, -r]) * math.sqrt(MINUTES_PER_YEAR))
+
+
+def test_realized_vol_of_an_exchange_traded_underlying_counts_trading_minutes() -> None:
+    # The same minute returns: a stock trades 252 × 390 = 98,280 minutes a year, so its σ is
+    # 2r/√3 · √98,280 (about 2.3 times lower than the 24/7 figure), comparable with option IVs.
+    h = minute_history([100.0, 101.0, 100.0, 101.0, 100.0])
+    r = math.log(1.01)
+    assert TRADING_MINUTES_PER_YEAR == 98_280
+    stock = realized_vol(h, 4 * 60.0, 4, TRADING_MINUTES_PER_YEAR)
+    assert stock == pytest.approx(2 * r / math.sqrt(3) * math.sqrt(98_280))
+    crypto = realized_vol(h, 4 * 60.0, 4)
+    assert (
+        crypto is not None and stock is not None and crypto / stock == pytest.approx(2.3125, 1e-4)
+    )
+    tr = VolatilityTracker([4], 1440, THRESHOLDS, minutes_per_year=TRADING_MINUTES_PER_YEAR)
+    assert tr.update(h, 4 * 60.0).sigma == pytest.approx(stock)
 
 
 def test_realized_vol_needs_three_returns() -> None:

@@ -171,3 +171,25 @@ def test_the_regime_line_names_vix(kw: dict[str, Any], shown: str, warns: bool) 
     t = regime_text(_view(**kw))
     assert t.plain == "\nRegime " + shown
     assert any("yellow" in str(span.style) for span in t.spans) is warns
+
+
+async def test_an_ibkr_underlying_shows_its_volatility_over_trading_minutes(tmp_path: Path) -> None:
+    """The same hour of SPY minute closes: with the engine on IBKR the market pane's σ is
+    annualised over 98,280 trading minutes (comparable with the options' IV), not 525,600."""
+    closes = [(T0 - 60.0 * (60 - k), 550.0 * (1.0004 if k % 2 else 1.0)) for k in range(60)]
+    sigmas: dict[str, float] = {}
+    for venue, mode in (("sim", "dry_run"), ("ibkr", "alert_only")):
+        cfg = config(engine={"venue": venue}, auto_stop={"mode": mode})
+        h = await Harness(tmp_path / venue, cfg).open()
+        try:
+            h.engine.seed_spot_history(closes)
+            await h.spot(550.0)
+            sigma = view(h).sigma
+            assert sigma is not None
+            sigmas[venue] = sigma
+        finally:
+            await h.close()
+    # Minute moves of ±0.04 % are about 0.04 % · √98,280 ≈ 12.5 % a year for a stock (a quiet
+    # SPY day), and 2.31 times that if the year had 525,600 trading minutes.
+    assert 0.11 < sigmas["ibkr"] < 0.14
+    assert sigmas["sim"] / sigmas["ibkr"] == pytest.approx(math.sqrt(525_600 / 98_280))
