@@ -169,7 +169,11 @@ async def test_connects_with_the_configured_session(h: Harness, gw: Gateway) -> 
     assert {p.contract.conId for p in conn.ib.positions()} == {AAPL.con_id}
     # orders are synchronised (not read-only); the market data type is the session's setting
     assert count(gw, 5) == 1 and count(gw, 99) == 1
-    [mdt] = [r for r in gw.state.requests(IN_REQ_MARKET_DATA_TYPE) if r.client_id == 11]
+    # sent before the connection says it is up; the gateway reads it on its own schedule
+    [mdt] = await gw.wait_until(
+        lambda: [r for r in gw.state.requests(IN_REQ_MARKET_DATA_TYPE) if r.client_id == 11],
+        DEADLINE,
+    )
     assert mdt.fields[2] == "3"
     assert h.watcher.resubscribes == 0
     assert h.sleeps.delays == []

@@ -222,7 +222,8 @@ class SpotStream:
                 await ws.send(json.dumps(message))
             while True:
                 try:
-                    raw = await asyncio.wait_for(ws.recv(), self.idle_timeout)
+                    async with asyncio.timeout(self.idle_timeout):
+                        raw = await ws.recv()
                 except TimeoutError:
                     return False, f"silent for {self.idle_timeout:g} s"
                 self._handle(raw)

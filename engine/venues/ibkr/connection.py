@@ -288,7 +288,8 @@ class IbConnection:
     async def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait (at most `timeout` seconds) until the connection is up; True if it is."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._up.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
         return self.connected
 
     # --- connecting ------------------------------------------------------------------------

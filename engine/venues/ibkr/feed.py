@@ -388,7 +388,8 @@ class IbkrMarketFeed:
         timeout = self.config.connect_timeout_seconds + len(contracts) / max(
             self.config.max_messages_per_second, 1.0
         )
-        found = await asyncio.wait_for(ib.qualifyContractsAsync(*contracts), timeout)
+        async with asyncio.timeout(timeout):
+            found = await ib.qualifyContractsAsync(*contracts)
         return [c if isinstance(c, IbContract) and c.conId else None for c in found]
 
     async def _sync_underlying(self, now: float) -> None:
@@ -496,10 +497,10 @@ class IbkrMarketFeed:
         if params is None:
             if self._chain_retry > now:
                 return None
-            params = await asyncio.wait_for(
-                self.conn.ib.reqSecDefOptParamsAsync(under.symbol, "", "STK", under.conId),
-                self.config.connect_timeout_seconds,
-            )
+            async with asyncio.timeout(self.config.connect_timeout_seconds):
+                params = await self.conn.ib.reqSecDefOptParamsAsync(
+                    under.symbol, "", "STK", under.conId
+                )
             if not params:
                 self._chain_retry = now + RETRY_SECONDS
                 self._log_once("no-chain", "IB feed: no option chain for %s", under.symbol)

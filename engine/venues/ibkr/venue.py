@@ -120,7 +120,8 @@ class _Waker:
                 return False
             self._event.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._event.wait()
 
 
 class IbkrVenue:
@@ -199,7 +200,8 @@ class IbkrVenue:
 
     async def _request(self, aw: Awaitable[T], what: str) -> T:
         try:
-            return await asyncio.wait_for(aw, self._request_timeout)
+            async with asyncio.timeout(self._request_timeout):
+                return await aw
         except TimeoutError:
             raise VenueError(f"{UNREACHABLE}: no answer to {what}") from None
         except ConnectionError as exc:
