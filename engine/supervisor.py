@@ -70,7 +70,7 @@ from engine.snapshot import (
     TradeRow,
 )
 from engine.store import Store, StoreError
-from engine.venues.base import OrderRequest, OrderResult, Venue, VenueError
+from engine.venues.base import OrderRequest, OrderResult, Venue, VenueError, VenuePosition
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,10 @@ EPS = 1e-9
 EXIT_FAILED_COOLDOWN_SECONDS = 60.0
 OPPORTUNITY_SCAN_SECONDS = 5.0
 POSITIONS_POLL_SECONDS = 5.0
+# How long a tick waits for the venue's positions before going on without them. The answer is
+# applied when it comes (a slow or retrying positions endpoint can take tens of seconds), and
+# meanwhile the tick's own work — staleness, time rules, the exit ladder's next step — goes on.
+POSITIONS_POLL_BUDGET_SECONDS = 1.0
 # After its close, a contract's vanished position waits this long for the settlement before it is
 # closed as external: venues pay out minutes after the close, and the feed may see the result
 # after the positions poll sees the payout.
@@ -248,6 +252,8 @@ class Engine:
         self._last_checkpoint = -math.inf
         self._last_heartbeat = -math.inf
         self._checkpoint_task: asyncio.Task[None] | None = None
+        self._positions_task: asyncio.Task[None] | None = None
+        self.positions_poll_budget = POSITIONS_POLL_BUDGET_SECONDS
         self._exit_tasks: set[asyncio.Task[None]] = set()  # exits waiting on resting orders
         self._combos_of_leg: dict[str, set[str]] = {}  # leg contract -> combos using it
         self._marks_pending: list[tuple[str, float, float, float, float]] = []
@@ -931,12 +937,17 @@ class Engine:
                 await self._attempt(t, ex, now)
         await self._check_risk(now)
         # At most one of the slower periodic jobs per tick, so their costs never add up.
-        if now - self._last_positions_poll >= POSITIONS_POLL_SECONDS:
+        if now - self._last_positions_poll >= POSITIONS_POLL_SECONDS and (
+            self._positions_task is None or self._positions_task.done()
+        ):
             # The journal first: a trade another program journaled and holds at the venue must
             # be adopted from its journal row, not invented a second time from the position.
             self._last_positions_poll = now
             await self._poll_journal(now)
-            await self._poll_positions(now)
+            self._positions_task = asyncio.create_task(
+                self._positions_job(now), name="positions-poll"
+            )
+            await asyncio.wait({self._positions_task}, timeout=self.positions_poll_budget)
         elif now - self._last_opportunity_scan >= OPPORTUNITY_SCAN_SECONDS:
             self._last_opportunity_scan = now
             await self._scan_opportunities(now)
@@ -956,7 +967,13 @@ class Engine:
         self._maybe_publish()
 
     async def flush(self) -> None:
-        """Write pending mark samples and wait for a running checkpoint (call before closing)."""
+        """Write pending mark samples and wait for a running checkpoint (call before closing).
+        A positions poll still waiting for the venue is dropped: the next start reconciles."""
+        task, self._positions_task = self._positions_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self._flush_marks()
         if self._checkpoint_task is not None:
             await self._checkpoint_task
@@ -1717,6 +1734,17 @@ class Engine:
         await self._evaluate(t.trade_id, self.clock.now())
         return CommandResult(True, f"tracking {t.trade_id}")
 
+    async def _positions_job(self, now: float) -> None:
+        """The tick's positions poll, in its own task (see POSITIONS_POLL_BUDGET_SECONDS): an
+        unexpected error is a critical alert, as a failed tick is."""
+        try:
+            await self._poll_positions(now)
+        except Exception:
+            log.exception("positions poll failed")
+            await self._alert(
+                AlertKind.DATA_QUALITY, Severity.CRITICAL, "positions poll failed; see the log"
+            )
+
     async def _poll_positions(self, now: float) -> None:
         """Adopt positions that appeared at the venue; close as external those that vanished.
 
@@ -1734,6 +1762,12 @@ class Engine:
             key = shared if str(e).startswith("GATEWAY_UNREACHABLE") else "venue"
             await self._episode(key, f"venue {self.venue.name} unreachable: {e}", None)
             return
+        with self._busy:  # the answer may come long after `now` (see POSITIONS_POLL_BUDGET_SECONDS)
+            await self._apply_positions(positions, asked_at, max(now, self.clock.now()))
+
+    async def _apply_positions(
+        self, positions: list[VenuePosition], asked_at: int, now: float
+    ) -> None:
         await self._recover("venue")
         moved = {c for c, seq in self._touched.items() if seq > asked_at}
         self._touched = {c: seq for c, seq in self._touched.items() if seq > asked_at}
