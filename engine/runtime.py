@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import signal
 import sys
@@ -21,14 +22,17 @@ from engine.clock import Clock, RealClock, ScaledClock
 from engine.commands import Command
 from engine.config import Config, ConfigError
 from engine.feeds.sim_feed import STATE_KEY, SimFeed
-from engine.models import Quote
+from engine.models import AlertKind, Quote, SettleEvent, Severity
 from engine.sim import SimMarket
 from engine.store import JOURNAL_FILENAME, Store
 from engine.supervisor import Engine
 from engine.venues.kalshi.auth import KalshiKeyError, KalshiSigner
 from engine.venues.paper import PaperVenue
 
-RESUME_SIM_WITHIN_SECONDS = 2 * 3600.0  # a longer gap starts a fresh simulated session
+# The simulated market resumes through a gap of up to a week (about 0.15 s of start-up per day
+# away), so the events that closed meanwhile settle the trades on them; a longer gap starts a
+# fresh simulated session, and trades left on the old events are reported.
+RESUME_SIM_WITHIN_SECONDS = 7 * 86400.0
 
 
 @dataclass
@@ -47,6 +51,28 @@ class Runtime:
             # Always close: an open aiosqlite connection's thread keeps the process alive.
             await self.store.close()
             await _run_closers(self.closers)
+
+
+async def _report_stranded(engine: Engine, market: SimMarket) -> None:
+    """A fresh simulated session cannot settle the trades left on an earlier session's events:
+    say so once, with the way out."""
+    listed = {c.id for c in market.contracts()}
+    stranded = sorted(
+        t.trade_id
+        for t in engine.trades.values()
+        if t.venue == "sim" and t.contract_id not in listed
+    )
+    if stranded:
+        await engine.alerts.raise_(
+            engine.clock.now(),
+            AlertKind.DATA_QUALITY,
+            Severity.WARNING,
+            f"the simulated market started a fresh session (its saved state is missing or more "
+            f"than {RESUME_SIM_WITHIN_SECONDS / 86400:g} days old): {len(stranded)} trade(s) on "
+            f"its earlier events cannot settle ({', '.join(stranded[:5])}"
+            f"{', …' if len(stranded) > 5 else ''}); close them with `trade-supervisor trades "
+            "close ID --price P`",
+        )
 
 
 async def _run_closers(closers: list[Callable[[], object]]) -> None:
@@ -134,15 +160,19 @@ async def build_runtime(
 
         saved = await store.get_state(STATE_KEY)
         now = clock.now()
-        if (
+        resumed = (
             isinstance(saved, dict)
             and 0 <= now - float(saved.get("ts", -1e18)) <= RESUME_SIM_WITHIN_SECONDS
-        ):
-            market = SimMarket(config.sim, now, state=saved)
-        else:
-            market = SimMarket(config.sim, now)
+        )
+        market = SimMarket(config.sim, now, state=saved if resumed else None)
+        # Settlements of events that closed while the app was stopped wait until `start` has
+        # loaded the journal's trades; they are stamped now, when the engine learns of them.
+        settlements: list[SettleEvent] = []
         for ev in market.advance_to(now):
-            await engine.handle(ev)
+            if isinstance(ev, SettleEvent):
+                settlements.append(dataclasses.replace(ev, ts=now))
+            else:
+                await engine.handle(ev)
         demo = (
             # Stamped with the market's own time, so a recording stays in time order.
             (lambda _ts: market.demo_trades(market.now, config.sim.demo_trades))
@@ -150,6 +180,10 @@ async def build_runtime(
             else None
         )
         await engine.start(demo=demo)
+        for ev in settlements:
+            await engine.handle(ev)
+        if not resumed:
+            await _report_stranded(engine, market)
         return Runtime(engine, store, [SimFeed(market, clock)], clock, closers)
     except BaseException:
         try:
