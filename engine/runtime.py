@@ -53,26 +53,32 @@ class Runtime:
             await _run_closers(self.closers)
 
 
-async def _report_stranded(engine: Engine, market: SimMarket) -> None:
-    """A fresh simulated session cannot settle the trades left on an earlier session's events:
-    say so once, with the way out."""
+async def _report_stranded(engine: Engine, market: SimMarket, resumed: bool) -> None:
+    """Trades on events the simulated market does not list can never be quoted or settled (their
+    event closed while a fresh session started, or the contract was never the sim's): say so
+    once, with the way out."""
     listed = {c.id for c in market.contracts()}
     stranded = sorted(
         t.trade_id
         for t in engine.trades.values()
         if t.venue == "sim" and t.contract_id not in listed
     )
-    if stranded:
-        await engine.alerts.raise_(
-            engine.clock.now(),
-            AlertKind.DATA_QUALITY,
-            Severity.WARNING,
-            f"the simulated market started a fresh session (its saved state is missing or more "
-            f"than {RESUME_SIM_WITHIN_SECONDS / 86400:g} days old): {len(stranded)} trade(s) on "
-            f"its earlier events cannot settle ({', '.join(stranded[:5])}"
-            f"{', …' if len(stranded) > 5 else ''}); close them with `trade-supervisor trades "
-            "close ID --price P`",
-        )
+    if not stranded:
+        return
+    why = (
+        "it does not list"
+        if resumed
+        else "of an earlier session (its saved state is missing or more than "
+        f"{RESUME_SIM_WITHIN_SECONDS / 86400:g} days old, so it started a fresh session)"
+    )
+    await engine.alerts.raise_(
+        engine.clock.now(),
+        AlertKind.DATA_QUALITY,
+        Severity.WARNING,
+        f"{len(stranded)} trade(s) are on contracts of the simulated market {why} and can never "
+        f"settle ({', '.join(stranded[:5])}{', …' if len(stranded) > 5 else ''}); close them "
+        "with `trade-supervisor trades close ID --price P`",
+    )
 
 
 async def _run_closers(closers: list[Callable[[], object]]) -> None:
@@ -182,8 +188,7 @@ async def build_runtime(
         await engine.start(demo=demo)
         for ev in settlements:
             await engine.handle(ev)
-        if not resumed:
-            await _report_stranded(engine, market)
+        await _report_stranded(engine, market, resumed)
         return Runtime(engine, store, [SimFeed(market, clock)], clock, closers)
     except BaseException:
         try:

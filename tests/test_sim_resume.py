@@ -41,6 +41,8 @@ async def test_trades_on_an_event_that_closed_while_stopped_are_settled(
             )
             assert got.exit_price in (0.0, 1.0)
         assert not rt.engine.trades  # nothing left showing stale data
+        alerts = [a["message"] for a in await rt.store.recent_alerts(50)]
+        assert not [m for m in alerts if "never settle" in m]
     finally:
         await rt.close()
 
