@@ -66,18 +66,18 @@ async def _report_stranded(engine: Engine, market: SimMarket, resumed: bool) -> 
     if not stranded:
         return
     why = (
-        "it does not list"
+        "the simulated market does not list their contracts"
         if resumed
-        else "of an earlier session (its saved state is missing or more than "
-        f"{RESUME_SIM_WITHIN_SECONDS / 86400:g} days old, so it started a fresh session)"
+        else "their contracts belong to an earlier simulated session (its saved state is missing "
+        f"or more than {RESUME_SIM_WITHIN_SECONDS / 86400:g} days old)"
     )
     await engine.alerts.raise_(
         engine.clock.now(),
         AlertKind.DATA_QUALITY,
         Severity.WARNING,
-        f"{len(stranded)} trade(s) are on contracts of the simulated market {why} and can never "
-        f"settle ({', '.join(stranded[:5])}{', …' if len(stranded) > 5 else ''}); close them "
-        "with `trade-supervisor trades close ID --price P`",
+        f"{len(stranded)} trade(s) can never settle "
+        f"({', '.join(stranded[:5])}{', …' if len(stranded) > 5 else ''}): close them with "
+        f"`trade-supervisor trades close ID --price P`; {why}",
     )
 
 

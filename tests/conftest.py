@@ -11,6 +11,20 @@ _DESKTOP_SESSION = ("DISPLAY", "WAYLAND_DISPLAY", "DBUS_SESSION_BUS_ADDRESS")
 
 
 @pytest.fixture(autouse=True)
+def no_user_dirs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """The app's default data and config directories (platformdirs: XDG_DATA_HOME,
+    XDG_CONFIG_HOME) point into the test run's temporary directory: a test that forgets to set
+    `engine.data_dir` must not write into the developer's real journal or paper account, and the
+    developer's own config.toml must not change what a test sees. Subprocesses inherit this."""
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("XDG_DATA_HOME", str(base / "xdg-data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(base / "xdg-config"))
+    yield
+
+
+@pytest.fixture(autouse=True)
 def no_desktop_session(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Tests run as on a server: desktop notifications ([alerts.desktop], on by default) find no
     session and turn themselves off, so a developer's desktop gets no pop-ups from the suite.

@@ -60,8 +60,8 @@ async def test_after_more_than_a_week_away_the_stranded_trades_are_reported(tmp_
     rt = await build_runtime(cfg, None, clock=clock)
     try:
         alerts = [a["message"] for a in await rt.store.recent_alerts(50)]
-        [msg] = [m for m in alerts if "fresh session" in m]
+        [msg] = [m for m in alerts if "never settle" in m]
         assert f"{len(demo)} trade(s)" in msg and all(tid in msg for tid in demo)
-        assert "trades close" in msg
+        assert "trades close" in msg and "earlier simulated session" in msg
     finally:
         await rt.close()
