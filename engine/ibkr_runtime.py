@@ -25,7 +25,7 @@ from engine.models import Mode
 from engine.runtime import Runtime
 from engine.store import Store
 from engine.supervisor import Engine
-from engine.venues.base import OrderRequest, OrderResult
+from engine.venues.base import LiveOnly
 from engine.venues.ibkr.connection import IbConnection
 from engine.venues.ibkr.feed import IbkrMarketFeed
 from engine.venues.ibkr.venue import IbkrVenue
@@ -94,23 +94,12 @@ class _ConnectionTask:
         await self._task
 
 
-class _LiveOnly(IbkrVenue):
+class _LiveOnly(LiveOnly, IbkrVenue):
     """`IbkrVenue` that sends orders only while the engine's mode is live (as for Kalshi: the
     engine does not check the mode itself; dry_run is refused by the config with this venue)."""
 
+    label = "IB"
+
     def __init__(self, mode: Callable[[], Mode | None], *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._mode = mode
-
-    async def submit(self, req: OrderRequest) -> OrderResult:
-        mode = self._mode()
-        if mode is not Mode.LIVE:
-            return OrderResult(
-                req.client_order_id,
-                "rejected",
-                0.0,
-                None,
-                0.0,
-                reason=f"not sent to IB: mode is {mode.value if mode else 'unknown'}, not live",
-            )
-        return await super().submit(req)
+        self.engine_mode = mode

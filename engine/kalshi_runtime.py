@@ -25,7 +25,7 @@ from engine.models import Mode
 from engine.runtime import Runtime
 from engine.store import Store
 from engine.supervisor import Engine
-from engine.venues.base import OrderRequest, OrderResult
+from engine.venues.base import LiveOnly
 from engine.venues.kalshi import KalshiClient
 from engine.venues.kalshi.auth import KalshiSigner
 from engine.venues.kalshi.errors import KalshiAuthError, KalshiError
@@ -164,30 +164,14 @@ async def build_kalshi(
     return Runtime(engine, store, [market_feed, spot_feed], clock, closers)
 
 
-class _LiveOnly(KalshiVenue):
-    """`KalshiVenue` that sends orders only while the engine's mode is live.
+class _LiveOnly(LiveOnly, KalshiVenue):
+    """`KalshiVenue` that sends orders only while the engine's mode is live."""
 
-    The engine itself does not stop dry_run orders (its other venues are paper brokers);
-    `parse_config` refuses dry_run with venue "kalshi", and this covers a mode changed at run
-    time (a reload that also changed [engine], which needs a restart, could still apply it).
-    """
+    label = "kalshi"
 
     def __init__(self, client: Any, mode: Callable[[], Mode | None]) -> None:
         super().__init__(client)
-        self._mode = mode
-
-    async def submit(self, req: OrderRequest) -> OrderResult:
-        mode = self._mode()
-        if mode is not Mode.LIVE:
-            return OrderResult(
-                req.client_order_id,
-                "rejected",
-                0.0,
-                None,
-                0.0,
-                reason=f"not sent to kalshi: mode is {mode.value if mode else 'unknown'}, not live",
-            )
-        return await super().submit(req)
+        self.engine_mode = mode
 
 
 class _NoSpot:

@@ -8,10 +8,11 @@ crash so the journal and the venue can be reconciled.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from engine.models import Side
+from engine.models import Mode, Side
 
 OrderStatus = Literal["filled", "partial", "unfilled", "rejected"]
 
@@ -70,3 +71,33 @@ class Venue(Protocol):
     async def positions(self) -> list[VenuePosition]:
         """Every open position the venue holds."""
         ...
+
+
+class LiveOnly:
+    """Mixin for a real venue: orders are sent only while the engine's mode is live.
+
+    The engine itself does not stop dry_run orders (its other venues are paper brokers);
+    `parse_config` refuses dry_run with a real venue, and this covers a mode changed at run time
+    (a reload that also changed [engine], which needs a restart, could still apply it). Put it
+    before the venue class: `class _LiveOnly(LiveOnly, KalshiVenue)`; set `engine_mode` and
+    `label`.
+    """
+
+    engine_mode: Callable[[], Mode | None]  # the engine's mode now (None before it exists)
+    label: str  # the venue's name in the refusal
+
+    async def submit(self, req: OrderRequest) -> OrderResult:
+        mode = self.engine_mode()
+        if mode is not Mode.LIVE:
+            return OrderResult(
+                req.client_order_id,
+                "rejected",
+                0.0,
+                None,
+                0.0,
+                reason=f"not sent to {self.label}: mode is "
+                f"{mode.value if mode else 'unknown'}, not live",
+            )
+        submit: Any = super().submit  # type: ignore[misc]
+        result: OrderResult = await submit(req)
+        return result
