@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from engine.clock import ManualClock
+from engine.config import KalshiConfig
 from engine.feeds.kalshi_feed import KalshiMarketFeed, rfc3339_to_unix
 from engine.models import Contract, ContractEvent, MarketEvent, Quote, QuoteEvent, SettleEvent
 from engine.venues.kalshi import KalshiAuthError, KalshiClient
@@ -216,6 +217,22 @@ async def test_quotes_with_the_right_numbers_only_when_changed(
     assert {e.quote.id for e in of(engine.take(), QuoteEvent)} == {ABOVE, BELOW}
 
 
+async def test_by_default_a_quiet_market_is_confirmed_every_poll(
+    make_feed: Callable[..., Any], server: RunningServer
+) -> None:
+    """With the default config a quote Kalshi keeps answering unchanged is handed over again on
+    every 1 s poll: the header's quote age says how recently Kalshi confirmed it (not up to 5 s)."""
+    feed, clock = make_feed(refresh_seconds=KalshiConfig().quote_refresh_seconds)
+    engine = Recorder()
+    await feed.poll_once(engine)
+    engine.take()
+    clock.advance(1.0)
+    await feed.poll_once(engine)
+    again = of(engine.take(), QuoteEvent)
+    assert {e.quote.id for e in again} == {ABOVE, ABOVE_EQ, RANGE, BELOW}
+    assert {e.quote.ts for e in again} == {START + 1.0}
+
+
 async def test_rolls_to_the_next_event_at_close_and_settles_once(
     make_feed: Callable[..., Any], server: RunningServer
 ) -> None:
@@ -286,7 +303,7 @@ async def test_500_skips_a_poll_and_the_next_recovers(
 async def test_timeout_skips_a_poll_and_the_next_recovers(
     make_feed: Callable[..., Any], server: RunningServer
 ) -> None:
-    feed, clock = make_feed(client_kw={"timeout_seconds": 0.2})
+    feed, clock = make_feed(client_kw={"timeout_seconds": 0.2}, refresh_seconds=5.0)
     engine = Recorder()
     await feed.poll_once(engine)
     engine.take()
@@ -444,7 +461,7 @@ async def test_stream_quotes_replace_rest_polling(
 ) -> None:
     clock = GateClock(START)
     stream = FakeStream()
-    feed, _ = make_feed(clock=clock, stream=stream)
+    feed, _ = make_feed(clock=clock, stream=stream, refresh_seconds=5.0)
     engine = Recorder()
     task = asyncio.create_task(feed.run(engine))
     try:
