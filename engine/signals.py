@@ -94,6 +94,29 @@ class SpotHistory:
                 del self._prices[: self._start]
                 self._start = 0
 
+    def prepend(self, samples: list[tuple[float, float]]) -> int:
+        """Put past samples, oldest first, in front of the history (a backfill that arrived after
+        the first live prices). Only samples older than the oldest one held are taken, and only
+        valid ones within `max_age_seconds` of the newest; returns how many were taken."""
+        oldest = self.oldest()
+        newest = self.latest()
+        limit = oldest[0] if oldest is not None else math.inf
+        cutoff = (newest[0] if newest is not None else -math.inf) - self.max_age_seconds
+        ts_new: list[float] = []
+        prices_new: list[float] = []
+        for ts, price in samples:
+            if not (math.isfinite(ts) and math.isfinite(price)) or price <= 0.0:
+                continue
+            if ts >= limit or ts < cutoff or (ts_new and ts <= ts_new[-1]):
+                continue
+            ts_new.append(ts)
+            prices_new.append(price)
+        if ts_new:
+            self._ts = ts_new + self._ts[self._start :]
+            self._prices = prices_new + self._prices[self._start :]
+            self._start = 0
+        return len(ts_new)
+
     def latest(self) -> tuple[float, float] | None:
         """The newest (ts_seconds, price), or None when empty."""
         if len(self._ts) > self._start:

@@ -696,12 +696,20 @@ class Engine:
         """Seed the spot history with past closes `(ts, price)` (e.g. a venue's 1-minute bars at
         start-up) so momentum and volatility are available at once instead of after a warm-up.
 
-        Closes are taken oldest first; ones not newer than what the history already holds, or
-        invalid, are skipped. Momentum and volatility are recomputed ONCE, as of the newest close;
-        no rule is evaluated (these are past prices, not news). Returns how many were added.
+        Closes are taken oldest first. Ones older than everything the history holds go in front
+        of it (a backfill that came after the first live prices); ones newer go after it; ones in
+        between, or invalid, are skipped. Momentum and volatility are recomputed ONCE, as of the
+        newest sample; no rule is evaluated (these are past prices, not news). Returns how many
+        were added.
         """
+        ordered = sorted(closes)
+        oldest = self.spot_hist.oldest()
         added = 0
-        for ts, price in sorted(closes):
+        if oldest is not None:
+            added += self.spot_hist.prepend([c for c in ordered if c[0] < oldest[0]])
+            if added:
+                self.vol.reset()  # recompute now: its last sigma saw only the live prices
+        for ts, price in ordered:
             latest = self.spot_hist.latest()
             if latest is not None and ts <= latest[0]:
                 continue

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,6 +342,12 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         st.add_position(C160, 2, 320.0, market_price=3.10)
         st.add_position(C165, -2, 120.0, market_price=1.10)
         st.add_position(C150, 1, 900.0, market_price=9.50)
+        # SPY's last hour of minute bars (for the backfill): 157.00 rising to 157.98
+        minute = int(time.time()) // 60 * 60
+        st.minute_bars[SPY.con_id] = [
+            (minute - 60 * (60 - k), 157.0, 158.0, 157.0, round(157.0 + k / 60, 2))
+            for k in range(60)
+        ]
         market = Market(gw)
         market.push()
         w = World(gw, tmp_path / "data", market)

@@ -510,3 +510,73 @@ async def test_lines_released_when_a_position_goes_away(h: Harness, gw: Gateway)
     assert set(feed.subscribed.values()) == {HELD_CALL.id, HELD_PUT.id, "SPY"}
     assert h.conn is not None
     assert AAPL.con_id not in {c.conId for c in h.conn.lines.contracts()}
+
+
+class SeedingRecorder(Recorder):
+    """An engine stand-in that also takes a spot-history backfill (as `Engine` does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seeded: list[list[tuple[float, float]]] = []
+
+    def seed_spot_history(self, closes: list[tuple[float, float]]) -> int:
+        self.seeded.append(list(closes))
+        self._changed.set()
+        return len(closes)
+
+
+IN_REQ_HISTORICAL_DATA = 20
+
+
+async def test_the_underlying_is_backfilled_with_thirty_minute_closes(
+    h: Harness, gw: Gateway
+) -> None:
+    """At start the feed asks IB for the underlying's last 30 one-minute bars, so momentum and
+    volatility are ready at once (as the BTC feeds' backfill): each bar's close at its end."""
+    h.engine = SeedingRecorder()
+    gw.state.now = h.clock.now
+    t0 = int(START) - 30 * 60
+    gw.state.minute_bars[SPY.con_id] = [
+        (t0 - 60, 150.0, 150.0, 150.0, 150.0),  # older than asked: not sent
+        *((t0 + 60 * k, 151.0, 152.0, 150.5, 151.0 + k / 10) for k in range(30)),
+    ]
+    feed = h.start(vix=False)
+    [closes] = await h.until(lambda: h.engine.seeded)
+    assert closes == [(t0 + 60.0 * (k + 1), 151.0 + k / 10) for k in range(30)]
+    assert feed.backfilled == 30
+    [req] = gw.state.requests(IN_REQ_HISTORICAL_DATA)
+    fields = req.fields
+    assert _int_field(fields[2]) == SPY.con_id
+    # endDateTime "" (now), bar size, duration, useRTH 0, TRADES, formatDate 2 (Unix seconds)
+    assert fields[15:21] == ("", "1 min", "1800 S", "0", "TRADES", "2")
+    h.clock.advance(120.0)  # later rounds do not ask again
+    await h.settle()
+    assert len(gw.state.requests(IN_REQ_HISTORICAL_DATA)) == 1
+
+
+async def test_no_bars_means_a_live_warm_up_after_three_tries(h: Harness, gw: Gateway) -> None:
+    h.engine = SeedingRecorder()
+    gw.state.now = h.clock.now
+    feed = h.start(vix=False)  # IB answers 162: no data for SPY
+    await gw.wait_until(lambda: gw.state.requests(IN_REQ_HISTORICAL_DATA), DEADLINE)
+    for n in (2, 3):
+        await h.settle()  # the 162 has come back (the client reads in order)
+        assert feed._backfill_failures == n - 1
+        h.clock.advance(60.0)
+        await gw.wait_until(
+            lambda n=n: len(gw.state.requests(IN_REQ_HISTORICAL_DATA)) == n, DEADLINE
+        )
+    await h.settle()
+    assert feed._backfill_failures == 3
+    h.clock.advance(600.0)
+    await h.settle()
+    assert len(gw.state.requests(IN_REQ_HISTORICAL_DATA)) == 3
+    assert h.engine.seeded == [] and feed.backfilled == 0
+    # the held and underlying quotes flowed meanwhile
+    gw.quote(SPY.con_id, bid=152.2, ask=152.4, last=152.3)
+    spot = await h.until(lambda: h.engine.spots())
+    assert spot[-1].price == 152.3
+
+
+def _int_field(value: str) -> int:
+    return int(value)

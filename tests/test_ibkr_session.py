@@ -74,6 +74,14 @@ async def test_the_spread_and_the_option_are_adopted_with_greeks_and_time_value(
     assert table[165.0].call is not None and table[165.0].call.held
     assert eng.snapshot().market is not None and eng.snapshot().market.spot == 158.0  # type: ignore[union-attr]
     assert eng.snapshot().market.spot_source == "ibkr"  # type: ignore[union-attr]
+    # SPY's last hour of minute bars seeded the history: momentum and volatility at once
+    m = await s.until(
+        lambda: (m := eng.snapshot().market) is not None and m.sigma is not None and m,
+        "realised volatility from the backfill",
+    )
+    momentum = dict(m.momentum_pct)
+    assert momentum[30] is not None and momentum[30] > 0  # rising all hour
+    assert m.sigma_source == "realized"
 
     def trade_rows() -> dict[str, object]:
         out = {r.contract_id: r for r in eng.snapshot().trades}

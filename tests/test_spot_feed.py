@@ -133,12 +133,20 @@ async def test_backfill_seeds_history_and_signals_at_once(rig: Rig) -> None:
     assert path == "/products/BTC-USD/candles" and query["granularity"] == "60"
 
 
-async def test_seed_skips_closes_older_than_the_history(rig: Rig) -> None:
+async def test_seed_puts_older_closes_in_front_and_skips_those_in_between(rig: Rig) -> None:
+    """A backfill that arrives after the first live prices (IB's comes in its own task) still
+    seeds the history: closes older than it go in front; ones among the live samples are not
+    slipped in; newer ones follow."""
     e = rig.h.engine
     await rig.h.spot(97_000.0, ts=T0 - 120)
-    assert e.seed_spot_history([(T0 - 180, 1.0), (T0 - 60, 97_010.0), (T0, 97_020.0)]) == 2
-    assert e.spot_hist.price_at(T0 - 150) is None  # the older close was not slipped in
+    await rig.h.spot(97_005.0, ts=T0 - 60)
+    seeded = [(T0 - 240, 96_980.0), (T0 - 180, 96_990.0), (T0 - 90, 1.0), (T0, 97_020.0)]
+    assert e.seed_spot_history(seeded) == 3
+    assert e.spot_hist.oldest() == (T0 - 240, 96_980.0)
+    assert e.spot_hist.price_at(T0 - 170) == 96_990.0
+    assert e.spot_hist.price_at(T0 - 90) == 97_000.0  # the live price, not the seeded 1.0
     assert e.spot_hist.latest() == (T0, 97_020.0)
+    assert e.momentum_deltas[4] == pytest.approx(100.0 * (97_020.0 / 96_980.0 - 1.0))
     assert e.seed_spot_history([(T0, 5.0)]) == 0
 
 

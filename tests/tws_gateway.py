@@ -67,6 +67,7 @@ IN_REQ_ACCOUNT_UPDATES = 6
 IN_REQ_EXECUTIONS = 7
 IN_REQ_IDS = 8
 IN_REQ_CONTRACT_DETAILS = 9
+IN_REQ_HISTORICAL_DATA = 20
 IN_REQ_AUTO_OPEN_ORDERS = 15
 IN_REQ_ALL_OPEN_ORDERS = 16
 IN_REQ_MANAGED_ACCTS = 17
@@ -415,6 +416,12 @@ class GatewayState:
     pacing_violations: int = 0
     quotes: dict[int, dict[int, tuple[float, float]]] = field(default_factory=dict)
     greeks: dict[int, dict[int, tuple[float | None, ...]]] = field(default_factory=dict)
+    # 1-minute bars per conId for reqHistoricalData: (bar start, Unix s; open, high, low, close);
+    # a conId without bars is answered with error 162 (HMDS returned no data), as TWS does.
+    minute_bars: dict[int, list[tuple[int, float, float, float, float]]] = field(
+        default_factory=dict
+    )
+    now: Callable[[], float] = time.time  # the end of a historical request for "" (now)
     _perm_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1_900_000_001))
     _exec_seq: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -745,6 +752,18 @@ def enc_sec_def_opt_param(req_id: int, chain: GwOptionChain) -> list:
         len(chain.strikes),
         *chain.strikes,
     ]
+
+
+def enc_historical_data(
+    req_id: int, start: str, end: str, bars: Sequence[tuple[int, float, float, float, float]]
+) -> list:
+    # decoder.historicalData (server versions before HISTORICAL_DATA_END): 17, reqId,
+    #   startDateStr, endDateStr, numBars, bars × (date, open, high, low, close, volume,
+    #   average, barCount); formatDate 2 sends each bar's date as Unix seconds
+    fields: list = [17, req_id, start, end, len(bars)]
+    for ts, o, h, low, c in bars:
+        fields += [ts, o, h, low, c, 100, (o + c) / 2, 10]
+    return fields
 
 
 def enc_sec_def_opt_param_end(req_id: int) -> list:
@@ -1546,6 +1565,29 @@ class Gateway:
             conn.send(enc_sec_def_opt_param(req_id, chain))
         conn.send(enc_sec_def_opt_param_end(req_id))
 
+    def _on_req_historical_data(self, conn: _Connection, f: list[str]) -> None:
+        # client.reqHistoricalData: 20, reqId, <contract 12>, includeExpired, endDateTime,
+        #   barSizeSetting, durationStr, useRTH, whatToShow, formatDate, [BAG legs],
+        #   keepUpToDate, chartOptions
+        req_id = _int(f[1])
+        contract = _contract_at(f, 2)
+        end_s, bar_size, duration = f[15], f[16], f[17]
+        bars = self.state.minute_bars.get(contract.con_id)
+        if bar_size != "1 min" or not duration.endswith(" S") or not bars:
+            conn.error(
+                req_id,
+                162,
+                "Historical Market Data Service error message:HMDS query returned no data",
+            )
+            return
+        if end_s:  # only "now" is supported: the feed never asks for another end
+            conn.error(req_id, 321, f"Error validating request: end {end_s!r} not supported here")
+            return
+        end = int(self.state.now())
+        first = end - int(duration.split()[0])
+        chosen = [b for b in bars if first <= b[0] < end]
+        conn.send(enc_historical_data(req_id, str(first), str(end), chosen))
+
     def _on_place_order(self, conn: _Connection, f: list[str]) -> None:
         order_id, contract, info = _parse_place_order(f)
         if self.state.read_only_api:
@@ -1798,6 +1840,7 @@ class Gateway:
         IN_REQ_EXECUTIONS: _on_req_executions,
         IN_REQ_IDS: _on_req_ids,
         IN_REQ_CONTRACT_DETAILS: _on_req_contract_details,
+        IN_REQ_HISTORICAL_DATA: _on_req_historical_data,
         IN_REQ_MANAGED_ACCTS: _on_managed_accts,
         IN_REQ_CURRENT_TIME: _on_current_time,
         IN_REQ_GLOBAL_CANCEL: _on_global_cancel,

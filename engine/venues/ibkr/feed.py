@@ -10,6 +10,10 @@ What it sends (through `engine.handle_safely`), all stamped with the clock's tim
 - the underlying's price (`[venues.ibkr] underlying`) as a `SpotEvent` (last, else mid);
 - VIX (`Index("VIX", "CBOE")`, with `vix = true`) through `engine.vix_update(value, ts)` when
   the engine has that method.
+- the underlying's last 30 minutes (or the longest volatility window) of 1-minute bars
+  (`reqHistoricalData`, TRADES, outside regular hours too) once, through
+  `engine.seed_spot_history`, so momentum and volatility are ready at once; in a task, so held
+  contracts' quotes never wait for it; asked again after a minute, 3 times at most.
 
 Choices worth knowing:
 
@@ -38,6 +42,8 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import inspect
 import logging
 import math
@@ -65,6 +71,8 @@ log = logging.getLogger("engine.feeds.ibkr")
 SOURCE = "ibkr"
 VIX_KEY = "index:VIX"
 RETRY_SECONDS = 60.0  # a contract that could not be qualified is asked about again after this
+BACKFILL_MINUTES = 30  # at least: the longest momentum window (and the config's volatility ones)
+BACKFILL_ATTEMPTS = 3  # then the underlying's momentum and volatility warm up from live prices
 _OPTION_TYPES = frozenset({"OPT", "FOP"})
 
 
@@ -74,6 +82,13 @@ class _Sink(Protocol):
     async def source_problem(self, source: str, text: str) -> None: ...
 
     async def source_ok(self, source: str) -> None: ...
+
+
+def _bar_start(date: Any) -> float | None:
+    """A bar's start in Unix seconds: ib_async gives a UTC datetime for formatDate 2."""
+    if isinstance(date, dt.datetime):
+        return date.timestamp() if date.tzinfo is not None else None
+    return None
 
 
 def _num(value: Any) -> float | None:
@@ -209,6 +224,11 @@ class IbkrMarketFeed:
         self._reported = False
         self._logged: set[str] = set()
         self._remove_error_listener: Callable[[], None] | None = None
+        self.backfilled = 0  # minute closes of the underlying the engine took from the backfill
+        self._backfill_done = False
+        self._backfill_task: asyncio.Task[None] | None = None
+        self._backfill_failures = 0
+        self._backfill_retry = -math.inf
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -246,6 +266,10 @@ class IbkrMarketFeed:
                 await self._wait()
         finally:
             self._detach()
+            if self._backfill_task is not None:
+                self._backfill_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._backfill_task
             for con_id in list(self._mine):
                 self.conn.lines.release(con_id)
             self._mine.clear()
@@ -340,6 +364,7 @@ class IbkrMarketFeed:
                 if leg is not None:
                     await self._announce(engine, leg, now)
         await self._sync_underlying(now)
+        self._maybe_backfill(engine, now)
         await self._sync_chain(engine, now)
 
         desired: list[tuple[str, IbContract]] = []
@@ -404,6 +429,68 @@ class IbkrMarketFeed:
                 self._log_once("unknown:VIX", "IB feed: IB does not know Index VIX CBOE")
             else:
                 self._qualified[VIX_KEY] = vix
+
+    def _maybe_backfill(self, engine: _Sink, now: float) -> None:
+        """Once the underlying is known, fetch its last minutes of 1-minute bars in a task (the
+        quotes of held contracts never wait for it) to seed the engine's spot history, so
+        momentum and volatility are ready at once, as the BTC feeds' backfill does."""
+        seed = getattr(engine, "seed_spot_history", None)
+        under = self._qualified.get(self.underlying_id)
+        if seed is None or under is None or self._backfill_done:
+            return
+        if self._backfill_task is not None and not self._backfill_task.done():
+            return
+        if self._backfill_failures >= BACKFILL_ATTEMPTS or now < self._backfill_retry:
+            return
+        config = getattr(engine, "config", None)
+        windows = config.signals.volatility_windows_minutes if config is not None else []
+        minutes = max([BACKFILL_MINUTES, *windows])
+        self._backfill_task = asyncio.create_task(
+            self._backfill(seed, under, minutes), name="ibkr-backfill"
+        )
+
+    async def _backfill(
+        self, seed: Callable[[list[tuple[float, float]]], int], under: IbContract, minutes: int
+    ) -> None:
+        what = self.config.underlying
+        try:
+            async with asyncio.timeout(self.config.connect_timeout_seconds + 10.0):
+                bars = await self.conn.ib.reqHistoricalDataAsync(
+                    under,
+                    endDateTime="",
+                    durationStr=f"{minutes * 60} S",
+                    barSizeSetting="1 min",
+                    whatToShow="TRADES",
+                    useRTH=False,
+                    formatDate=2,
+                )
+        except (ConnectionError, OSError, TimeoutError) as exc:
+            bars, why = [], f"{exc or type(exc).__name__}"
+        else:
+            why = "IB sent no bars"
+        now = self.clock.now()
+        closes: list[tuple[float, float]] = []
+        for bar in bars or []:
+            start = _bar_start(bar.date)
+            close = _price(bar.close)
+            if start is not None and close is not None:
+                closes.append((min(start + 60.0, now), close))  # a bar's close, at its end
+        if not closes:
+            self._backfill_failures += 1
+            self._backfill_retry = now + RETRY_SECONDS
+            gave_up = self._backfill_failures >= BACKFILL_ATTEMPTS
+            log.warning(
+                "IB feed: no minute bars of %s (%s); %s",
+                what,
+                why,
+                "momentum and volatility warm up from live prices"
+                if gave_up
+                else f"asking again in {RETRY_SECONDS:g} s",
+            )
+            return
+        self._backfill_done = True
+        self.backfilled = seed(closes)
+        log.info("IB feed: %d minute closes of %s seeded the spot history", self.backfilled, what)
 
     def _underlying_price(self) -> float | None:
         under = self._qualified.get(self.underlying_id)
