@@ -201,6 +201,15 @@ async def test_paused_trade_is_not_auto_stopped_until_resumed(
 # --- 2. kill switch --------------------------------------------------------------------------
 
 
+async def test_the_header_says_no_rules_when_no_rule_protects_any_trade(tmp_path: Path) -> None:
+    """A config without criteria: ARMED would protect nothing, and the header says so."""
+    bare = ui_config(tmp_path, auto_stop={"criteria": {}, "strategies": {}})
+    async with running_app(tmp_path, config=bare) as (app, _pilot, _host):
+        assert "ARMED" in _header(app) and "NO RULES" in _header(app)
+    async with running_app(tmp_path / "shipped") as (app, _pilot, _host):
+        assert "ARMED" in _header(app) and "NO RULES" not in _header(app)
+
+
 @BOTH_HOSTS
 async def test_kill_switch_stops_every_automatic_exit_until_switched_off(
     tmp_path: Path, host_kind: str

@@ -56,6 +56,10 @@ def header_text(snap: Snapshot | None, engine_error: str | None = None) -> Text:
     if snap.paused_all:
         t.append(" ")
         t.append(" PAUSED ", style="bold white on red")
+    if snap.trades and not any(r.rules for r in snap.trades):
+        # Armed protects nothing when no rule applies to any trade (a config without criteria).
+        t.append(" ")
+        t.append(" NO RULES ", style="bold black on yellow")
     t.append("  ")
     t.append_text(health_text(snap.health))
     for c in snap.alert_channels:  # only a channel that lost alerts is shown: "webhook ✗3"
