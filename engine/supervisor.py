@@ -1801,6 +1801,8 @@ class Engine:
                 if c is not None and c.close_ts <= now < c.close_ts + SETTLEMENT_WAIT_SECONDS:
                     continue  # closed and paid out: its settlement is on the way
                 for t in ts:
+                    if t.trade_id in self.exits or t.trade_id not in self.trades:
+                        continue  # an exit began (or it closed) while the loop awaited
                     mark = self.status[t.trade_id].mark if t.trade_id in self.status else None
                     await self._close_in_journal(t, mark, ExitReason.EXTERNAL, now)
                     await self._alert(

@@ -69,3 +69,36 @@ async def test_a_hanging_positions_poll_does_not_hold_the_ladder_or_staleness(
     assert len(asked) == 2
     await h.engine.flush()
     await h.close()
+
+
+async def test_a_vanished_position_never_closes_as_external_a_trade_whose_exit_just_began(
+    tmp_path: Path,
+) -> None:
+    """Two trades on one contract vanish at the venue. While the first one's external close is
+    being journaled, the bid collapses and max_loss starts an exit on the second: the poll must
+    leave that one to its exit, not close it in the journal as well."""
+    h = await standard(tmp_path)  # t1: YES 10 @ 0.50
+    await h.open_trade("t2", qty=5, price=0.50)
+    await h.tick(1)
+    h.venue.close_position(CID, "yes", 15)  # sold at the broker by hand
+    real_save = h.store.save_trade
+    collapsed = False
+
+    async def save_then_quote(t):  # type: ignore[no-untyped-def]
+        nonlocal collapsed
+        await real_save(t)
+        if t.trade_id == "t1" and t.exit_reason == "external" and not collapsed:
+            collapsed = True  # the bid collapses while t1's close is being written
+            await h.quote(0.20, 0.22, ts=h.clock.now())
+
+    h.store.save_trade = save_then_quote  # type: ignore[method-assign]
+    for dt in range(2, 12):  # a positions poll comes within 5 s: both trades are gone
+        await h.tick(dt)
+        task = h.engine._positions_task
+        if task is not None:
+            await task
+    assert collapsed
+    trades = {t.trade_id: t for t in await h.store.all_trades()}
+    assert trades["t1"].exit_reason == "external"
+    assert trades["t2"].exit_reason != "external", "t2 was closed twice: by its exit and the poll"
+    await h.close()
