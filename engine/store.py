@@ -663,9 +663,8 @@ class Store:
 
     async def _pragma(self, expr: str) -> Any:
         assert self._db is not None
-        async with self._db.execute(f"PRAGMA {expr}") as cur:
-            row = await cur.fetchone()
-        return None if row is None else row[0]
+        rows = list(await self._db.execute_fetchall(f"PRAGMA {expr}"))  # one hand-off
+        return rows[0][0] if rows else None
 
     async def _identify(self) -> int:
         """The journal's schema version; StoreError if the file is not a journal we can use."""
@@ -675,10 +674,12 @@ class Store:
         try:
             version = int(await self._pragma("user_version"))
             app_id = int(await self._pragma("application_id"))
-            async with db.execute(
-                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
-            ) as cur:
-                objects = [r[0] for r in await cur.fetchall()]
+            objects = [
+                r[0]
+                for r in await db.execute_fetchall(
+                    "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+                )
+            ]
         except sqlite3.DatabaseError as e:
             raise StoreError(
                 f"{p} is not a usable SQLite database ({e}); it was left untouched: "
@@ -759,10 +760,16 @@ class Store:
                 raise StoreError(f"journal write to {self.path} failed: {e}") from e
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """All rows of one read, stepped to the end in ONE hand-off to aiosqlite's thread.
+
+        `execute` then `fetchall` would be two: between them the SELECT stays open, holding a
+        read snapshot on the shared connection, and a write queued meanwhile (book_result's
+        BEGIN IMMEDIATE) after the exit writer's (or another program's) commit cannot upgrade
+        that stale snapshot: SQLITE_BUSY_SNAPSHOT, "database is locked" at once, no busy wait.
+        """
         db = self._conn()
         try:
-            async with db.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+            return list(await db.execute_fetchall(sql, params))
         except sqlite3.Error as e:
             raise StoreError(f"journal read from {self.path} failed: {e}") from e
 
@@ -1358,7 +1365,7 @@ class Store:
         db = self._wconn()
         async with self._wlock:
             try:
-                async with _transaction(db, "BEGIN"):
+                async with _transaction(db, "BEGIN IMMEDIATE"):
                     if marks:
                         await db.executemany(
                             "INSERT INTO marks (trade_id, ts, mark, pnl, pnl_pct) VALUES (?, ?, ?, ?, ?)",

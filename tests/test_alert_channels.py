@@ -350,16 +350,16 @@ async def test_timeout_and_refused_connection(hook: Hook) -> None:
     hook.release.set()
     await ch.aclose()
 
-    with socket.socket() as s:  # a port nobody listens on
+    with socket.socket() as s:  # bound, never listening: refused, and no one else can take it
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
-    sleeps = RecordedSleeps()
-    ch = WebhookChannel(url=f"http://127.0.0.1:{dead}/hook", max_attempts=3, sleep=sleeps)
-    bus = AlertBus(30)
-    bus.channels.append(ch)
-    await bus.raise_(ts_at("12:00"), AlertKind.AUTO_STOP, C, "closed", "T1")
-    await ch.wait_idle()
-    await ch.aclose()
+        sleeps = RecordedSleeps()
+        ch = WebhookChannel(url=f"http://127.0.0.1:{dead}/hook", max_attempts=3, sleep=sleeps)
+        bus = AlertBus(30)
+        bus.channels.append(ch)
+        await bus.raise_(ts_at("12:00"), AlertKind.AUTO_STOP, C, "closed", "T1")
+        await ch.wait_idle()
+        await ch.aclose()
     assert sleeps.delays == [1.0, 2.0]
     h = health(bus, "webhook")
     assert (h.failed, h.sent, h.failing) == (1, 0, True)

@@ -659,14 +659,16 @@ async def test_no_server_at_all_is_unavailable_and_an_order_is_not_unknown(
     make_client: Callable[..., KalshiClient], waits: RecordedSleeps
 ) -> None:
     """Connection refused: nothing was sent, so even an order fails plainly (safe to resend)."""
+    # Bound but never listening: a connection is refused, and no other server can take the port
+    # meanwhile (closing it first would leave it free for any server started in between).
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again below: nothing listens there
-    client = make_client(base_url=f"http://127.0.0.1:{port}/trade-api/v2", max_attempts=2)
-    with pytest.raises(KalshiUnavailable, match="cannot connect"):
-        await client.get_market(TICKER)
-    with pytest.raises(KalshiUnavailable) as info:
-        await client.create_order(
-            TICKER, client_order_id="z-1", side="bid", count=1, price=Decimal("0.05")
-        )
+        port = s.getsockname()[1]
+        client = make_client(base_url=f"http://127.0.0.1:{port}/trade-api/v2", max_attempts=2)
+        with pytest.raises(KalshiUnavailable, match="cannot connect"):
+            await client.get_market(TICKER)
+        with pytest.raises(KalshiUnavailable) as info:
+            await client.create_order(
+                TICKER, client_order_id="z-1", side="bid", count=1, price=Decimal("0.05")
+            )
     assert not isinstance(info.value, KalshiOrderOutcomeUnknown)

@@ -404,20 +404,20 @@ async def test_a_delta_that_does_not_fit_the_book_is_treated_as_a_lost_message(
 async def test_an_unreachable_venue_is_retried_with_growing_backoff(
     rsa_key: rsa.RSAPrivateKey, sleeps: RecordedSleeps
 ) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
+    with socket.socket() as probe:  # bound, never listening: refused, and no one can take it
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    stream = KalshiStream(
-        KalshiSigner(KEY_ID, rsa_key),
-        [A],
-        url=f"ws://127.0.0.1:{port}/trade-api/ws/v2",
-        clock=ManualClock(0.0),
-        sleep=sleeps,
-        rng=random.Random(3),
-        proxy=None,
-    )
-    async with stream:
-        drops = [await next_of(stream, Disconnected) for _ in range(3)]
+        stream = KalshiStream(
+            KalshiSigner(KEY_ID, rsa_key),
+            [A],
+            url=f"ws://127.0.0.1:{port}/trade-api/ws/v2",
+            clock=ManualClock(0.0),
+            sleep=sleeps,
+            rng=random.Random(3),
+            proxy=None,
+        )
+        async with stream:
+            drops = [await next_of(stream, Disconnected) for _ in range(3)]
     assert [d.attempt for d in drops] == [1, 2, 3]
     assert all(d.reason.startswith("cannot connect") for d in drops)
     assert 0.25 <= drops[0].retry_in <= 0.5 and 1.0 <= drops[2].retry_in <= 2.0

@@ -669,3 +669,86 @@ async def test_a_cancelled_transaction_leaves_the_journal_writable(tmp_path, yie
     assert marks[-1] == (9999.0, 0.4, -0.1, -20.0)
     assert len(marks) in (1, 2001)  # the cancelled batch is all in or all out
     await store.close()
+
+
+async def test_exit_writes_never_meet_a_read_left_open_on_the_main_connection(
+    store: Store,
+) -> None:
+    """Reads on the main connection (the tick's polls) run beside the exit path: the exit
+    writer's commit, then book_result's BEGIN IMMEDIATE. A read must not keep a statement open
+    between two hand-offs to aiosqlite's thread: its stale snapshot would make the write fail at
+    once with 'database is locked' (SQLITE_BUSY_SNAPSHOT, no busy wait)."""
+    for i in range(20):
+        await store.add_trade(make_trade(f"T{i}"))
+    stop = asyncio.Event()
+
+    async def reader() -> int:
+        n = 0
+        while not stop.is_set():
+            await store.open_trade_ids()
+            n += 1
+        return n
+
+    readers = [asyncio.create_task(reader()) for _ in range(2)]
+    try:
+        for i in range(200):
+            t = make_trade(f"T{i % 20}")
+            coid = f"I{i}"
+            await store.begin_exit(
+                intent_id=coid,
+                trade_id=t.trade_id,
+                rule="max_loss",
+                qty=10.0,
+                ts=float(i),
+                context={},
+                order={**EXIT_ORDER, "client_order_id": coid},
+            )
+            await store.book_result(
+                trade=t,
+                ts=float(i),
+                order={"client_order_id": coid, "status": "rejected", "reason": "READ_ONLY"},
+            )
+    finally:
+        stop.set()
+        counts = await asyncio.gather(*readers)
+    assert min(counts) > 0
+
+
+async def test_tick_flush_beside_reads_and_another_programs_writes(
+    store: Store, db_path: Path
+) -> None:
+    """The tick's flush is a transaction; a read on the main connection may run inside it (reads
+    take no write lock). Begun DEFERRED, that read pins a snapshot, and another program's commit
+    (the CLI) then makes the flush's first write fail at once (SQLITE_BUSY, no busy wait): it
+    must take the write lock at BEGIN (IMMEDIATE) and wait like every other write."""
+    import threading
+
+    await store.add_trade(make_trade("T1"))
+    stop = threading.Event()
+
+    def other_program() -> None:
+        with raw(db_path) as c:
+            n = 0
+            while not stop.is_set():
+                c.execute(
+                    "INSERT INTO state (key, value, updated_ts) VALUES ('cli', '1', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET updated_ts = excluded.updated_ts",
+                    (n,),
+                )
+                n += 1
+                time.sleep(0.001)
+
+    async def reader() -> None:
+        while not stop.is_set():
+            await store.open_trade_ids()
+
+    th = threading.Thread(target=other_program)
+    th.start()
+    r = asyncio.create_task(reader())
+    try:
+        for i in range(200):
+            await store.flush_tick([("T1", float(i), 0.5, 1.0, 1.0)], [], {"hb": i}, float(i))
+    finally:
+        stop.set()
+        th.join()
+        await r
