@@ -435,7 +435,12 @@ ENGINE_CONFIG = """
 
 @pytest.mark.slow
 def test_one_engine_per_journal(cli: Cli, start_engine: Callable[[], Engine]) -> None:
-    cli.write_config(ENGINE_CONFIG)
+    # The open trade is one of the journal's on a contract the simulated market does not list: it
+    # is never quoted or settled, so it is still open whatever the wall clock says. (A demo trade
+    # settles when the sim's hourly event closes at the top of the hour, which at speed 10 comes
+    # within a minute of wall time of every HH:59.)
+    cli.write_config(ENGINE_CONFIG.replace("demo_trades = 1", "demo_trades = 0"))
+    assert add_trade(cli, "m1").returncode == 0
     first = start_engine()
     assert "1 open trades" in first.lines[-1]
 
@@ -454,11 +459,11 @@ def test_one_engine_per_journal(cli: Cli, start_engine: Callable[[], Engine]) ->
     assert (info["running"], info["pid"]) == (True, first.proc.pid)
     assert (info["mode"], info["armed"], info["paused_all"]) == ("dry_run", True, False)
     assert "spot BTC-USD" in info["sources"] and "quotes" in info["sources"]
-    assert [t["trade_id"] for t in info["open_trades"]] == ["demo-1"]
+    assert [t["trade_id"] for t in info["open_trades"]] == ["m1"]
     out = cli.ok("--config", str(cli.config), "status")
     assert f"running (pid {first.proc.pid})" in out and "mode dry_run, ARMED" in out
-    assert "demo-1" in out
-    assert [t["trade_id"] for t in trades_json(cli)] == ["demo-1"]
+    assert "m1" in out
+    assert [t["trade_id"] for t in trades_json(cli)] == ["m1"]
 
     # The manual journal reaches the running engine: a trade added is watched, and a close
     # recorded with `trades close` is queued for the engine (which owns the journal).

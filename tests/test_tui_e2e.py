@@ -20,6 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 APP = Path(sys.executable).parent / "trade-supervisor"
 DEADLINE_SECONDS = 40.0
+STRANDED = "KXBTCD-25JAN0100-T97000"  # an hourly event of the past: the sim never lists it
 
 pytestmark = [
     pytest.mark.slow,
@@ -106,11 +107,21 @@ def test_the_real_app_in_tmux_shows_the_panes_and_obeys_the_keys(
 ) -> None:
     assert APP.exists(), f"{APP} is missing: install the project (uv sync) first"
     cfg = _config(tmp_path)
+    # An open trade on a contract the simulated market does not list: never quoted or settled,
+    # so it is open at any wall-clock time. (Demo trades are settled by the sim's hourly event
+    # and closed by the shipped ttc_cutoff in its last two minutes: started then, the app would
+    # have nothing to protect and quit without the warning this test looks for.)
+    added = subprocess.run(
+        [str(APP), "--config", str(cfg), "trades", "add", "--id", "m1", "--contract", STRANDED,
+         "--side", "yes", "--qty", "10", "--price", "0.47"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
     tmux.start([str(APP), "--config", str(cfg)])
 
     screen = tmux.wait_for(
-        lambda s: all(w in s for w in ("Open trades", "demo-4", "Market", "Strikes", "Alerts")),
-        "the four panes with the demo trades",
+        lambda s: all(w in s for w in ("Open trades", "m1", "Market", "Strikes", "Alerts")),
+        "the four panes with the open trade",
     )
     assert " SIM " in screen and "ARMED" in screen and "Market" in screen, screen
 
