@@ -86,8 +86,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from httpcore._backends.anyio import AnyIOStream
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # the loopback servers live in tests/
+# The loopback servers live in tests/, first on the path: eventkit (ib_async's dependency)
+# installs a top-level `tests` package of its own into site-packages.
+sys.path.insert(0, str(ROOT))
 
 from engine.commands import Command  # noqa: E402
 from engine.config import parse_config  # noqa: E402

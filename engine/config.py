@@ -463,7 +463,7 @@ class KalshiConfig(Strict):
     # The market feed (engine.venue = "kalshi").
     series: str = "KXBTCD"
     poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
-    quote_refresh_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    quote_refresh_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
     stream: bool = False
 
     @field_validator("base_url")

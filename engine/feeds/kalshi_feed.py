@@ -215,7 +215,7 @@ class KalshiMarketFeed:
         series_ticker: str = "KXBTCD",
         poll_seconds: float = 1.0,
         underlying: str = "BTC-USD",
-        refresh_seconds: float = 1.0,
+        refresh_seconds: float = 2.0,
         max_backoff_seconds: float = 30.0,
         settle_give_up_seconds: float = 86_400.0,
         stream: QuoteStream | None = None,

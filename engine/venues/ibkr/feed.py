@@ -194,7 +194,7 @@ class IbkrMarketFeed:
         held: Callable[[], Iterable[Contract]],
         close_of: Callable[[str], float] = default_close_of,
         *,
-        refresh_seconds: float = 1.0,
+        refresh_seconds: float = 2.0,
         poll_seconds: float = 1.0,
     ) -> None:
         self.conn = conn
