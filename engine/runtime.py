@@ -61,7 +61,7 @@ async def _report_stranded(engine: Engine, market: SimMarket, resumed: bool) -> 
     stranded = sorted(
         t.trade_id
         for t in engine.trades.values()
-        if t.venue == "sim" and t.contract_id not in listed
+        if t.venue == engine.venue.name and t.contract_id not in listed
     )
     if not stranded:
         return
