@@ -464,7 +464,7 @@ class IbkrMarketFeed:
                     useRTH=False,
                     formatDate=2,
                 )
-        except (ConnectionError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # a refusal IB raises, a timeout, a lost connection: try later
             bars, why = [], f"{exc or type(exc).__name__}"
         else:
             why = "IB sent no bars"
