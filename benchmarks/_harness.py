@@ -179,7 +179,7 @@ class Bench:
         latest = self.engine.spot_hist.latest()
         spot = latest[1] if latest else S0
         tau = signals.tau_years(c.close_ts, self.now())
-        mid = signals.prob_above(spot, c.strike or 0.0, self.engine.sigma_used(), tau)
+        mid = signals.prob_above(spot, c.strike or 0.0, self.engine.sigma_used().sigma, tau)
         mid = min(max(mid, 0.05), 0.95)
         return mid - SPREAD / 2 if self.side[c.id] == "yes" else 1.0 - mid - SPREAD / 2
 
