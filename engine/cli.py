@@ -191,8 +191,38 @@ def _journal(config: Config) -> Path:
     return config.data_path() / JOURNAL_FILENAME
 
 
+HEARTBEAT_AGE_GRACE_SECONDS = 5.0  # the engine writes its heartbeat every 2 s
+
+
 def _fmt_age(age: Any) -> str:
     return "never" if age is None else f"{age:.0f}s"
+
+
+def _unprotected_now(info: dict[str, Any], hb: dict[str, Any], trades: list[Any]) -> dict[str, str]:
+    """The open trades nobody is protecting right now, by trade id, with the reason: the
+    engine's own watchdog while it runs and answers; every open trade when it is not running
+    or its heartbeat is older than the watchdog's limit (a hung or dead engine says nothing)."""
+    limit = hb.get("unprotected_after_seconds") or 13.0
+    age = info["heartbeat_age_seconds"]
+    if not info["running"]:
+        why = "the engine is not running"
+        return {t.trade_id: why for t in trades}
+    if age is None or age > max(limit, 2 * HEARTBEAT_AGE_GRACE_SECONDS):
+        why = f"the engine has not written its heartbeat for {_fmt_age(age)}"
+        return {t.trade_id: why for t in trades}
+    open_ids = {t.trade_id for t in trades}
+    return {k: v for k, v in (hb.get("unprotected") or {}).items() if k in open_ids}
+
+
+def _protection_lines(info: dict[str, Any], hb: dict[str, Any], n_open: int) -> list[str]:
+    bad = info["unprotected"]
+    if not n_open:
+        return []
+    if not bad:
+        return [f"protection: all {n_open} open trades protected"]
+    lines = [f"UNPROTECTED: {len(bad)} of {n_open} open trades"]
+    lines += [f"  {tid:<24} {why}" for tid, why in sorted(bad.items())]
+    return lines
 
 
 async def _status(config: Config, as_json: bool) -> int:
@@ -233,6 +263,7 @@ async def _status(config: Config, as_json: bool) -> int:
             for t in trades
         ],
     }
+    info["unprotected"] = _unprotected_now(info, hb, trades)
     if as_json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
@@ -250,6 +281,8 @@ async def _status(config: Config, as_json: bool) -> int:
             )
         for k, v in (hb.get("bad_data") or {}).items():
             print(f"  BAD DATA {k}: {v}")
+    for line in _protection_lines(info, hb, len(trades)):
+        print(line)
     print(f"open trades: {len(trades)}")
     for t in trades:
         print(

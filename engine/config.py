@@ -158,6 +158,16 @@ class EngineConfig(Strict):
     mark: Literal["bid", "mid", "last"] = "bid"
     mark_sample_seconds: Annotated[float, Field(gt=0)] = 5.0
     snapshot_alerts: Annotated[int, Field(ge=0, le=10000)] = 200
+    # The protection watchdog: an open trade not evaluated on fresh, valid data for longer than
+    # this (seconds) is UNPROTECTED (badge, status, one critical alert per episode). None: the
+    # quote age limit plus three ticks (see `unprotected_limit`).
+    unprotected_after_seconds: Annotated[float, Field(gt=0)] | None = None
+
+    def unprotected_limit(self) -> float:
+        """Seconds without an evaluation on fresh data after which a trade is unprotected."""
+        if self.unprotected_after_seconds is not None:
+            return self.unprotected_after_seconds
+        return self.max_quote_age_seconds + 3 * self.tick_seconds
 
 
 MOMENTUM_WINDOWS = ("1", "2", "3", "4", "15", "30")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.alerts import Alert, ChannelHealth
+from engine.watchdog import Unprotected
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +150,9 @@ class TradeRow:
     # not measured.
     time_value: float | None = None
     tv_state: str | None = None
+    # Why the engine is not protecting this trade right now (the watchdog: no evaluation on
+    # fresh, valid data for longer than [engine] unprotected_after_seconds); None while it is.
+    unprotected: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +188,8 @@ class Snapshot:
     health: tuple[SourceHealth, ...]
     risk: RiskView
     alert_channels: tuple[ChannelHealth, ...] = ()  # AlertBus.channel_health()
+    # Every open trade the engine is not protecting right now, and why (engine/watchdog.py).
+    unprotected: tuple[Unprotected, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,12 @@ import asyncio
 import contextlib
 import logging
 import math
+import sqlite3
 import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ from engine.snapshot import (
 )
 from engine.store import Store, StoreError
 from engine.venues.base import OrderRequest, OrderResult, Venue, VenueError, VenuePosition
+from engine.watchdog import ProtectionWatchdog, describe_back, describe_new
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,10 @@ class _Status:
     criteria: Criteria | None = None
     peaks_dirty: bool = False  # peak/trough moved since last persisted
     time_value: float | None = None  # options and combos: the last evaluation's, $ per unit
+    # The protection watchdog's input: the last evaluation on fresh, valid data that ran to its
+    # end (Unix s; the adoption time until the first). See engine/watchdog.py.
+    protected_ts: float = 0.0
+    error: str | None = None  # the last evaluation raised (an internal fault of this trade)
 
 
 @dataclass(slots=True)
@@ -266,6 +272,18 @@ class Engine:
         self.recorders: list[Callable[[MarketEvent], None]] = []
         self.exit_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.started_ts: float | None = None
+        # Which open trades are not protected right now (engine/watchdog.py), checked at every
+        # tick and by a task of its own that does not depend on the tick (`_watchdog_loop`).
+        self.watchdog = ProtectionWatchdog(config.engine.unprotected_limit())
+        self._unprotected_episodes = 0
+        self._last_tick_done: float | None = None
+        self._tick_stalled = False
+        # Quote episodes started / ended inside a tick or a batch of quotes, alerted as one
+        # (`_grouped_quote_alerts`); None outside such a block.
+        self._grouping: (
+            tuple[list[tuple[str, str, str | None, list[str]]], list[tuple[str, str | None]]]
+            | None
+        ) = None
 
     # ------------------------------------------------------------------ start-up and reconcile
 
@@ -318,7 +336,10 @@ class Engine:
             )
         self.trades[t.trade_id] = t
         self.by_contract.setdefault(t.contract_id, set()).add(t.trade_id)
-        self.status.setdefault(t.trade_id, _Status())
+        if t.trade_id not in self.status:
+            # The watchdog's grace starts here: a trade is unprotected once it has gone
+            # `unprotected_after_seconds` without an evaluation on fresh data.
+            self.status[t.trade_id] = _Status(protected_ts=self.clock.now())
         self._touch(t.contract_id)
         self._expiry_watch.add(t.contract_id)  # options: their value at expiry, for the metrics
 
@@ -491,6 +512,7 @@ class Engine:
             asyncio.create_task(f.run(self), name=f"feed-{getattr(f, 'name', '?')}") for f in feeds
         ]
         tasks.append(asyncio.create_task(self._tick_loop(), name="tick"))
+        tasks.append(asyncio.create_task(self._watchdog_loop(), name="watchdog"))
         stop = asyncio.create_task(self._stop.wait())
         try:
             done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
@@ -520,6 +542,96 @@ class Engine:
                 await self._alert(
                     AlertKind.DATA_QUALITY, Severity.CRITICAL, "engine tick failed; see the log"
                 )
+
+    async def _watchdog_loop(self) -> None:
+        """The dead man's switch, on its own task: the tick runs the watchdog too, but a tick
+        that hangs (or a loop of them that died) must not silence it."""
+        period = self.config.engine.tick_seconds
+        while not self._stop.is_set():
+            await self.clock.sleep(period)
+            now = self.clock.now()
+            try:
+                await self._check_tick_alive(now)
+                await self._watch(now)
+            except Exception:
+                log.exception("watchdog failed")
+
+    async def _check_tick_alive(self, now: float) -> None:
+        """One critical alert when the tick has not completed for longer than the watchdog's
+        limit (staleness checks, time rules and exit retries wait on it), one when it is back."""
+        done = self._last_tick_done if self._last_tick_done is not None else self.started_ts
+        if done is None:
+            return
+        late = now - done
+        if late > self.watchdog.limit and not self._tick_stalled:
+            self._tick_stalled = True
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.CRITICAL,
+                f"engine tick has not completed for {late:.0f}s: staleness checks, time rules "
+                "and exit retries are not running; see the log",
+                subject="tick-stalled",
+            )
+        elif late <= self.watchdog.limit and self._tick_stalled:
+            self._tick_stalled = False
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.INFO,
+                "engine tick running again",
+                subject="tick-running",
+            )
+
+    async def _watch(self, now: float) -> None:
+        """Scan every open trade for protection and alert each episode once, grouped."""
+        change = self.watchdog.scan(
+            now,
+            (
+                (tid, t.contract_id, st.protected_ts if st is not None else -math.inf)
+                for tid, t in self.trades.items()
+                if t.state != TradeState.CLOSED
+                for st in (self.status.get(tid),)
+            ),
+            self._unprotected_reason,
+        )
+        if not (change.new or change.back or change.gone):
+            return
+        self._dirty = True
+        current = len(self.watchdog.current)
+        if change.new:
+            self._unprotected_episodes += 1
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.CRITICAL,
+                describe_new(change.new, current, now),
+                change.new[0].trade_id if len(change.new) == 1 else None,
+                data={
+                    "unprotected": {u.trade_id: u.reason for u in change.new},
+                    "total_unprotected": current,
+                },
+                subject=f"unprotected:{self._unprotected_episodes}",
+            )
+        if change.back or change.gone:
+            ended = [tid for tid, _ in change.back] + list(change.gone)
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.WARNING if current else Severity.INFO,
+                describe_back(change.back, current, change.gone),
+                ended[0] if len(ended) == 1 else None,
+                data={"protected": [tid for tid, _ in change.back], "closed": list(change.gone)},
+                subject=f"protected:{self._unprotected_episodes}:{now}",
+            )
+
+    def _unprotected_reason(self, tid: str, age: float) -> str:
+        st = self.status.get(tid)
+        t = self.trades.get(tid)
+        if st is not None and st.error is not None:
+            return f"internal error evaluating it: {st.error}"
+        if st is not None and st.problem is not None:
+            return st.problem
+        cid = t.contract_id if t is not None else "?"
+        if self._tick_stalled:
+            return f"{cid}: not evaluated for {age:.0f}s (the engine's tick is stalled)"
+        return f"{cid}: not evaluated for {age:.0f}s (no fresh quote reached the engine)"
 
     async def handle_safely(self, ev: MarketEvent) -> None:
         """`handle` for feed tasks: an unexpected error in one event raises a critical alert and
@@ -577,8 +689,9 @@ class Engine:
                 for rec in self.recorders:
                     for q in quotes:
                         rec(QuoteEvent(q.ts, q))
-                accepted = [q.id for q in quotes if await self._accept_quote(q)]
-                await self._quotes_changed(accepted)
+                async with self._grouped_quote_alerts():
+                    accepted = [q.id for q in quotes if await self._accept_quote(q)]
+                    await self._quotes_changed(accepted)
             except Exception as e:
                 log.exception("a batch of %d quotes failed", len(quotes))
                 await self._alert(
@@ -915,7 +1028,13 @@ class Engine:
     async def tick(self) -> None:
         """Periodic work: staleness, time-based rules, exit retries, risk, journal, heartbeat."""
         with self._busy:
-            await self._tick()
+            async with self._grouped_quote_alerts():
+                await self._tick()
+            # After the tick's own alerts: the watchdog's verdict is the last word of a tick.
+            now = self.clock.now()
+            await self._watch(now)
+            self._last_tick_done = now
+            self._maybe_publish()
 
     async def _tick(self) -> None:
         now = self.clock.now()
@@ -972,7 +1091,6 @@ class Engine:
             self._last_checkpoint = now
             self._checkpoint_task = asyncio.create_task(self.store.checkpoint())
         self._dirty = True
-        self._maybe_publish()
 
     async def flush(self) -> None:
         """Write pending mark samples and wait for a running checkpoint (call before closing).
@@ -1051,10 +1169,58 @@ class Engine:
         return out
 
     async def _evaluate(self, tid: str, now: float) -> None:
+        """Evaluate one trade, isolated: an error here stays with this trade (alerted once per
+        episode, the trade counted unprotected by the watchdog) and never reaches the loop that
+        serves the others. Journal faults still propagate: the journal comes first."""
+        try:
+            fresh = await self._evaluate_trade(tid, now)
+        except (StoreError, sqlite3.Error):
+            raise
+        except Exception as e:
+            await self._trade_fault(tid, e)
+            return
+        st = self.status.get(tid)
+        if st is None:
+            return
+        if fresh:
+            st.protected_ts = now
+        if st.error is not None and fresh:
+            st.error = None
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.INFO,
+                f"{tid}: evaluated normally again",
+                tid,
+                subject=f"fault-ok:{tid}",
+            )
+
+    async def _trade_fault(self, tid: str, e: Exception) -> None:
+        st = self.status.get(tid)
+        text = f"{type(e).__name__}: {e}"
+        first = st is None or st.error is None
+        if first:  # the traceback once per episode, not on every quote
+            log.exception("evaluating %s failed", tid)
+        if st is None:
+            return
+        st.error = text
+        st.problem = f"internal error: {text}"
+        self._dirty = True
+        if first:
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.CRITICAL,
+                f"{tid}: internal error while evaluating its rules ({text}); its auto-stop is "
+                "not working, the other trades go on — see the log",
+                tid,
+                subject=f"fault:{tid}",
+            )
+
+    async def _evaluate_trade(self, tid: str, now: float) -> bool:
+        """True when the trade was evaluated on fresh, valid data (its rules ran)."""
         t = self.trades.get(tid)
         st = self.status.get(tid)
         if t is None or st is None or t.state == TradeState.CLOSED:
-            return
+            return False
         c = self.contracts.get(t.contract_id)
         q = self.quotes.get(t.contract_id)
         problem = self._data_problem(t, c, q, now)
@@ -1064,7 +1230,7 @@ class Engine:
             self._dirty = True
             waiting = c is None or q is None or quote_problem(q, c.is_binary) is None
             await self._episode(f"quote:{t.contract_id}", problem, tid, waiting=waiting)
-            return
+            return False
         if st.problem is not None:
             st.problem = None
             await self._recover(f"quote:{t.contract_id}")
@@ -1131,8 +1297,9 @@ class Engine:
         self._dirty = True
         fired = rules.first_fired(results)
         if fired is None or t.state != TradeState.OPEN:
-            return
+            return True
         await self._on_fired(t, st, fired, now)
+        return True
 
     def _market_inputs(self, crit: Criteria, now: float) -> dict[str, Any]:
         """The RuleInput fields that come from the market alone (withheld when the spot is stale)."""
@@ -1165,38 +1332,52 @@ class Engine:
         """
         groups: dict[tuple[int, int], list[rules.RuleResult]] = {}
         for tid, t in list(self.trades.items()):
-            st = self.status.get(tid)
-            c = self.contracts.get(t.contract_id)
-            if st is None or t.state != TradeState.OPEN:
-                continue
-            crit = self._criteria(t, st) if c is not None else None
-            if (
-                c is None
-                or crit is None
-                or st.problem is not None
-                or st.mark is None
-                or c.type in ("option_call", "option_put")
-                or (
-                    crit.ttc_cutoff_seconds is not None
-                    and c.close_ts - now <= crit.ttc_cutoff_seconds + 1
-                )
-            ):
-                await self._evaluate(tid, now)
-                continue
-            d = pricing.underlying_direction(t, c)
-            key = (d, id(crit))
-            res = groups.get(key)
-            if res is None:
-                res = groups[key] = self._market_rule_results(d, crit, now)
-            if any(r.fired for r in res):
-                await self._evaluate(tid, now)
-                continue
-            if res or st.results:
-                st.results = sorted(
-                    [r for r in st.results if r.rule not in rules.MARKET_RULES] + res,
-                    key=lambda r: _RULE_RANK[r.rule],
-                )
+            try:
+                await self._spot_update_one(tid, t, groups, now)
+            except (StoreError, sqlite3.Error):
+                raise
+            except Exception as e:
+                await self._trade_fault(tid, e)
         self._dirty = True
+
+    async def _spot_update_one(
+        self,
+        tid: str,
+        t: Trade,
+        groups: dict[tuple[int, int], list[rules.RuleResult]],
+        now: float,
+    ) -> None:
+        st = self.status.get(tid)
+        c = self.contracts.get(t.contract_id)
+        if st is None or t.state != TradeState.OPEN:
+            return
+        crit = self._criteria(t, st) if c is not None else None
+        if (
+            c is None
+            or crit is None
+            or st.problem is not None
+            or st.mark is None
+            or c.type in ("option_call", "option_put")
+            or (
+                crit.ttc_cutoff_seconds is not None
+                and c.close_ts - now <= crit.ttc_cutoff_seconds + 1
+            )
+        ):
+            await self._evaluate(tid, now)
+            return
+        d = pricing.underlying_direction(t, c)
+        key = (d, id(crit))
+        res = groups.get(key)
+        if res is None:
+            res = groups[key] = self._market_rule_results(d, crit, now)
+        if any(r.fired for r in res):
+            await self._evaluate(tid, now)
+            return
+        if res or st.results:
+            st.results = sorted(
+                [r for r in st.results if r.rule not in rules.MARKET_RULES] + res,
+                key=lambda r: _RULE_RANK[r.rule],
+            )
 
     def _market_rule_results(
         self, direction: int, crit: Criteria, now: float
@@ -1385,7 +1566,7 @@ class Engine:
             send = self._send(
                 t, ex, intent_id, pricing.mark_price(t, q, self.config.engine.mark), now
             )
-            if self._resting_orders:
+            if self._orders_in_tasks:
                 self._detach(t, ex, send)
             else:
                 await send
@@ -1394,10 +1575,15 @@ class Engine:
         return ex
 
     @property
-    def _resting_orders(self) -> bool:
-        """The venue's `submit` waits for a resting order (IB: up to attempt_timeout_seconds):
-        it runs in a task of its own so quotes, other trades and commands go on meanwhile."""
-        return bool(getattr(self.venue, "resting_orders", False))
+    def _orders_in_tasks(self) -> bool:
+        """An exit's venue call runs in a task of its own, so that quotes, other trades' exits
+        and commands go on while it waits: for every venue that talks over a network (a Kalshi
+        POST can wait out a timeout and its retries, ~40 s by default; an IB order rests for
+        attempt_timeout_seconds). Only a venue that answers in-process at once (`answers_inline`:
+        the paper broker) is awaited on the reaction path."""
+        if getattr(self.venue, "resting_orders", False):
+            return True
+        return not getattr(self.venue, "answers_inline", False)
 
     def _detach(self, t: Trade, ex: _Exit, work: Coroutine[Any, Any, None]) -> None:
         """Run an exit's venue call in a task; the exit stays in flight until it is answered."""
@@ -1464,7 +1650,7 @@ class Engine:
         if ex.in_flight and not force:
             return
         ex.in_flight = True
-        if self._resting_orders:
+        if self._orders_in_tasks:
             self._detach(t, ex, self._attempt_once(t, ex, now))
             return
         try:
@@ -2101,6 +2287,16 @@ class Engine:
             if key.startswith("quote:")
             else []
         )
+        if self._grouping is not None and key.startswith("quote:"):
+            # Inside a tick or a batch of quotes: one outage of the venue is one alert for all
+            # the contracts it touched (`_flush_grouped`), not one per contract.
+            self._grouping[0].append((key, problem, trade_id, affected))
+            return
+        await self._episode_alert(key, problem, trade_id, affected)
+
+    async def _episode_alert(
+        self, key: str, problem: str, trade_id: str | None, affected: list[str]
+    ) -> None:
         suffix = f"; auto-stop suspended for {', '.join(affected)}" if affected else ""
         await self._alert(
             AlertKind.DATA_QUALITY,
@@ -2115,12 +2311,72 @@ class Engine:
         problem = self._bad.pop(key, None)
         if key in self._alerted:
             self._alerted.discard(key)
+            if self._grouping is not None and key.startswith("quote:"):
+                self._grouping[1].append((key, problem))
+                return
+            await self._recover_alert(key, problem)
+
+    async def _recover_alert(self, key: str, problem: str | None) -> None:
+        await self._alert(
+            AlertKind.DATA_QUALITY,
+            Severity.INFO,
+            f"data recovered: {key} (was: {problem})",
+            data={"source": key},
+            subject=f"ok:{key}",
+        )
+
+    @contextlib.asynccontextmanager
+    async def _grouped_quote_alerts(self) -> AsyncIterator[None]:
+        """Collect the quote episodes that start or end inside the block and alert them as one
+        (a single contract's alert reads as it always did)."""
+        if self._grouping is not None:  # nested: the outer block flushes
+            yield
+            return
+        self._grouping = ([], [])
+        try:
+            yield
+        finally:
+            started, ended = self._grouping
+            self._grouping = None
+            await self._flush_grouped(started, ended)
+
+    async def _flush_grouped(
+        self,
+        started: list[tuple[str, str, str | None, list[str]]],
+        ended: list[tuple[str, str | None]],
+    ) -> None:
+        if len(started) == 1:
+            await self._episode_alert(*started[0])
+        elif started:
+            trades = sorted({tid for *_x, aff in started for tid in aff})
+            contracts = [k.split(":", 1)[1] for k, *_y in started]
+            shown = "; ".join(p for _k, p, _t, _a in started[:3])
+            more = f"; +{len(started) - 3} more" if len(started) > 3 else ""
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.WARNING,
+                f"quotes of {len(started)} contracts unusable: {shown}{more}; auto-stop "
+                f"suspended for {len(trades)} trade{'s' if len(trades) != 1 else ''}: "
+                f"{', '.join(trades[:8])}{' …' if len(trades) > 8 else ''}",
+                data={
+                    "source": "quotes",
+                    "contracts": contracts,
+                    "problems": {k: p for k, p, _t, _a in started},
+                    "trades": trades,
+                },
+                subject=f"bad:quotes:{self.clock.now()}",
+            )
+        if len(ended) == 1:
+            await self._recover_alert(*ended[0])
+        elif ended:
+            contracts = [k.split(":", 1)[1] for k, _p in ended]
             await self._alert(
                 AlertKind.DATA_QUALITY,
                 Severity.INFO,
-                f"data recovered: {key} (was: {problem})",
-                data={"source": key},
-                subject=f"ok:{key}",
+                f"data recovered: quotes of {len(ended)} contracts "
+                f"({', '.join(contracts[:4])}{' …' if len(contracts) > 4 else ''})",
+                data={"source": "quotes", "contracts": contracts},
+                subject=f"ok:quotes:{self.clock.now()}",
             )
 
     def _add_realized(self, pnl: float, ts: float) -> None:
@@ -2218,6 +2474,8 @@ class Engine:
             "open_trades": len(self.trades),
             "sources": {h.name: h.age_seconds for h in self._health(now)},
             "bad_data": dict(self._bad),
+            "unprotected": {u.trade_id: u.reason for u in self.watchdog.current.values()},
+            "unprotected_after_seconds": self.watchdog.limit,
         }
 
     def _health(self, now: float) -> list[SourceHealth]:
@@ -2329,6 +2587,7 @@ class Engine:
             health=tuple(self._health(now)),
             risk=self._risk,
             alert_channels=self.alerts.channel_health(),
+            unprotected=tuple(self.watchdog.current.values()),
         )
         return self._snapshot
 
@@ -2605,6 +2864,7 @@ class Engine:
             contract_type=c.type if c is not None else "",
             time_value=time_value,
             tv_state=tv_state,
+            unprotected=u.reason if (u := self.watchdog.current.get(t.trade_id)) else None,
         )
 
     def badge(self) -> str:
@@ -2660,6 +2920,8 @@ class Engine:
     def _trade_state(self, t: Trade, st: _Status, now: float) -> str:
         if t.state == TradeState.CLOSING or t.trade_id in self.exits:
             return "closing"
+        if t.trade_id in self.watchdog.current:
+            return "unprotected"
         if st.problem is not None:
             return "stale"
         if self.mode == Mode.ALERT_ONLY:

@@ -68,6 +68,9 @@ class Fault:
     code: str = "invalid_order"
     message: str = "order refused"
     persistent: bool = False
+    # "delay" only: hold the answer until this event is set (instead of `seconds`), so a test
+    # can keep one order waiting as long as it needs without waiting itself.
+    release: asyncio.Event | None = None
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (
@@ -594,7 +597,10 @@ def build_app(state: KalshiState) -> web.Application:
         if fault.kind == "500":
             return _error(500, "internal_server_error", "internal server error")
         if fault.kind == "delay":
-            await asyncio.sleep(fault.seconds)
+            if fault.release is not None:
+                await fault.release.wait()
+            else:
+                await asyncio.sleep(fault.seconds)
             return response
         if fault.kind == "truncated":
             assert isinstance(response, web.Response) and response.body is not None

@@ -245,11 +245,14 @@ def kalshi_client(rt: Runtime) -> KalshiClient:
     return market.client
 
 
-async def step(w: World, rt: Runtime, seconds: float = 1.0) -> None:
-    """One round of the session: the clock moves, both feeds poll, the engine ticks."""
+async def step(w: World, rt: Runtime, seconds: float = 1.0, *, drain: bool = True) -> None:
+    """One round of the session: the clock moves, both feeds poll, the engine ticks; then the
+    exits' venue calls (each in a task of its own) are let finish, unless `drain` is False."""
     w.clock.advance(seconds)
     w.spot_at(97_100.0)
     market, spot = feeds(rt)
     await market.poll_once(rt.engine)
     await spot.step(rt.engine)
     await rt.engine.tick()
+    if drain:
+        await rt.engine.drain_exits()

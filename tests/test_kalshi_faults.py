@@ -116,18 +116,25 @@ async def test_quote_poll_fault_one_stale_alert_then_quotes_protect_again(
         for _ in range(3):  # 7, 14, 21 s without a quote (the limit is 10 s)
             await step(w, rt, 7.0)
         assert hits(w, fault, method="GET", path=MARKETS) == 3
-        [bad] = alerts
+        # One warning when the quote goes stale, one critical when the watchdog counts the
+        # trade unprotected (13 s without an evaluation on fresh data), not one per poll.
+        bad, unprotected = alerts
         assert (bad.kind, bad.severity) == (AlertKind.DATA_QUALITY, Severity.WARNING)
         assert bad.data["source"] == f"quote:{HELD}" and "old" in bad.message
         assert t.trade_id in bad.message  # "auto-stop suspended for <trade>"
-        assert rt.engine.snapshot().trades[0].state == "stale"
+        assert unprotected.severity == Severity.CRITICAL
+        assert "UNPROTECTED" in unprotected.message and t.trade_id in unprotected.message
+        assert rt.engine.snapshot().trades[0].state == "unprotected"
 
         w.clear_faults()
         await step(w, rt, 7.0)
         assert rt.engine.quotes[HELD].ts == w.clock.now()  # quotes flow again
-        assert [(a.kind, a.severity, a.data.get("source")) for a in alerts[1:]] == [
-            (AlertKind.DATA_QUALITY, Severity.INFO, f"quote:{HELD}")  # "data recovered"
+        assert [(a.kind, a.severity) for a in alerts[2:]] == [
+            (AlertKind.DATA_QUALITY, Severity.INFO),  # "data recovered"
+            (AlertKind.DATA_QUALITY, Severity.INFO),  # "protected again"
         ]
+        assert alerts[2].data.get("source") == f"quote:{HELD}"
+        assert "protected again" in alerts[3].message
         assert rt.engine.snapshot().trades[0].state == "armed"
 
         w.book("0.30", "0.32")  # and they protect the trade again: max_loss closes it
@@ -135,7 +142,7 @@ async def test_quote_poll_fault_one_stale_alert_then_quotes_protect_again(
         closed = await rt.store.get_trade(t.trade_id)
         assert closed is not None and closed.exit_reason == "max_loss"
         assert len(w.kalshi.state.order_posts()) == 1
-        assert noticed(alerts)[2:] == [(AlertKind.AUTO_STOP, Severity.WARNING)]
+        assert noticed(alerts)[4:] == [(AlertKind.AUTO_STOP, Severity.WARNING)]
     finally:
         await rt.close()
 

@@ -226,9 +226,14 @@ async def test_stale_quote_blocks_the_exit_until_a_fresh_quote(tmp_path: Path) -
     run = await run_scenario(
         "stale_quote.jsonl", "[auto_stop.criteria]\nmax_holding_time_minutes = 0.5\n", tmp_path
     )
-    stale, recovered = run.alerts("data_quality")
+    # The watchdog: last evaluated on fresh data at 1005, unprotected once that is more than
+    # 13 s ago (the default: the 10 s quote age limit + 3 ticks). The fresh quote at 1040.5
+    # closes it (the scenario ends there, so no later tick reports its episode's end).
+    stale, unprotected, recovered = run.alerts("data_quality")
     assert (stale["ts"], stale["severity"], stale["trade_id"]) == (1016.0, "warning", "t1")
     assert "quote 11s old" in stale["message"]
+    assert (unprotected["ts"], unprotected["severity"]) == (1019.0, "critical")
+    assert unprotected["message"].startswith("1 trade UNPROTECTED")
     assert (recovered["ts"], recovered["severity"]) == (1040.5, "info")
     assert "recovered" in recovered["message"]
     (row,) = run.exits

@@ -399,8 +399,10 @@ class TradeSupervisorApp(App[int]):
         body.append(f"entry {fmt.price(t.entry)}   mark {fmt.price(t.mark)}   ")
         body.append_text(self.palette_colors.signed(t.pnl, f"P&L {fmt.money(t.pnl, True)}"))
         body.append(f"\nexpected proceeds at the mark: {fmt.money(t.proceeds)} (before fees)")
-        if t.state in ("closing", "stale"):
+        if t.state in ("closing", "stale", "unprotected"):
             body.append(f"\nstate: {t.state}", style="bold red")
+        if t.unprotected:
+            body.append(f"\nnot protected: {t.unprotected}", style="bold red")
         if await self.push_screen_wait(ConfirmScreen(f"Close {t.trade_id}?", body, "Close")):
             await self.send(Command("close", t.trade_id))
 

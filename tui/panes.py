@@ -56,6 +56,10 @@ def header_text(snap: Snapshot | None, engine_error: str | None = None) -> Text:
     if snap.paused_all:
         t.append(" ")
         t.append(" PAUSED ", style="bold white on red")
+    if snap.unprotected:
+        # The watchdog: open trades that no auto-stop is acting on right now, for any reason.
+        t.append(" ")
+        t.append(f" UNPROTECTED {len(snap.unprotected)} ", style="bold white on red")
     if snap.trades and not any(r.rules for r in snap.trades):
         # Armed protects nothing when no rule applies to any trade (a config without criteria).
         t.append(" ")

@@ -87,6 +87,7 @@ STATE_STYLE = {
     "paused": "bold yellow",
     "closing": "bold magenta",
     "stale": "bold white on red",
+    "unprotected": "bold white on red",
     "disarmed": "dim",
     "alert_only": "cyan",
     "halted": "bold red",
@@ -96,7 +97,7 @@ SEVERITY_STYLE = {"info": "", "warning": "bold yellow", "critical": "bold white 
 
 
 def trade_row(t: TradeRow, pal: Palette, with_tv: bool = False) -> Row:
-    state = "stale data" if t.state == "stale" else t.state
+    state = {"stale": "stale data", "unprotected": "UNPROT"}.get(t.state, t.state)
     cells: tuple[Cell, ...] = (
         t.trade_id,
         t.side,

@@ -73,6 +73,10 @@ _Change = tuple[str, Any]
 class PaperVenue:
     """A simulated broker that implements `Venue`, plus `open_position` and `settle`."""
 
+    # It fills or refuses in-process, at once: the engine awaits it on the exit path instead of
+    # running it in a task (`Engine._orders_in_tasks`).
+    answers_inline = True
+
     def __init__(
         self,
         cfg: PaperConfig,
