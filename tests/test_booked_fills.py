@@ -28,6 +28,8 @@ import pytest
 
 from engine.models import TradeState
 from engine.runtime import Runtime, build_runtime
+from engine.venues.base import OrderRequest, OrderResult
+from tests.engine_harness import standard
 from tests.kalshi_world import HELD, World, step
 from tests.kalshi_world import world as world  # the fixture
 
@@ -164,3 +166,52 @@ async def test_the_booked_exit_is_what_the_venue_filled(world: World, side: str,
         assert len(coids) == len(set(coids))
     finally:
         await rt.close()
+
+
+async def test_a_fill_without_a_price_books_nothing_and_is_looked_up_until_it_has_one(
+    tmp_path: Any,
+) -> None:
+    """A venue answer that says the order filled but gives no price (IB: executions not in
+    yet, no average in the order status) is never booked at a guess, and no second order is
+    sent for the position it already closed: the order is 'unknown' until a lookup prices it."""
+    h = await standard(tmp_path)
+    lookups: list[str] = []
+    real_submit, real_lookup = h.venue.submit, h.venue.lookup
+
+    async def no_price(req: OrderRequest) -> OrderResult:
+        res = await real_submit(req)  # the paper venue fills it (at its bid)
+        return OrderResult(req.client_order_id, res.status, res.filled_qty, None, res.fees, "v1")
+
+    async def priced_later(coid: str) -> OrderResult | None:
+        """The first lookup still has no price; the second has the venue's."""
+        lookups.append(coid)
+        res = await real_lookup(coid)
+        if res is None or len(lookups) > 1:
+            return res
+        return OrderResult(coid, res.status, res.filled_qty, None, res.fees, "v1")
+
+    h.venue.submit = no_price  # type: ignore[method-assign]
+    h.venue.lookup = priced_later  # type: ignore[method-assign]
+    await h.quote(0.30, 0.32)  # max_loss fires; the venue fills 10 at 0.30, says no price
+    [intent] = await h.store.intents_for_trade("t1")
+    coid = intent["intent_id"]
+    assert h.engine.trades["t1"].state == TradeState.CLOSING
+    assert await h.store.fills_for_trade("t1") == []
+    order = await h.store.get_order(coid)
+    assert order["status"] == "unknown" and "no fill price" in order["reason"]
+    [warn] = [a for a in h.of_kind("execution_failure") if coid in a.message]
+    assert "nothing booked" in warn.message
+    for i in range(1, 6):
+        await h.quote(0.30, 0.32, ts=h.at(2.0 * i))
+        await h.tick()
+        if "t1" not in h.engine.trades:
+            break
+    assert len(h.venue.submitted) == 1  # the position was gone: nothing sent again
+    assert lookups[:2] == [coid, coid]
+    t = await h.store.get_trade("t1")
+    assert t.state == TradeState.CLOSED and t.exit_price == pytest.approx(0.30)
+    assert t.realized_pnl == pytest.approx(10 * (0.30 - 0.50))
+    assert [(f["qty"], f["price"]) for f in await h.store.fills_for_trade("t1")] == [
+        (10, pytest.approx(0.30))
+    ]
+    await h.close()
