@@ -10,11 +10,11 @@ Paths: answered; timed out (outcome unknown, looked up at the next attempt); cut
 connection dropped mid-answer, looked up); cut off then 409 (the client's retry with the same
 client_order_id meets a 409 and finds the order); found after a restart (the engine stops while
 the outcome is unknown; the next engine reconciles it); partial then cancelled (an IOC that
-fills part, the rest cancelled, the ladder's later attempts fill the rest); fills not listed
-yet (409 then find, with the venue's fills lagging its order: the order's own fill cost).
+fills part, the rest cancelled, the ladder's later attempts fill the rest; also with that
+first answer cut off and the order found after the 409); fills not listed yet (409 then find, with the venue's fills lagging its order: the order's own fill cost).
 
 The account holds 10 contracts bought at 0.50 (YES, or NO) and the book falls to 0.25 on the
-held side; Kalshi charges 0.014 a contract. Booked as the venue filled it that is
+held side; Kalshi charges 0.014 a contract. Booked as the venue filled it, that is
 10 × (0.25 − 0.50) − 0.14 = −2.64; the defect booked selling YES at the order's NO fill cost
 0.75: +2.36 (+47 %).
 """
@@ -102,6 +102,7 @@ PATHS = [
     "cut_off_then_409",
     "restart",
     "partial_then_cancelled",
+    "partial_cut_off_then_409",
     "fills_not_listed",
 ]
 
@@ -113,11 +114,11 @@ async def test_the_booked_exit_is_what_the_venue_filled(world: World, side: str,
     hold(w, side)
     kalshi: dict[str, Any] = {}
     auto: dict[str, Any] = {}
-    if path in ("cut_off_then_409", "fills_not_listed"):
+    if path in ("cut_off_then_409", "fills_not_listed", "partial_cut_off_then_409"):
         kalshi["max_attempts"] = 2  # the client retries the same id and meets the 409
     if path == "timed_out":
         kalshi["timeout_seconds"] = 0.2
-    if path == "partial_then_cancelled":
+    if path.startswith("partial"):
         auto = {"ladder_tick": 0.01, "ladder_step_seconds": 2.0, "ladder_max_attempts": 5}
     config = w.config(kalshi=kalshi, **auto)
     rt = await build_runtime(config, None, clock=w.clock)
@@ -130,11 +131,17 @@ async def test_the_booked_exit_is_what_the_venue_filled(world: World, side: str,
         post = {"method": "POST", "path": "/portfolio/events/orders"}
         if path == "timed_out":
             w.kalshi.state.queue_fault("delay", seconds=0.6, **post)
-        elif path in ("cut_off", "cut_off_then_409", "restart", "fills_not_listed"):
+        elif path in (
+            "cut_off",
+            "cut_off_then_409",
+            "restart",
+            "fills_not_listed",
+            "partial_cut_off_then_409",
+        ):
             w.kalshi.state.queue_fault("cutoff", **post)
         if path == "fills_not_listed":
             w.kalshi.state.fills_listed = False
-        if path == "partial_then_cancelled":
+        if path.startswith("partial"):
             fall(w, side, [("0.25", "4"), ("0.22", "50")])  # 4 at the limit, the rest lower
         else:
             fall(w, side, [("0.25", "50")])
@@ -158,7 +165,7 @@ async def test_the_booked_exit_is_what_the_venue_filled(world: World, side: str,
         assert closed.fees == pytest.approx(float(fees), abs=1e-9)
         pnl = count * (price - Decimal("0.50")) - fees
         assert closed.realized_pnl == pytest.approx(float(pnl), abs=1e-9)
-        if path != "partial_then_cancelled":
+        if not path.startswith("partial"):
             assert closed.realized_pnl == pytest.approx(-2.64)  # 10 × (0.25 − 0.50) − 0.14
         assert w.kalshi.state.positions[HELD]["position_fp"] == "0.00"
         # No order was sent twice: every client order id reached the venue once.
