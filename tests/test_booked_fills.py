@@ -11,7 +11,8 @@ connection dropped mid-answer, looked up); cut off then 409 (the client's retry 
 client_order_id meets a 409 and finds the order); found after a restart (the engine stops while
 the outcome is unknown; the next engine reconciles it); partial then cancelled (an IOC that
 fills part, the rest cancelled, the ladder's later attempts fill the rest; also with that
-first answer cut off and the order found after the 409); fills not listed yet (409 then find, with the venue's fills lagging its order: the order's own fill cost).
+first answer cut off and the order found after the 409); fills not listed yet (409 then
+find, with the venue's fills lagging its order: the order's own fill cost).
 
 The account holds 10 contracts bought at 0.50 (YES, or NO) and the book falls to 0.25 on the
 held side; Kalshi charges 0.014 a contract. Booked as the venue filled it, that is
