@@ -1,11 +1,12 @@
-"""The venue's numbers are the booked numbers, at IBKR (issue 15, item 4): the short side.
+"""The venue's numbers are the booked numbers, at IBKR (issue 15, item 4).
 
-The long side (a debit spread sold, a single option sold) is booked in tests/test_ibkr_session.py;
-here the account is short: a credit spread (−2 SPY 160C sold at 3.20, +2 SPY 165C bought at
-1.20, config group "v-1": defined inverted and held short 2 at 2.00) and a short single
-(−2 SPY 150C sold at 9.00). Each is bought back by max_loss, through `build_runtime` and the
-REAL ib_async client against the loopback TWS gateway, on three paths: answered (filled at
-once), partial then cancelled (the first order fills 1, its rest is cancelled after
+A table over what is held × the path of the exit order. Held: a debit spread (+2 SPY 160C
+bought at 3.20, −2 SPY 165C sold at 1.20, config group "v-1": long 2 at 2.00) and a long single
+(+2 SPY 150C at 9.00), each sold; a credit spread (the same legs the other way round: defined
+inverted and held short 2 at 2.00) and a short single (−2 SPY 150C sold at 9.00), each bought
+back. Each exit is made by max_loss, through `build_runtime` and the REAL ib_async client
+against the loopback TWS gateway, on three paths: answered (filled at once), partial then
+cancelled (the first order fills 1, its rest is cancelled after
 attempt_timeout_seconds, the next attempt fills the rest), and found after a restart (the order
 rests, the engine dies, it fills at TWS meanwhile, the next engine reconciles it).
 
@@ -26,12 +27,16 @@ from tests.tws_gateway import Fill, GwContract, Rest
 SINGLE = oid(150, "C")
 
 
-def short_account(w: World) -> None:
+def account(w: World, short: bool) -> None:
+    """Long: +2 160C at 3.20 / −2 165C at 1.20 (a debit spread, long 2 at 2.00) and +2 150C at
+    9.00. Short: the same legs the other way round (a credit spread, short 2 at 2.00) and −2
+    150C at 9.00."""
+    sign = -1 if short else 1
     st = w.gw.state
     st.positions.clear()
-    st.add_position(C160, -2, 320.0, market_price=3.10)
-    st.add_position(C165, 2, 120.0, market_price=1.10)
-    st.add_position(C150, -2, 900.0, market_price=9.50)
+    st.add_position(C160, 2 * sign, 320.0, market_price=3.10)
+    st.add_position(C165, -2 * sign, 120.0, market_price=1.10)
+    st.add_position(C150, 2 * sign, 900.0, market_price=9.50)
 
 
 async def quoted(s: Session, w: World, c: GwContract, bid: float, ask: float) -> None:
@@ -58,12 +63,36 @@ def venue_executions(w: World, coid: str, combo: bool) -> tuple[float, float, fl
     return units, price, sum(e.commission for e in charged)
 
 
+# What makes max_loss fire (the quote moved) and the prices the exit's first and second
+# attempts fill at: the ladder starts at the bid (a sell) or the ask (a buy back) and moves one
+# price_increment (0.05) per attempt; a combo's legs fill at their own bid / ask.
+CASES = {
+    # the spread's bid 2.10 − 1.20 = 0.90: −55 %
+    "long_combo": ((C160, 2.10, 2.30), (0.90, 0.85), lambda d: {C160.con_id: 2.10 - d}),
+    # the 150C's bid 4.30: −52 %
+    "long_single": ((C150, 4.30, 4.50), (4.30, 4.25), None),
+    # the spread's ask 4.70 − 1.00 = 3.70: −85 %
+    "short_combo": ((C160, 4.50, 4.70), (3.70, 3.75), lambda d: {C160.con_id: 4.70 + d}),
+    # the 150C's ask 13.60: −51 %
+    "short_single": ((C150, 13.40, 13.60), (13.60, 13.65), None),
+}
+
+
 @pytest.mark.parametrize("path", ["answered", "partial_then_cancelled", "restart"])
-@pytest.mark.parametrize("held", ["short_combo", "short_single"])
-async def test_a_short_is_booked_at_what_tws_filled_it(world: World, held: str, path: str) -> None:
+@pytest.mark.parametrize("held", list(CASES))
+async def test_an_exit_is_booked_at_what_tws_filled_it(world: World, held: str, path: str) -> None:
     w = world
-    short_account(w)
-    combo = held == "short_combo"
+    short = held.startswith("short")
+    combo = held.endswith("combo")
+    account(w, short)
+    (moved, bid, ask), (first, _), leg_of = CASES[held]
+    other = C165.con_id
+
+    def legs(step: int) -> dict[int, float] | None:
+        if leg_of is None:
+            return None
+        return {**leg_of(0.05 * step), other: 1.20 if not short else 1.00}
+
     cid = SPREAD if combo else SINGLE
     config = w.config(
         criteria={"min_time_value": None, "max_loss_percent": 40},
@@ -71,37 +100,26 @@ async def test_a_short_is_booked_at_what_tws_filled_it(world: World, held: str, 
     )
     s = await w.start(config)
     t = await s.until(lambda: s.trades().get(cid), f"{cid} adopted")
-    assert (t.side, t.qty, t.entry_price) == ("short", 2.0, pytest.approx(2.00 if combo else 9.00))
+    entry = 2.00 if combo else 9.00
+    assert (t.side, t.qty) == ("short" if short else "long", 2.0)
+    assert t.entry_price == pytest.approx(entry)
     await s.until(lambda: s.engine.quotes.get(cid) is not None, f"{cid} quoted")
 
-    # Bought back at the ask, one price_increment higher per attempt: 3.70, 3.75 (the combo:
-    # 160C at its ask, 165C at its bid) or 13.60, 13.65.
-    def legs(up: float) -> dict[int, float]:
-        return {C160.con_id: 4.70 + up, C165.con_id: 1.00}
-
     if path == "answered":
-        w.gw.state.queue_outcome(Fill(commission=2.0, leg_prices=legs(0) if combo else None))
+        w.gw.state.queue_outcome(Fill(commission=2.0, leg_prices=legs(0)))
     elif path == "partial_then_cancelled":
         w.gw.state.queue_outcome(
-            Fill(quantity=1, commission=2.0, leg_prices=legs(0) if combo else None),
-            Fill(commission=1.5, leg_prices=legs(0.05) if combo else None),
+            Fill(quantity=1, commission=2.0, leg_prices=legs(0)),
+            Fill(commission=1.5, leg_prices=legs(1)),
         )
     else:
         w.gw.state.queue_outcome(Rest())
-    if combo:
-        await quoted(s, w, C160, 4.50, 4.70)  # the spread's ask 4.70 − 1.00 = 3.70: −85 %
-    else:
-        await quoted(s, w, C150, 13.40, 13.60)  # −51 %
+    await quoted(s, w, moved, bid, ask)
     if path == "restart":
         order = await w.gw.wait_for_order(1)
         await w.gw.wait_until(lambda: order.status == "Submitted")
         await s.die()  # the order works on at TWS and fills while no engine runs
-        w.gw.fill_order(
-            order.order_id,
-            client_id=CLIENT_ID,
-            commission=2.0,
-            leg_prices=legs(0) if combo else None,
-        )
+        w.gw.fill_order(order.order_id, client_id=CLIENT_ID, commission=2.0, leg_prices=legs(0))
         s = await w.start(config)
     await s.until(lambda: t.trade_id not in s.engine.trades, f"{cid} closed")
 
@@ -111,15 +129,14 @@ async def test_a_short_is_booked_at_what_tws_filled_it(world: World, held: str, 
     [intent] = await s.rt.store.intents_for_trade(t.trade_id)
     units, price, fees = venue_executions(w, intent["intent_id"], combo)
     assert units == 2
-    assert [o.action for o in w.gw.state.orders] == ["BUY"] * len(w.gw.state.orders)
+    action = "BUY" if short else "SELL"
+    assert [o.action for o in w.gw.state.orders] == [action] * len(w.gw.state.orders)
     assert closed.exit_price == pytest.approx(price)
     assert closed.fees == pytest.approx(fees)
-    entry = 2.00 if combo else 9.00
-    assert closed.realized_pnl == pytest.approx(-units * (price - entry) * 100 - fees)
-    if path != "partial_then_cancelled":  # bought back at 3.70 / 13.60, 2 commission
-        assert closed.realized_pnl == pytest.approx(
-            -2 * ((3.70 - 2.00) if combo else (13.60 - 9.00)) * 100 - 2.0
-        )
+    sign = -1 if short else 1
+    assert closed.realized_pnl == pytest.approx(sign * units * (price - entry) * 100 - fees)
+    if path != "partial_then_cancelled":  # all at the first attempt's price, 2 of commission
+        assert closed.realized_pnl == pytest.approx(sign * 2 * (first - entry) * 100 - 2.0)
     flat, kept = ((C160, C165), (C150,)) if combo else ((C150,), (C160, C165))
     assert all(w.gw.state.position_of(c.con_id).position == 0 for c in flat)  # type: ignore[union-attr]
     assert all(w.gw.state.position_of(c.con_id).position != 0 for c in kept)  # type: ignore[union-attr]
