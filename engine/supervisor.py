@@ -1750,11 +1750,18 @@ class Engine:
         now: float,
         prior: dict[str, Any] | None = None,
     ) -> None:
-        """Book a venue answer: order status, fill, trade and intent in one journal commit."""
+        """Book a venue answer: order status, fill, trade and intent in one journal commit.
+
+        The fill booked is the venue's: `res.avg_price` (held-side dollars, from the venue's
+        fills). An answer that says something filled but gives no price books nothing: the
+        order is left 'unknown' and looked up again (never a fill at a guessed price)."""
         already = float(prior.get("filled_qty") or 0.0) if prior else 0.0
         new_qty = max(res.filled_qty - already, 0.0)
         c = self.contracts.get(t.contract_id)
         mult = c.multiplier if c else t.multiplier
+        if new_qty > EPS and (res.avg_price is None or not math.isfinite(res.avg_price)):
+            await self._fill_without_price(t, ex, coid, res, now)
+            return
         fill = None
         if new_qty > EPS and res.avg_price is not None:
             fees = res.fees * (new_qty / res.filled_qty) if res.filled_qty > 0 else res.fees
@@ -1835,6 +1842,26 @@ class Engine:
             t.trade_id,
             data={"intent_id": ex.intent_id},
             subject=f"gaveup:{ex.intent_id}",
+        )
+
+    async def _fill_without_price(
+        self, t: Trade, ex: _Exit, coid: str, res: OrderResult, now: float
+    ) -> None:
+        """The venue says `res.filled_qty` of order `coid` filled but gives no price: nothing
+        is booked (the position did change, so no other order is sent for it either); the
+        order is 'unknown' and the next attempt looks it up again."""
+        ex.unknown_coid = coid
+        self._touch(t.contract_id)
+        why = f"{res.filled_qty:g} filled but the venue gave no fill price"
+        await self.store.update_order(
+            coid, status="unknown", venue_order_id=res.venue_order_id, reason=why, ts=now
+        )
+        await self._alert(
+            AlertKind.EXECUTION_FAILURE,
+            Severity.WARNING,
+            f"{t.trade_id}: exit order {coid}: {why}; nothing booked, looking it up again",
+            t.trade_id,
+            subject=f"noprice:{coid}",
         )
 
     def _exit_info(self, t: Trade, ex: _Exit, now: float, mult: float) -> dict[str, Any]:

@@ -6,6 +6,15 @@ checks on `/portfolio/*` (401 with {"code", "message", "details"} when they fail
 pagination on the list endpoints, V2 order creation that fills IOC/FOK orders against a book the
 test sets, 409 on a repeated client_order_id.
 
+Orders and fills carry direction the way Kalshi writes it (docs.kalshi.com, "Order direction"):
+`outcome_side` (yes|no: the outcome the trade makes the user long) and `book_side` (bid ≡ yes,
+ask ≡ no), beside the legacy `side` + `action`. A V2 `ask` (sell YES) is `outcome_side` "no": its
+listed `taker_fill_cost_dollars` is what the NO side cost, count × (1 − YES price), not the YES
+proceeds (seen at the venue: a sell of YES at 0.25 lists a fill cost of 0.75 a contract). The
+create answer's `average_fill_price` is in YES terms (the V2 endpoint quotes from the YES side).
+Fills carry both `yes_price_dollars` and `no_price_dollars`. `fee_per_contract` charges each fill
+(`fee_cost`) and the order (`taker_fees_dollars`, the answer's `average_fee_paid`).
+
 A test sets up the world through `server.state` (markets, events, books, positions, fills),
 queues faults with `server.state.queue_fault(...)`, and reads `server.state.requests` (each with
 the monotonic time it arrived) and `server.state.orders`.
@@ -40,7 +49,7 @@ from tests.loopback import serve
 PREFIX = "/trade-api/v2"
 ONE = Decimal(1)
 
-FaultKind = Literal["429", "500", "delay", "truncated", "html", "refuse"]
+FaultKind = Literal["429", "500", "delay", "truncated", "cutoff", "html", "refuse"]
 
 
 @dataclass
@@ -51,6 +60,8 @@ class Fault:
     - "500": an internal error; with `after_processing` the request took effect first.
     - "delay": processed normally, the answer held back `seconds` (longer than the timeout).
     - "truncated": processed, the JSON answer cut in half (status 200/201).
+    - "cutoff": processed, then the connection dropped mid-answer: the status line, the headers
+      (with the whole body's Content-Length) and half the body are sent, and the socket closed.
     - "html": an HTML error page with `status` (a proxy's 502), nothing processed.
     - "refuse": the venue's own refusal, `status` (use e.g. 400) with `code` and `message`,
       nothing processed.
@@ -121,6 +132,11 @@ class KalshiState:
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     faults: deque[Fault] = field(default_factory=deque)
     requests: list[Recorded] = field(default_factory=list)
+    fee_per_contract: Decimal = Decimal(0)
+    # Order ids whose fills /portfolio/fills does not list yet (the venue's fills lag its
+    # orders); with `fills_listed` False every new order's id is added.
+    unlisted_fills: set[str] = field(default_factory=set)
+    fills_listed: bool = True
 
     # ---- set-up -------------------------------------------------------------------------
 
@@ -214,6 +230,14 @@ class KalshiState:
         fill.update(fields)
         self.fills.append(fill)
         return fill
+
+    def fills_of(self, order_id: str) -> list[dict[str, Any]]:
+        """The fills of one order, as the venue keeps them (listed or not yet)."""
+        return [f for f in self.fills if f["order_id"] == order_id]
+
+    def order_by_client_id(self, client_order_id: str) -> dict[str, Any]:
+        [order] = [o for o in self.orders.values() if o["client_order_id"] == client_order_id]
+        return order
 
     def queue_fault(self, kind: FaultKind, *, times: int = 1, **kwargs: Any) -> None:
         for _ in range(times):
@@ -380,6 +404,7 @@ class _Handlers:
             for f in self.s.fills
             if (not q.get("ticker") or f["ticker"] == q["ticker"])
             and (not q.get("order_id") or f["order_id"] == q["order_id"])
+            and f["order_id"] not in self.s.unlisted_fills
         ]
         return _page(request, out, "fills", 1000)
 
@@ -472,7 +497,10 @@ class _Handlers:
             Decimal(0) if tif == "fill_or_kill" and available < count else min(count, available)
         )
         order_id = str(uuid.uuid4())
+        if not self.s.fills_listed:
+            self.s.unlisted_fills.add(order_id)
         filled, cost, remaining_to_fill = Decimal(0), Decimal(0), to_fill
+        proceeds, fees = Decimal(0), Decimal(0)  # YES terms; fees of the fills
         for level in levels:
             if remaining_to_fill <= 0 or not crosses(level):
                 break
@@ -480,19 +508,29 @@ class _Handlers:
             level[1] -= take
             remaining_to_fill -= take
             filled += take
-            cost += take * yes_price(level)
+            # What the outcome bought cost: YES for a bid, NO (1 − YES) for an ask.
+            cost += take * (yes_price(level) if side == "bid" else ONE - yes_price(level))
+            proceeds += take * yes_price(level)
+            fee = take * self.s.fee_per_contract
+            fees += fee
             self.s.fills.append(
                 {
                     "fill_id": str(uuid.uuid4()),
+                    "trade_id": str(uuid.uuid4()),
                     "order_id": order_id,
+                    "client_order_id": coid,
                     "ticker": ticker,
+                    "market_ticker": ticker,
                     # bid ≡ long yes, ask ≡ long no: the same bit in Kalshi's two vocabularies.
                     "outcome_side": "yes" if side == "bid" else "no",
                     "book_side": side,
+                    "side": "yes",
+                    "action": "buy" if side == "bid" else "sell",
                     "count_fp": _fp(take),
                     "yes_price_dollars": _dollars(yes_price(level)),
                     "no_price_dollars": _dollars(ONE - yes_price(level)),
-                    "fee_cost": "0.0000",
+                    "is_taker": True,
+                    "fee_cost": _dollars(fee),
                     "created_time": _now_iso(),
                 }
             )
@@ -511,6 +549,8 @@ class _Handlers:
             "ticker": ticker,
             "side": "yes",
             "action": "buy" if side == "bid" else "sell",
+            "outcome_side": "yes" if side == "bid" else "no",
+            "book_side": side,
             "type": "limit",
             "status": status,
             "yes_price_dollars": _dollars(price),
@@ -520,7 +560,7 @@ class _Handlers:
             "remaining_count_fp": _fp(resting),
             "taker_fill_cost_dollars": _dollars(cost),
             "maker_fill_cost_dollars": "0.0000",
-            "taker_fees_dollars": "0.0000",
+            "taker_fees_dollars": _dollars(fees),
             "maker_fees_dollars": "0.0000",
             "self_trade_prevention_type": body["self_trade_prevention_type"],
             "expiration_time": None,
@@ -535,8 +575,8 @@ class _Handlers:
             "ts_ms": int(time.time() * 1000),
         }
         if filled:  # only present when something filled
-            answer["average_fill_price"] = _dollars(cost / filled)
-            answer["average_fee_paid"] = "0.0000"
+            answer["average_fill_price"] = _dollars(proceeds / filled)  # YES terms
+            answer["average_fee_paid"] = _dollars(fees / filled)
         return web.json_response(answer, status=201)
 
 
@@ -602,6 +642,17 @@ def build_app(state: KalshiState) -> web.Application:
             else:
                 await asyncio.sleep(fault.seconds)
             return response
+        if fault.kind == "cutoff":
+            assert isinstance(response, web.Response) and response.body is not None
+            whole = bytes(response.body)  # type: ignore[arg-type]
+            cut = web.StreamResponse(status=response.status)
+            cut.content_type = "application/json"
+            cut.content_length = len(whole)
+            await cut.prepare(request)
+            await cut.write(whole[: len(whole) // 2])
+            assert request.transport is not None
+            request.transport.close()  # the connection drops mid-answer
+            return cut
         if fault.kind == "truncated":
             assert isinstance(response, web.Response) and response.body is not None
             text = bytes(response.body)  # type: ignore[arg-type]

@@ -210,6 +210,73 @@ async def test_a_timeout_then_a_retry_returns_the_existing_order_never_two(
     assert len(server.state.orders) == 1  # the retry met a 409 and looked the order up
 
 
+@pytest.mark.parametrize("side", ["yes", "no"])
+async def test_an_order_found_after_a_cut_off_answer_is_priced_in_held_terms(
+    server: RunningServer, make_venue: Callable[..., KalshiVenue], side: str
+) -> None:
+    """The answer is cut off mid-body; the retry meets the 409 and the order is found: its
+    price is its fills' price of the held side, never its fill cost read as YES (selling YES
+    at 0.25 lists a fill cost of 0.75 a contract: the NO side's)."""
+    s = server.state
+    s.fee_per_contract = Decimal("0.014")
+    s.set_position(TICKER, "10.00" if side == "yes" else "-10.00")
+    if side == "yes":
+        s.set_book(TICKER, yes=[("0.25", "50")])
+    else:
+        s.set_book(TICKER, no=[("0.25", "50")])
+    s.queue_fault("cutoff", method="POST")
+    res = await make_venue(max_attempts=2).submit(close("cut-1", side, 10.0, 0.20))
+    order = s.order_by_client_id("cut-1")
+    assert order["outcome_side"] == ("no" if side == "yes" else "yes")
+    assert (res.status, res.filled_qty) == ("filled", 10.0)
+    assert res.avg_price == pytest.approx(0.25) and res.fees == pytest.approx(0.14)
+    assert [r.fault for r in s.order_posts()] == ["cutoff", None]  # the second one was a 409
+    assert len(s.orders) == 1
+
+
+@pytest.mark.parametrize("direction", ["v2", "legacy", "none"])
+@pytest.mark.parametrize("side", ["yes", "no"])
+async def test_while_its_fills_are_not_listed_an_order_is_priced_from_its_fill_cost(
+    server: RunningServer, make_venue: Callable[..., KalshiVenue], side: str, direction: str
+) -> None:
+    """The fills of an order lag it: the order's fill cost is in its outcome side's terms
+    (outcome_side / book_side, or legacy action + side; none at all: a closing order is the
+    opposite of what it closes), converted to the held side, with a note."""
+    s = server.state
+    s.fills_listed = False
+    s.set_position(TICKER, "4.00" if side == "yes" else "-4.00")
+    if side == "yes":
+        s.set_book(TICKER, yes=[("0.30", "50")])
+    else:
+        s.set_book(TICKER, no=[("0.30", "50")])
+    venue = make_venue()
+    await venue.submit(close("lag-1", side, 4.0, 0.20))
+    order = s.order_by_client_id("lag-1")
+    if direction != "v2":
+        del order["outcome_side"], order["book_side"]
+    if direction == "none":
+        del order["side"], order["action"]
+    found = await venue.lookup("lag-1")
+    assert found is not None and found.status == "filled" and found.filled_qty == 4.0
+    assert found.avg_price == pytest.approx(0.30)
+    assert "fill cost" in found.reason
+
+
+async def test_a_filled_order_with_no_readable_price_is_an_unknown_outcome(
+    server: RunningServer, make_venue: Callable[..., KalshiVenue]
+) -> None:
+    s = server.state
+    s.fills_listed = False
+    s.set_position(TICKER, "2.00")
+    s.set_book(TICKER, yes=[("0.40", "5")])
+    venue = make_venue()
+    await venue.submit(close("np-1", "yes", 2.0, 0.30))
+    order = s.order_by_client_id("np-1")
+    del order["taker_fill_cost_dollars"], order["maker_fill_cost_dollars"]
+    with pytest.raises(VenueError, match="give a price yet"):
+        await venue.lookup("np-1")
+
+
 async def test_a_repeated_client_order_id_returns_the_first_result(
     server: RunningServer, make_venue: Callable[..., KalshiVenue]
 ) -> None:

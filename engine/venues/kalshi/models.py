@@ -189,9 +189,13 @@ class Order:
     """An order as listed, fetched or just created.
 
     The create answer (V2) names its counts `fill_count` / `remaining_count` (strings) and
-    gives `average_fill_price` when something filled; order listings use `*_fp` and give fill
-    costs instead (`taker_fill_cost_dollars` + `maker_fill_cost_dollars`), from which the
-    average is computed. Both spellings are read.
+    gives `average_fill_price` when something filled, in YES terms (the V2 endpoint quotes
+    everything from the YES side). Order listings use `*_fp` and give fill costs instead
+    (`taker_fill_cost_dollars` + `maker_fill_cost_dollars`: `fill_cost`), which are what the
+    order's outcome side cost: a sell of YES is `outcome_side` "no" and its fill cost is the NO
+    price, count × (1 − YES). No average is made of a fill cost here, because its terms depend
+    on the order's direction; `KalshiVenue` converts it (and every other price) to the held
+    side in one place.
     """
 
     order_id: str
@@ -200,18 +204,16 @@ class Order:
     status: str | None
     fill_count: Decimal
     remaining_count: Decimal
-    average_fill_price: Decimal | None
+    average_fill_price: Decimal | None  # the create answer's, YES terms; None in listings
+    fill_cost: Decimal | None  # listings: taker + maker fill cost, in the outcome side's terms
     raw: dict[str, Any] = field(repr=False, compare=False)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Order:
         fill_count = require(d, "fill_count_fp", "fill_count")
-        average = parse_optional(d, "average_fill_price")
-        if average is None and fill_count > 0:
-            taker = parse_optional(d, "taker_fill_cost_dollars")
-            maker = parse_optional(d, "maker_fill_cost_dollars")
-            if taker is not None or maker is not None:
-                average = ((taker or 0) + (maker or 0)) / fill_count
+        taker = parse_optional(d, "taker_fill_cost_dollars")
+        maker = parse_optional(d, "maker_fill_cost_dollars")
+        cost = (taker or 0) + (maker or 0) if taker is not None or maker is not None else None
         return cls(
             order_id=_str(d, "order_id"),
             client_order_id=_opt_str(d, "client_order_id"),
@@ -219,7 +221,8 @@ class Order:
             status=_opt_str(d, "status"),
             fill_count=fill_count,
             remaining_count=require(d, "remaining_count_fp", "remaining_count"),
-            average_fill_price=average,
+            average_fill_price=parse_optional(d, "average_fill_price"),
+            fill_cost=cost,
             raw=d,
         )
 

@@ -14,6 +14,19 @@ place the two meet:
   0.01 for selling YES and 0.99 for buying YES; Kalshi has no market orders. An IOC order trades
   at the resting orders' prices, not at its limit.
 
+Booked numbers: every price that leaves this module is in the held side's dollars and comes
+from the venue. `_in_held` is the one conversion: a price in the terms of one outcome (YES or
+NO) as a price of the held side, identity or 1 − p. What is converted, by path:
+
+- answered (the create answer): its `average_fill_price`, YES terms (V2 quotes from YES);
+- found (a lookup, the 409 after an unclear attempt, the lookup after a restart): the order's
+  fills, exact per fill (`yes_price_dollars` / `no_price_dollars`); when the fills listed do
+  not add up to the order's filled count yet, the order's own fill cost, which is in the terms
+  of the order's outcome side (`outcome_side`, `book_side` or legacy `action` + `side`: a sell
+  of YES is `outcome_side` "no" and costs count × (1 − YES)), with a note saying so;
+- filled with no readable price at all: `VenueError` (looked up again later), never a fill
+  booked at a guessed price.
+
 Outcomes: whatever leaves the order's fate unknown (timeouts, 5xx, dropped connections, an
 unreadable answer, persistent 429) raises `VenueError`, so the engine reconciles with `lookup`
 and never resends blindly; a clear refusal (400, 401, 404) is a `rejected` result with the
@@ -81,15 +94,45 @@ def _yes_direction(raw: dict[str, Any]) -> int:
     return 0
 
 
+def _in_held(price: Decimal, terms: HeldSide, held: HeldSide) -> Decimal:
+    """THE conversion of this module: `price`, a price of the `terms` outcome, as a price of
+    the `held` side (YES + NO = 1). Every booked price passes through here."""
+    return price if terms == held else ONE - price
+
+
+def _outcome_terms(raw: dict[str, Any]) -> HeldSide | None:
+    """The outcome an order or fill made the user long ("yes" / "no"), None if unreadable."""
+    direction = _yes_direction(raw)
+    if direction == 0:
+        return None
+    return "yes" if direction > 0 else "no"
+
+
 def _held_price(fill: Fill, held: HeldSide) -> Decimal | None:
-    """The fill's price in dollars of the held side."""
+    """The fill's price in dollars of the held side: the held side's own field when the venue
+    gives it, else the other side's, converted."""
     if held == "yes":
         if fill.yes_price is not None:
-            return fill.yes_price
-        return ONE - fill.no_price if fill.no_price is not None else None
+            return _in_held(fill.yes_price, "yes", held)
+        return _in_held(fill.no_price, "no", held) if fill.no_price is not None else None
     if fill.no_price is not None:
-        return fill.no_price
-    return ONE - fill.yes_price if fill.yes_price is not None else None
+        return _in_held(fill.no_price, "no", held)
+    return _in_held(fill.yes_price, "yes", held) if fill.yes_price is not None else None
+
+
+def _order_price(order: Order, held: HeldSide) -> Decimal | None:
+    """An order's average fill price in held-side dollars from its own fields: the create
+    answer's `average_fill_price` (YES terms), else its fill cost over its filled count, in the
+    terms of its outcome side. A closing order without a readable direction is taken to be
+    the opposite of the held side (closing YES sells YES: long NO). None if neither is there."""
+    if order.fill_count <= 0:
+        return None
+    if order.average_fill_price is not None:
+        return _in_held(order.average_fill_price, "yes", held)
+    if order.fill_cost is None:
+        return None
+    terms = _outcome_terms(order.raw) or ("no" if held == "yes" else "yes")
+    return _in_held(order.fill_cost / order.fill_count, terms, held)
 
 
 def _order_fees(order: Order) -> Decimal | None:
@@ -178,7 +221,8 @@ class KalshiVenue:
         except KalshiError as exc:
             return self._rejected(req, f"[{exc.code or exc.status}] {exc.message}")
         if order.fill_count > 0 and order.average_fill_price is None:
-            # Filled, but the answer has no price: the engine cannot book a fill without one.
+            # Filled, and not a create answer with its price: an order found after an unclear
+            # attempt (409, then looked up), or an answer without a price. Its fills say.
             return await self._result(order, held, req.client_order_id, asked=count)
         return self._from_create(req.client_order_id, order, held, count)
 
@@ -214,23 +258,17 @@ class KalshiVenue:
         Its `average_fill_price` is rounded by the venue (four decimals), so `lookup`, which
         averages the fills, may differ from it in the fifth decimal.
         """
-        avg = order.average_fill_price
+        avg = _order_price(order, held)
         fees = _order_fees(order)
         return OrderResult(
             client_order_id=client_order_id,
             status=_status(order.fill_count, asked, None),
             filled_qty=float(order.fill_count),
-            avg_price=self._to_held(avg, held) if order.fill_count > 0 else None,
+            avg_price=float(avg) if avg is not None else None,
             fees=float(fees) if fees is not None else 0.0,
             venue_order_id=order.order_id,
             reason="" if fees is not None else _FEES_UNKNOWN,
         )
-
-    @staticmethod
-    def _to_held(yes_avg: Decimal | None, held: HeldSide) -> float | None:
-        if yes_avg is None:
-            return None
-        return float(yes_avg if held == "yes" else ONE - yes_avg)
 
     # --- lookup ---------------------------------------------------------------------------------
 
@@ -280,27 +318,39 @@ class KalshiVenue:
         asked: Decimal | None = None,
     ) -> OrderResult:
         """An order's result with its average price and fees from its fills when they add up to
-        its filled count (exact per fill), else from the order's own fields. `asked` (the count
-        sent) defaults to the order's `initial_count_fp`; without either, the venue's status
-        decides between filled and partial."""
+        its filled count (exact per fill), else from the order's own fields (`_order_price`,
+        with a note). `asked` (the count sent) defaults to the order's `initial_count_fp`;
+        without either, the venue's status decides between filled and partial. Raises
+        `VenueError` when something filled and no price can be read: look again later."""
         try:
             fills = await self._client.get_fills(order_id=order.order_id, page_size=self._page_size)
         except KalshiError as exc:
             raise VenueError(str(exc)) from exc
         qty = sum((f.count for f in fills), ZERO)
-        avg: float | None = None
+        avg: Decimal | None = None
         fees: Decimal | None = None
+        notes: list[str] = []
         if qty > 0 and qty == order.fill_count:
             prices = [(f.count, _held_price(f, held)) for f in fills]
             if all(p is not None for _, p in prices):
-                avg = float(sum((c * p for c, p in prices if p is not None), ZERO) / qty)
+                avg = sum((c * p for c, p in prices if p is not None), ZERO) / qty
             fee_list = [f.fee_cost for f in fills]
             if all(fee is not None for fee in fee_list):
                 fees = sum((fee for fee in fee_list if fee is not None), ZERO)
         if avg is None and order.fill_count > 0:
-            avg = self._to_held(order.average_fill_price, held)
+            avg = _order_price(order, held)
+            if avg is None:
+                raise VenueError(
+                    f"kalshi order {client_order_id} filled {order.fill_count} but neither its "
+                    f"fills ({qty} listed) nor the order give a price yet; look again later"
+                )
+            notes.append(
+                f"price from the order's fill cost: its fills list {qty} of {order.fill_count}"
+            )
         if fees is None:
             fees = _order_fees(order)
+        if fees is None:
+            notes.append(_FEES_UNKNOWN)
         if asked is None:
             try:
                 asked = parse_optional(order.raw, "initial_count_fp", "initial_count")
@@ -310,10 +360,10 @@ class KalshiVenue:
             client_order_id=client_order_id,
             status=_status(order.fill_count, asked, order.status),
             filled_qty=float(order.fill_count),
-            avg_price=avg,
+            avg_price=float(avg) if avg is not None else None,
             fees=float(fees) if fees is not None else 0.0,
             venue_order_id=order.order_id,
-            reason="" if fees is not None else _FEES_UNKNOWN,
+            reason="; ".join(notes),
         )
 
     # --- positions ------------------------------------------------------------------------------
