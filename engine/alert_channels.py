@@ -489,7 +489,7 @@ class WebhookChannel(QueuedChannel):
             raise DeliveryFailed(f"HTTP {r.status_code}", retry=retry)
         if ra.capped and not self._excess_reported:
             self._excess_reported = True
-            text = f"webhook: {self.retry_gate.describe()}"  # never the URL: it may hold a token
+            text = self.retry_gate.describe()  # never the URL: it may hold a token
             log.warning("alert channel %s", text)
             if self._report is not None:
                 await self._report(text)

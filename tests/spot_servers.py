@@ -1,9 +1,12 @@
 """Loopback stand-ins for the spot venues' public REST APIs (aiohttp on 127.0.0.1, ephemeral port).
 
 The paths and JSON shapes are the real ones (Coinbase Exchange, Kraken, Deribit); the data is
-whatever the test sets. A test queues faults that the next requests get, in order:
+whatever the test sets. A test queues faults that the next requests get, in order (or sets
+`down` to a fault that every request gets until it is set back to None: a long outage):
 
-- "500", "429": an HTTP error with the venue's usual error body;
+- "500", "429", "503": an HTTP error with the venue's usual error body; a 429 or 503 carries
+  `retry_after` (the venue's attribute, a `Retry-After` value as given: "120" or an HTTP
+  date) when it is set;
 - "slow": the answer is held longer than any client timeout (released when the server closes);
 - "truncated": the good JSON cut in half, HTTP 200;
 - "html": an HTML error page (a proxy or CDN in front of the venue), HTTP 502;
@@ -34,7 +37,7 @@ HTML_PAGE = (
     "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
     "<body><h1>502 Bad Gateway</h1><p>cloudflare</p></body></html>"
 )
-FAULTS = ("500", "429", "slow", "truncated", "html", "html200", "venue_error")
+FAULTS = ("500", "429", "503", "slow", "truncated", "html", "html200", "venue_error")
 
 
 class FakeVenue:
@@ -44,6 +47,8 @@ class FakeVenue:
         self.app = web.Application()
         self.faults: deque[str] = deque()
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.retry_after: str | None = None  # the Retry-After of a 429 / 503 answer
+        self.down: str | None = None  # a fault answering every request (an outage)
         self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -78,13 +83,17 @@ class FakeVenue:
     async def respond(self, request: web.Request, payload: Any) -> web.Response:
         """The good answer, unless a fault is queued."""
         self.requests.append((request.path, dict(request.query)))
-        fault = self.faults.popleft() if self.faults else None
+        fault = self.faults.popleft() if self.faults else self.down
         if fault is None:
             return web.json_response(payload)
         if fault == "500":
             return web.json_response({"message": "Internal server error"}, status=500)
-        if fault == "429":
-            return web.json_response({"message": "Too many requests"}, status=429)
+        if fault in ("429", "503"):
+            text = "Too many requests" if fault == "429" else "Service unavailable"
+            answer = web.json_response({"message": text}, status=int(fault))
+            if self.retry_after is not None:
+                answer.headers["Retry-After"] = self.retry_after
+            return answer
         if fault == "slow":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._release.wait(), 30)
