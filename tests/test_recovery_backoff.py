@@ -38,7 +38,7 @@ from engine.feeds.spot_selector import PrimaryFallback
 from engine.feeds.spot_sources import SourceUnavailable, SpotSourceError
 from engine.http_retry import RetryGate, backoff_delay, parse_retry_after
 from engine.kalshi_runtime import _NoSpot
-from engine.models import AlertKind, Severity
+from engine.models import AlertKind, Severity, TradeState
 from engine.runtime import Runtime
 from engine.venues.kalshi import KalshiClient
 from engine.venues.kalshi.auth import KalshiSigner
@@ -46,7 +46,7 @@ from engine.venues.kalshi.errors import KalshiRateLimited, KalshiUnavailable
 from engine.venues.kalshi.stream import KalshiStream
 from tests.engine_harness import T0, Harness
 from tests.kalshi_server import RunningServer, kalshi_server
-from tests.kalshi_world import HELD, START, World, feeds
+from tests.kalshi_world import HELD, START, World, feeds, step
 from tests.kalshi_world import world as world  # the fixture
 from tests.loopback import RecordedSleeps
 from tests.spot_servers import CoinbaseServer, DeribitServer, KrakenServer, ParkedClock
@@ -279,7 +279,7 @@ async def test_the_client_waits_a_short_retry_after_then_tries_again(kalshi: Kal
     assert kalshi.sleeps.delays and kalshi.sleeps.delays[0] >= 3.0  # backoff alone: ≤ 0.25 s
 
 
-async def test_during_a_long_retry_after_nothing_is_sent_not_even_an_order(
+async def test_during_a_long_retry_after_no_read_is_sent_but_orders_still_are(
     kalshi: Kalshi,
 ) -> None:
     state, client, clock = kalshi.server.state, kalshi.client, kalshi.clock
@@ -288,17 +288,79 @@ async def test_during_a_long_retry_after_nothing_is_sent_not_even_an_order(
         await client.get_markets()
     assert len(state.requests) == 1  # not retried inside the request: the caller comes back
     clock.advance(20.0)  # 10 s to go: longer than the client waits inside a request
-    with pytest.raises(KalshiRateLimited, match="Retry-After"):
+    with pytest.raises(KalshiRateLimited, match=r"not sent.*Retry-After"):
         await client.get_markets()
-    with pytest.raises(KalshiRateLimited, match="not sent"):
-        await client.create_order(
-            HELD, client_order_id="x-1", side="ask", count=1, price=Decimal("0.40")
-        )
-    assert len(state.requests) == 1 and state.order_posts() == []
-    assert kalshi.sleeps.delays == []
+    assert len(state.requests) == 1 and kalshi.sleeps.delays == []
+    # Orders have their own budget at Kalshi: an exit is not held back by market data's limit.
+    order = await client.create_order(
+        HELD, client_order_id="x-1", side="ask", count=1, price=Decimal("0.40")
+    )
+    assert order.fill_count == 1 and len(state.order_posts()) == 1
     clock.advance(8.0)  # 2 s to go: waited inside the request, then sent
     assert [m.ticker for m in await client.get_markets()] == [HELD]
-    assert kalshi.sleeps.delays == [2.0] and len(state.requests) == 2
+    assert kalshi.sleeps.delays == [2.0]
+
+
+async def test_an_order_refused_with_retry_after_is_not_sent_again_before_it(
+    kalshi: Kalshi,
+) -> None:
+    state, client, clock = kalshi.server.state, kalshi.client, kalshi.clock
+    state.queue_fault("429", method="POST", path="/portfolio/events/orders", retry_after="30")
+
+    async def sell() -> object:
+        return await client.create_order(
+            HELD, client_order_id="x-1", side="ask", count=1, price=Decimal("0.40")
+        )
+
+    with pytest.raises(KalshiRateLimited):  # refused, not processed: a plain failure
+        await sell()
+    clock.advance(10.0)
+    with pytest.raises(KalshiRateLimited, match="not sent"):
+        await sell()
+    assert len(state.order_posts()) == 1 and state.orders == {}
+    assert [m.ticker for m in await client.get_markets()] == [HELD]  # reads go on meanwhile
+    clock.advance(20.0)
+    order = await sell()
+    assert order.fill_count == 1 and len(state.order_posts()) == 2
+
+
+async def test_an_exit_refused_with_retry_after_waits_for_it_then_closes_once(
+    world: World,
+) -> None:
+    """The exit's order is rate limited with Retry-After 10 s: no order reaches Kalshi before
+    then, quotes keep flowing meanwhile, then the exit completes exactly once at the venue's
+    fill."""
+    w = world
+    rt = await w.start()
+    try:
+        await step(w, rt, 1.0)
+        [t] = rt.engine.trades.values()
+        w.kalshi.state.queue_fault(
+            "429", method="POST", path="/portfolio/events/orders", retry_after="10"
+        )
+        w.book("0.30", "0.32")  # -50 % at the bid: max_loss fires
+        refused_at = w.clock.now() + 1.0
+        posts_at: list[float] = []
+        for _ in range(16):
+            await step(w, rt, 1.0)
+            # Market data is never held back (a quiet quote is re-sent every 2 s).
+            assert w.clock.now() - rt.engine.quotes[HELD].ts <= 2.0
+            while len(posts_at) < len(w.kalshi.state.order_posts()):
+                posts_at.append(w.clock.now())
+            if t.trade_id not in rt.engine.trades:
+                break
+        assert posts_at[0] == refused_at and len(posts_at) == 2
+        # Not before Retry-After: the clock's time between the two, plus what the client waited
+        # itself before sending (the last few seconds are waited inside the request, on its
+        # `sleep`, which the world records instead of sleeping).
+        assert posts_at[1] - posts_at[0] + sum(w.sleeps.delays) >= 10.0
+        closed = await rt.store.get_trade(t.trade_id)
+        assert closed is not None and closed.state == TradeState.CLOSED
+        assert closed.exit_reason == "max_loss"
+        executed = [o for o in w.kalshi.state.orders.values() if o["fill_count_fp"] != "0.00"]
+        assert [(o["ticker"], o["fill_count_fp"]) for o in executed] == [(HELD, "10.00")]
+    finally:
+        await rt.close()
 
 
 # ---- the Kalshi websocket ------------------------------------------------------------------

@@ -6,9 +6,11 @@ transport errors / unreadable answers with exponential backoff and full jitter u
 `max_attempts`, and turns what came back into dataclasses with `Decimal` fields or a typed
 `KalshiError`. Keys, signatures and headers are never logged.
 
-`Retry-After` on a 429 or 503 (seconds or an HTTP date, read by `engine.http_retry`) closes the
-client's `retry_gate` until then, bounded by `retry_after_max_seconds`: no request of any kind is
-sent before it. A wait up to `backoff_max_seconds` is waited inside the request (then tried
+`Retry-After` on a 429 or 503 (seconds or an HTTP date, read by `engine.http_retry`) closes a
+gate until then, bounded by `retry_after_max_seconds`: `retry_gate` for reads (market data,
+positions, lookups), `write_retry_gate` for writes (orders, cancels), as Kalshi budgets them
+apart: a rate-limited order never holds back market data. No request of that kind is sent
+before it. A wait up to `backoff_max_seconds` is waited inside the request (then tried
 again); a longer one ends the request at once with the venue's error (`retry_after` set), and a
 request made while the gate is closed fails at once, not sent (`KalshiRateLimited`), so a feed
 or an exit is never held for a minute inside the client: the caller comes back when the gate
@@ -168,6 +170,9 @@ class KalshiClient:
         # Kalshi's Retry-After (all requests share one account's limits). `now` is the injected
         # clock's (`use_clock`), for the HTTP-date form.
         self.retry_gate = RetryGate("kalshi", now=now, max_seconds=retry_after_max_seconds)
+        self.write_retry_gate = RetryGate(
+            "kalshi orders", now=now, max_seconds=retry_after_max_seconds
+        )
         self.read_bucket = TokenBucket(read_per_second, burst, clock=monotonic, sleep=sleep)
         self.write_bucket = TokenBucket(write_per_second, burst, clock=monotonic, sleep=sleep)
         self._http = httpx.AsyncClient(
@@ -216,6 +221,10 @@ class KalshiClient:
     def use_clock(self, now: Callable[[], float]) -> None:
         """Read "now" (Retry-After dates, the gate) from the engine's clock from here on."""
         self.retry_gate.now = now
+        self.write_retry_gate.now = now
+
+    def _gate(self, write: bool) -> RetryGate:
+        return self.write_retry_gate if write else self.retry_gate
 
     # ---- the request machinery -------------------------------------------------------------
 
@@ -311,7 +320,7 @@ class KalshiClient:
         was (or may have been) sent, and no clear rejection came back. While the venue's
         `Retry-After` runs, nothing is sent (see the module doc).
         """
-        await self._respect_retry_after(method, path)
+        await self._respect_retry_after(method, path, write)
         try:
             response = await self._attempt(
                 method, path, params=params, body=body, auth=auth, write=write
@@ -334,14 +343,15 @@ class KalshiClient:
                 ambiguous=True,
             ) from None
         status = response.status_code
-        ra = self.retry_gate.note(status, response.headers)
+        gate = self._gate(write)
+        ra = gate.note(status, response.headers)
         if ra is not None:
-            log.warning("Kalshi %s %s: %s", method, path, self.retry_gate.describe())
+            log.warning("Kalshi %s %s: %s", method, path, gate.describe())
         if status == 429:
             raise _Retry(self._error_for(response, method, path))  # refused, not processed
         if status >= 500:
             raise _Retry(self._error_for(response, method, path), ambiguous=True)
-        self.retry_gate.ok()
+        gate.ok()
         if status >= 300:
             raise self._error_for(response, method, path)
         try:
@@ -349,30 +359,32 @@ class KalshiClient:
         except KalshiBadResponse as exc:
             raise _Retry(exc, ambiguous=True) from None
 
-    async def _respect_retry_after(self, method: str, path: str) -> None:
+    async def _respect_retry_after(self, method: str, path: str, write: bool) -> None:
         """Before sending: wait out a short `Retry-After`; refuse to send during a long one."""
-        wait = self.retry_gate.remaining()
+        gate = self._gate(write)
+        wait = gate.remaining()
         if wait <= 0:
             return
         if wait > self.backoff_max:
             raise KalshiRateLimited(
-                f"not sent: {self.retry_gate.describe()}; {wait:.1f} s to go",
-                status=self.retry_gate.last.status if self.retry_gate.last else None,
+                f"not sent: {gate.describe()}; {wait:.1f} s to go",
+                status=gate.last.status if gate.last else None,
                 method=method,
                 path=path,
             )
         await self._sleep(wait)
-        self.retry_gate.passed()
+        gate.passed()
 
-    def _retry_delay(self, attempt: int) -> float | None:
+    def _retry_delay(self, attempt: int, write: bool) -> float | None:
         """The wait before the next attempt: the backoff, or the venue's `Retry-After` when
         longer; None when that is longer than `backoff_max` (give the caller the error now)."""
+        gate = self._gate(write)
         delay = self.backoff_delay(attempt)
-        wait = self.retry_gate.remaining()
+        wait = gate.remaining()
         if wait > self.backoff_max:
             return None
         if wait > 0:
-            self.retry_gate.passed()  # waited below, with the backoff
+            gate.passed()  # waited below, with the backoff
         return max(delay, wait)
 
     async def request(
@@ -395,7 +407,7 @@ class KalshiClient:
             except _Retry as retry:
                 last = retry.error
                 if attempt + 1 < self.max_attempts:
-                    delay = self._retry_delay(attempt)
+                    delay = self._retry_delay(attempt, write)
                     if delay is None:
                         break  # a long Retry-After: the caller comes back when the gate opens
                     log.warning(
@@ -641,7 +653,7 @@ class KalshiClient:
                 ambiguous = ambiguous or retry.ambiguous
                 last = retry.error
                 if attempt + 1 < self.max_attempts:
-                    delay = self._retry_delay(attempt)
+                    delay = self._retry_delay(attempt, write=True)
                     if delay is None:
                         break  # a long Retry-After: not sent again before it (see module doc)
                     log.warning(
