@@ -218,6 +218,8 @@ class WsVenue:
     The test pushes messages with `ticker(...)`, `heartbeat()`, `send_raw(...)` (garbage); every
     message goes to each connection that subscribed. `silent = True` makes the server answer
     nothing and push nothing (the connection stays open); `abort()` resets every connection.
+    `busy` holds answers (status, Retry-After or None) for the next handshakes, one each, given
+    instead of the upgrade (a venue under load: 429 / 503).
     `next_connection()` / `next_subscribe()` wait for the client (with a deadline).
     """
 
@@ -229,6 +231,7 @@ class WsVenue:
         self.connections: list[WsConn] = []
         self.subscribes: list[dict[str, Any]] = []
         self.silent = False
+        self.busy: list[tuple[int, str | None]] = []
         self._new_connections: asyncio.Queue[WsConn] = asyncio.Queue()
         self._new_subscribes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._runner: web.AppRunner | None = None
@@ -277,6 +280,12 @@ class WsVenue:
             await conn.ws.send_str(json.dumps(payload))
 
     async def _endpoint(self, request: web.Request) -> web.StreamResponse:
+        if self.busy:
+            status, retry_after = self.busy.pop(0)
+            answer = web.json_response({"message": "try later"}, status=status)
+            if retry_after is not None:
+                answer.headers["Retry-After"] = retry_after
+            return answer
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         conn = WsConn(ws, request)

@@ -36,6 +36,7 @@ from engine.feeds.kraken import KrakenSpot
 from engine.feeds.spot_feed import SpotFeed
 from engine.feeds.spot_selector import PrimaryFallback
 from engine.feeds.spot_sources import SourceUnavailable, SpotSourceError
+from engine.feeds.spot_streams import CoinbaseStream
 from engine.http_retry import RetryGate, backoff_delay, parse_retry_after
 from engine.kalshi_runtime import _NoSpot
 from engine.models import AlertKind, Severity, TradeState
@@ -43,13 +44,20 @@ from engine.runtime import Runtime
 from engine.venues.kalshi import KalshiClient
 from engine.venues.kalshi.auth import KalshiSigner
 from engine.venues.kalshi.errors import KalshiRateLimited, KalshiUnavailable
-from engine.venues.kalshi.stream import KalshiStream
+from engine.venues.kalshi.stream import Disconnected, KalshiStream
 from tests.engine_harness import T0, Harness
 from tests.kalshi_server import RunningServer, kalshi_server
 from tests.kalshi_world import HELD, START, World, feeds, step
 from tests.kalshi_world import world as world  # the fixture
+from tests.kalshi_ws_server import kalshi_ws_server
 from tests.loopback import RecordedSleeps
-from tests.spot_servers import CoinbaseServer, DeribitServer, KrakenServer, ParkedClock
+from tests.spot_servers import (
+    CoinbaseServer,
+    CoinbaseWsServer,
+    DeribitServer,
+    KrakenServer,
+    ParkedClock,
+)
 
 MARKETS = "/markets"
 
@@ -366,9 +374,64 @@ async def test_an_exit_refused_with_retry_after_waits_for_it_then_closes_once(
 # ---- the Kalshi websocket ------------------------------------------------------------------
 
 
-def test_the_kalshi_stream_reconnects_within_the_cap(rsa_key: rsa.RSAPrivateKey) -> None:
+def test_the_websockets_reconnect_within_the_cap(rsa_key: rsa.RSAPrivateKey) -> None:
     stream = KalshiStream(KalshiSigner("k", rsa_key), rng=random.Random(3))
     assert max(stream._backoff(n) for n in range(1, 40)) <= 2.0  # was up to 30 s
+    spot = CoinbaseStream(ManualClock(0.0), _NoSpot(SourceUnavailable), url="ws://x", rng=None)
+    assert max(spot.backoff(n) for n in range(1, 40)) <= 2.0
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "waited"),
+    [("20", 20.0), ("Fri, 20 Nov 2026 19:33:40 GMT", 20.0), ("7200", 60.0)],
+    ids=["seconds", "date", "capped"],
+)
+async def test_a_busy_kalshi_websocket_handshake_waits_for_retry_after(
+    rsa_key: rsa.RSAPrivateKey, retry_after: str, waited: float
+) -> None:
+    sleeps = RecordedSleeps()
+    async with kalshi_ws_server("k", rsa_key.public_key()) as srv:
+        srv.state.busy.append((503, retry_after))
+        stream = KalshiStream(
+            KalshiSigner("k", rsa_key),
+            [HELD],
+            url=srv.url,
+            clock=ManualClock(1_795_203_200.0),  # 2026-11-20T19:33:20Z
+            sleep=sleeps,
+            rng=random.Random(3),
+            proxy=None,
+        )
+        async with stream:
+            while True:
+                update = await asyncio.wait_for(anext(stream), 5.0)
+                if isinstance(update, Disconnected):
+                    break
+            await srv.state.next_connection()  # and then it connects
+        assert update.retry_in == waited and "Retry-After" in update.reason
+        assert sleeps.delays[0] == waited
+
+
+@pytest.mark.parametrize(("retry_after", "waited"), [("20", 20.0), ("7200", 60.0)])
+async def test_a_busy_spot_websocket_handshake_waits_for_retry_after(
+    retry_after: str, waited: float
+) -> None:
+    sleeps = RecordedSleeps()
+    ws = CoinbaseWsServer()
+    await ws.start()
+    failures: list[str] = []
+    try:
+        ws.busy.append((429, retry_after))
+        stream = CoinbaseStream(
+            ManualClock(0.0), _NoSpot(SourceUnavailable), url=ws.url, sleep=sleeps, proxy=None
+        )
+        await stream.start(lambda _t: None, lambda _s, e: failures.append(e.detail))
+        await ws.next_connection()
+        await stream.aclose()
+    finally:
+        await ws.close()
+    [failure] = failures
+    assert "429" in failure and "Retry-After" in failure
+    assert sleeps.delays[0] == waited
 
 
 # ---- spot sources ----------------------------------------------------------------------------
