@@ -327,9 +327,22 @@ async def test_an_order_refused_with_retry_after_is_not_sent_again_before_it(
         await sell()
     assert len(state.order_posts()) == 1 and state.orders == {}
     assert [m.ticker for m in await client.get_markets()] == [HELD]  # reads go on meanwhile
+    assert await client.get_positions() == []  # and the positions poll
     clock.advance(20.0)
     order = await sell()
     assert order.fill_count == 1 and len(state.order_posts()) == 2
+
+
+async def test_a_rate_limited_positions_poll_does_not_hold_back_market_data(
+    kalshi: Kalshi,
+) -> None:
+    state, client = kalshi.server.state, kalshi.client
+    state.queue_fault("429", method="GET", path="/portfolio/positions", retry_after="30")
+    with pytest.raises(KalshiRateLimited):
+        await client.get_positions()
+    with pytest.raises(KalshiRateLimited, match="not sent"):
+        await client.get_fills()  # the account's reads wait
+    assert [m.ticker for m in await client.get_markets()] == [HELD]  # market data does not
 
 
 async def test_an_exit_refused_with_retry_after_waits_for_it_then_closes_once(

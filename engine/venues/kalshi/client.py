@@ -7,10 +7,11 @@ transport errors / unreadable answers with exponential backoff and full jitter u
 `KalshiError`. Keys, signatures and headers are never logged.
 
 `Retry-After` on a 429 or 503 (seconds or an HTTP date, read by `engine.http_retry`) closes a
-gate until then, bounded by `retry_after_max_seconds`: `retry_gate` for reads (market data,
-positions, lookups), `write_retry_gate` for writes (orders, cancels), as Kalshi budgets them
-apart: a rate-limited order never holds back market data. No request of that kind is sent
-before it. A wait up to `backoff_max_seconds` is waited inside the request (then tried
+gate until then, bounded by `retry_after_max_seconds`: `retry_gate` for market data (public
+reads), `portfolio_retry_gate` for signed reads (positions, fills, order lookups),
+`write_retry_gate` for writes (orders, cancels), as Kalshi budgets them apart: a rate-limited
+order or positions poll never holds back market data, nor a rate-limited quote poll an exit. No
+request of that kind is sent before it. A wait up to `backoff_max_seconds` is waited inside the request (then tried
 again); a longer one ends the request at once with the venue's error (`retry_after` set), and a
 request made while the gate is closed fails at once, not sent (`KalshiRateLimited`), so a feed
 or an exit is never held for a minute inside the client: the caller comes back when the gate
@@ -169,10 +170,10 @@ class KalshiClient:
         self.backoff_max = backoff_max_seconds
         # Kalshi's Retry-After (all requests share one account's limits). `now` is the injected
         # clock's (`use_clock`), for the HTTP-date form.
-        self.retry_gate = RetryGate("kalshi", now=now, max_seconds=retry_after_max_seconds)
-        self.write_retry_gate = RetryGate(
-            "kalshi orders", now=now, max_seconds=retry_after_max_seconds
-        )
+        bound = retry_after_max_seconds
+        self.retry_gate = RetryGate("kalshi", now=now, max_seconds=bound)
+        self.portfolio_retry_gate = RetryGate("kalshi portfolio", now=now, max_seconds=bound)
+        self.write_retry_gate = RetryGate("kalshi orders", now=now, max_seconds=bound)
         self.read_bucket = TokenBucket(read_per_second, burst, clock=monotonic, sleep=sleep)
         self.write_bucket = TokenBucket(write_per_second, burst, clock=monotonic, sleep=sleep)
         self._http = httpx.AsyncClient(
@@ -220,11 +221,13 @@ class KalshiClient:
 
     def use_clock(self, now: Callable[[], float]) -> None:
         """Read "now" (Retry-After dates, the gate) from the engine's clock from here on."""
-        self.retry_gate.now = now
-        self.write_retry_gate.now = now
+        for gate in (self.retry_gate, self.portfolio_retry_gate, self.write_retry_gate):
+            gate.now = now
 
-    def _gate(self, write: bool) -> RetryGate:
-        return self.write_retry_gate if write else self.retry_gate
+    def _gate(self, write: bool, auth: bool) -> RetryGate:
+        if write:
+            return self.write_retry_gate
+        return self.portfolio_retry_gate if auth else self.retry_gate
 
     # ---- the request machinery -------------------------------------------------------------
 
@@ -320,7 +323,7 @@ class KalshiClient:
         was (or may have been) sent, and no clear rejection came back. While the venue's
         `Retry-After` runs, nothing is sent (see the module doc).
         """
-        await self._respect_retry_after(method, path, write)
+        await self._respect_retry_after(method, path, write, auth)
         try:
             response = await self._attempt(
                 method, path, params=params, body=body, auth=auth, write=write
@@ -343,7 +346,7 @@ class KalshiClient:
                 ambiguous=True,
             ) from None
         status = response.status_code
-        gate = self._gate(write)
+        gate = self._gate(write, auth)
         ra = gate.note(status, response.headers)
         if ra is not None:
             log.warning("Kalshi %s %s: %s", method, path, gate.describe())
@@ -359,9 +362,9 @@ class KalshiClient:
         except KalshiBadResponse as exc:
             raise _Retry(exc, ambiguous=True) from None
 
-    async def _respect_retry_after(self, method: str, path: str, write: bool) -> None:
+    async def _respect_retry_after(self, method: str, path: str, write: bool, auth: bool) -> None:
         """Before sending: wait out a short `Retry-After`; refuse to send during a long one."""
-        gate = self._gate(write)
+        gate = self._gate(write, auth)
         wait = gate.remaining()
         if wait <= 0:
             return
@@ -375,10 +378,10 @@ class KalshiClient:
         await self._sleep(wait)
         gate.passed()
 
-    def _retry_delay(self, attempt: int, write: bool) -> float | None:
+    def _retry_delay(self, attempt: int, write: bool, auth: bool) -> float | None:
         """The wait before the next attempt: the backoff, or the venue's `Retry-After` when
         longer; None when that is longer than `backoff_max` (give the caller the error now)."""
-        gate = self._gate(write)
+        gate = self._gate(write, auth)
         delay = self.backoff_delay(attempt)
         wait = gate.remaining()
         if wait > self.backoff_max:
@@ -407,7 +410,7 @@ class KalshiClient:
             except _Retry as retry:
                 last = retry.error
                 if attempt + 1 < self.max_attempts:
-                    delay = self._retry_delay(attempt, write)
+                    delay = self._retry_delay(attempt, write, auth)
                     if delay is None:
                         break  # a long Retry-After: the caller comes back when the gate opens
                     log.warning(
@@ -653,7 +656,7 @@ class KalshiClient:
                 ambiguous = ambiguous or retry.ambiguous
                 last = retry.error
                 if attempt + 1 < self.max_attempts:
-                    delay = self._retry_delay(attempt, write=True)
+                    delay = self._retry_delay(attempt, write=True, auth=True)
                     if delay is None:
                         break  # a long Retry-After: not sent again before it (see module doc)
                     log.warning(
