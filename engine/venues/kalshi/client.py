@@ -11,11 +11,11 @@ gate until then, bounded by `retry_after_max_seconds`: `retry_gate` for market d
 reads), `portfolio_retry_gate` for signed reads (positions, fills, order lookups),
 `write_retry_gate` for writes (orders, cancels), as Kalshi budgets them apart: a rate-limited
 order or positions poll never holds back market data, nor a rate-limited quote poll an exit. No
-request of that kind is sent before it. A wait up to `backoff_max_seconds` is waited inside the request (then tried
-again); a longer one ends the request at once with the venue's error (`retry_after` set), and a
-request made while the gate is closed fails at once, not sent (`KalshiRateLimited`), so a feed
-or an exit is never held for a minute inside the client: the caller comes back when the gate
-opens (the market feed schedules its next poll then).
+request of that kind is sent before it. A wait up to `backoff_max_seconds` is waited inside the
+request (then it is tried again); a longer one ends the request at once with the venue's error,
+and a request made while the gate is closed fails at once, not sent (`KalshiRateLimited`), so a
+feed or an exit is never held for a minute inside the client: the caller comes back when the
+gate opens (the market feed schedules its next poll then).
 
 Order POSTs are the exception to blind retrying; see `KalshiClient.create_order`.
 """
@@ -168,7 +168,7 @@ class KalshiClient:
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base_seconds
         self.backoff_max = backoff_max_seconds
-        # Kalshi's Retry-After (all requests share one account's limits). `now` is the injected
+        # Kalshi's Retry-After, per kind of request (see the module doc). `now` is the injected
         # clock's (`use_clock`), for the HTTP-date form.
         bound = retry_after_max_seconds
         self.retry_gate = RetryGate("kalshi", now=now, max_seconds=bound)
