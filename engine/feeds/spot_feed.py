@@ -175,7 +175,8 @@ class SpotFeed:
 
     async def _report_retry_after(self, engine: Engine) -> None:
         """One alert per source while it asks for a longer Retry-After than we wait."""
-        for src in (self.selector.primary, self.selector.fallback, self.dvol):
+        sel = self.selector
+        for src in (getattr(sel, "primary", None), getattr(sel, "fallback", None), self.dvol):
             gate = getattr(src, "retry_gate", None)
             if gate is None:
                 gate = getattr(getattr(src, "rest", None), "retry_gate", None)  # a stream's
