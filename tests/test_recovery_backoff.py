@@ -345,6 +345,43 @@ async def test_a_rate_limited_positions_poll_does_not_hold_back_market_data(
     assert [m.ticker for m in await client.get_markets()] == [HELD]  # market data does not
 
 
+async def test_positions_poll_under_retry_after_one_alert_no_false_close(world: World) -> None:
+    """Kalshi answers the positions poll 429 with Retry-After 30 s: the account is not asked
+    again before then (the polls meanwhile are not sent), one venue alert names Retry-After,
+    the trade is not closed as external, quotes keep protecting it, and after 30 s the poll
+    sees the account again."""
+    w = world
+    rt = await w.start()
+    alerts: list[Alert] = []
+    rt.engine.alerts.listeners.append(
+        lambda a: alerts.append(a) if a.kind is AlertKind.DATA_QUALITY else None
+    )
+    try:
+        await step(w, rt, 1.0)
+        [t] = rt.engine.trades.values()
+        state = w.kalshi.state
+
+        def asked() -> list[float]:
+            return [r.at for r in state.requests if r.path == "/portfolio/positions"]
+
+        state.queue_fault("429", method="GET", path="/portfolio/positions", retry_after="30")
+        before = len(asked())
+        for _ in range(28):
+            await step(w, rt, 1.0)
+            assert w.clock.now() - rt.engine.quotes[HELD].ts <= 2.0
+        assert len(asked()) == before + 1  # the refused poll only: the others were not sent
+        assert t.trade_id in rt.engine.trades  # not closed as external
+        [venue] = alerts
+        assert "Retry-After" in venue.message and "kalshi portfolio" in venue.message
+        for _ in range(8):
+            await step(w, rt, 1.0)
+        assert len(asked()) >= before + 2  # asked again once the 30 s were over
+        assert [a.severity for a in alerts] == [Severity.WARNING, Severity.INFO]  # recovered
+        assert t.trade_id in rt.engine.trades
+    finally:
+        await rt.close()
+
+
 async def test_an_exit_refused_with_retry_after_waits_for_it_then_closes_once(
     world: World,
 ) -> None:

@@ -350,10 +350,19 @@ class KalshiClient:
         ra = gate.note(status, response.headers)
         if ra is not None:
             log.warning("Kalshi %s %s: %s", method, path, gate.describe())
-        if status == 429:
-            raise _Retry(self._error_for(response, method, path))  # refused, not processed
-        if status >= 500:
-            raise _Retry(self._error_for(response, method, path), ambiguous=True)
+        if status == 429 or status >= 500:
+            error = self._error_for(response, method, path)
+            if ra is not None:  # the alert that reports it says when we ask again
+                error = type(error)(
+                    f"{error.message} ({gate.describe()})",
+                    status=error.status,
+                    code=error.code,
+                    details=error.details,
+                    method=method,
+                    path=path,
+                )
+            # A 429 was refused, not processed; a 5xx may have been.
+            raise _Retry(error, ambiguous=status >= 500)
         gate.ok()
         if status >= 300:
             raise self._error_for(response, method, path)
