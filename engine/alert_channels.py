@@ -3,7 +3,10 @@
 Both are `QueuedChannel`s: `deliver` only puts the alert on a bounded queue (when it is full the
 oldest waiting alert is dropped and counted) and returns, so `AlertBus.raise_` — and the engine's
 reaction path behind it — never waits on a desktop or the network. A task per channel drains the
-queue; the webhook retries a failed POST with exponential backoff (`sleep` is injected in tests).
+queue; the webhook retries a failed POST with exponential backoff (`sleep` is injected in tests),
+and after a 429 or 503 with `Retry-After` (seconds or an HTTP date, read by `engine.http_retry`
+against the injected `now`) it waits that long instead when longer, at most
+`retry_after_max_seconds` (`[engine]`); a server asking for longer is said once in an alert.
 Each channel counts sent / failed / dropped and says why it is off (`health()`, shown in the
 header through `AlertBus.channel_health`).
 
@@ -21,6 +24,7 @@ import contextlib
 import io
 import logging
 import sys
+import time
 import warnings
 import zoneinfo
 from collections import deque
@@ -46,6 +50,7 @@ from engine.config import (
     WebhookAlertsConfig,
     parse_quiet_hours,
 )
+from engine.http_retry import DEFAULT_RETRY_AFTER_MAX_SECONDS, RetryGate
 from engine.models import AlertKind, Severity
 
 log = logging.getLogger(__name__)
@@ -367,7 +372,9 @@ class WebhookChannel(QueuedChannel):
 
     5xx, 429, timeouts and connection errors are tried again after base, 2·base, 4·base ...
     seconds (at most `backoff_max_seconds`), up to `max_attempts` attempts; other answers below
-    200 or from 300 up are not."""
+    200 or from 300 up are not. A 429/503 with `Retry-After` is tried again no sooner than it
+    says, at most `retry_after_max_seconds` later; the next alerts wait for it too. A longer one
+    is reported once through `report` (the bus, from `attach_channels`) until a POST succeeds."""
 
     name = "webhook"
 
@@ -386,6 +393,9 @@ class WebhookChannel(QueuedChannel):
         backoff_max_seconds: float = 30.0,
         sleep: Sleep = asyncio.sleep,
         transport: httpx.AsyncBaseTransport | None = None,
+        now: Callable[[], float] = time.time,
+        retry_after_max_seconds: float = DEFAULT_RETRY_AFTER_MAX_SECONDS,
+        report: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         super().__init__(
             filter=filter,
@@ -398,6 +408,9 @@ class WebhookChannel(QueuedChannel):
         if format not in ("json", "ntfy", "telegram"):
             raise ValueError(f"unknown webhook format {format!r}")
         self.format = format
+        self.retry_gate = RetryGate("webhook", now=now, max_seconds=retry_after_max_seconds)
+        self._report = report
+        self._excess_reported = False
         self._token = telegram_bot_token
         self._chat_id = telegram_chat_id
         if format == "telegram":
@@ -457,16 +470,30 @@ class WebhookChannel(QueuedChannel):
         return {"json": body}
 
     async def _send(self, alert: Alert) -> None:
+        wait = self.retry_gate.remaining()
+        if wait > 0:  # the server said when to come back: after the backoff, the rest of it
+            await self._sleep(wait)
         try:
             r = await self._client.post(self._url, **self.request_for(alert))
         except httpx.TimeoutException as e:
             raise DeliveryFailed(f"timed out ({type(e).__name__})") from None
         except httpx.HTTPError as e:  # refused, reset, DNS ...: never str(e), it may hold the URL
             raise DeliveryFailed(f"could not connect ({type(e).__name__})") from None
+        ra = self.retry_gate.note(r.status_code, r.headers)
         if 200 <= r.status_code < 300:
+            self.retry_gate.ok()
+            self._excess_reported = False
             return
         retry = r.status_code >= 500 or r.status_code == 429
-        raise DeliveryFailed(f"HTTP {r.status_code}", retry=retry)
+        if ra is None:
+            raise DeliveryFailed(f"HTTP {r.status_code}", retry=retry)
+        if ra.capped and not self._excess_reported:
+            self._excess_reported = True
+            text = self.retry_gate.describe()  # never the URL: it may hold a token
+            log.warning("alert channel %s", text)
+            if self._report is not None:
+                await self._report(text)
+        raise DeliveryFailed(f"HTTP {r.status_code}, Retry-After {ra.asked:.0f} s", retry=retry)
 
     async def _close(self) -> None:
         try:
@@ -494,9 +521,12 @@ def attach_channels(
     *,
     print_alerts: bool = False,
     desktop: Callable[..., DesktopChannel] = DesktopChannel.from_plyer,
+    now: Callable[[], float] = time.time,
+    retry_after_max_seconds: float = DEFAULT_RETRY_AFTER_MAX_SECONDS,
 ) -> None:
     """Add `[alerts]`'s channels to the bus (log, stdout, desktop, webhook), start the queued
-    ones' tasks on the running loop and append their closers."""
+    ones' tasks on the running loop and append their closers. `now` is the engine's clock
+    (Retry-After dates; the time of the webhook's own alert)."""
     tz = cfg.time_zone
     if cfg.log_file:
         log_path = Path(cfg.log_file)
@@ -512,7 +542,21 @@ def attach_channels(
     if cfg.desktop.enabled:
         queued.append(_desktop(cfg.desktop, tz, desktop))
     if cfg.webhook.enabled:
-        queued.append(WebhookChannel.from_config(cfg.webhook, tz))
+
+        async def report(text: str) -> None:
+            await bus.raise_(
+                now(), AlertKind.EXECUTION_FAILURE, Severity.WARNING, text, subject="webhook"
+            )
+
+        queued.append(
+            WebhookChannel.from_config(
+                cfg.webhook,
+                tz,
+                now=now,
+                retry_after_max_seconds=retry_after_max_seconds,
+                report=report,
+            )
+        )
     for ch in queued:
         bus.channels.append(ch)
         ch.start()

@@ -155,6 +155,10 @@ class EngineConfig(Strict):
     tick_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     max_quote_age_seconds: Annotated[float, Field(gt=0)] = 10.0
     max_spot_age_seconds: Annotated[float, Field(gt=0)] = 10.0
+    # Market data after failures (quote and spot polls, websocket reconnects): the longest wait
+    # between two tries, jittered; and the longest Retry-After (429/503) obeyed.
+    backoff_max_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    retry_after_max_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
     mark: Literal["bid", "mid", "last"] = "bid"
     mark_sample_seconds: Annotated[float, Field(gt=0)] = 5.0
     snapshot_alerts: Annotated[int, Field(ge=0, le=10000)] = 200

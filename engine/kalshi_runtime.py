@@ -44,7 +44,9 @@ async def open_kalshi_client(config: Config, signer: KalshiSigner) -> KalshiClie
     failure (Kalshi unreachable, 5xx) is logged and start-up goes on: the feeds retry.
     """
     kc = config.venues.kalshi
-    client = KalshiClient.from_config(kc, signer=signer)
+    client = KalshiClient.from_config(
+        kc, signer=signer, retry_after_max_seconds=config.engine.retry_after_max_seconds
+    )
     try:
         await client.request(
             "GET",
@@ -106,11 +108,19 @@ async def build_kalshi(
     from engine.venues.kalshi.stream import WS_URLS, KalshiStream
 
     kc = config.venues.kalshi
+    backoff_max = config.engine.backoff_max_seconds
+    client.use_clock(clock.now)  # Retry-After's HTTP dates against the engine's clock
     engine_ref: list[Engine] = []
     venue = _LiveOnly(client, lambda: engine_ref[0].mode if engine_ref else None)
     stream = None
     if kc.stream:
-        stream = KalshiStream(signer, url=kc.ws_url or WS_URLS[kc.environment], clock=clock)
+        stream = KalshiStream(
+            signer,
+            url=kc.ws_url or WS_URLS[kc.environment],
+            clock=clock,
+            backoff_max=backoff_max,
+            retry_after_max=config.engine.retry_after_max_seconds,
+        )
         closers.append(stream.aclose)
     market_feed = KalshiMarketFeed(
         client,
@@ -118,11 +128,14 @@ async def build_kalshi(
         series_ticker=kc.series,
         poll_seconds=kc.poll_seconds,
         refresh_seconds=kc.quote_refresh_seconds,
+        max_backoff_seconds=backoff_max,
         stream=stream,
     )
 
     sc = config.spot
     streams: list[SpotStream] = []
+
+    retry_after_max = config.engine.retry_after_max_seconds
 
     def source(name: str) -> SpotSource:
         if name == "coinbase":
@@ -131,15 +144,17 @@ async def build_kalshi(
             )
         else:
             rest = KrakenSpot(clock, base_url=sc.kraken_url, timeout_seconds=sc.timeout_seconds)
+        rest.retry_gate.max_seconds = retry_after_max
         closers.append(rest.aclose)
         if not sc.stream:
             return rest  # type: ignore[no-any-return]
         # The stream delivers the ticks; its REST client only backfills the history.
         made: SpotStream
+        ws: dict[str, Any] = {"backoff_max": backoff_max, "retry_after_max": retry_after_max}
         if name == "coinbase":
-            made = CoinbaseStream(clock, rest, url=sc.coinbase_ws_url)
+            made = CoinbaseStream(clock, rest, url=sc.coinbase_ws_url, **ws)
         else:
-            made = KrakenStream(clock, rest, url=sc.kraken_ws_url)
+            made = KrakenStream(clock, rest, url=sc.kraken_ws_url, **ws)
         closers.append(made.aclose)
         streams.append(made)
         return made
@@ -150,6 +165,7 @@ async def build_kalshi(
     dvol = None
     if sc.dvol:
         dvol = DeribitDvol(clock, base_url=sc.deribit_url, timeout_seconds=sc.timeout_seconds)
+        dvol.retry_gate.max_seconds = retry_after_max
         closers.append(dvol.aclose)
     spot_feed = SpotFeed(selector, clock, poll_seconds=sc.poll_seconds, dvol=dvol, streams=streams)
 
@@ -175,9 +191,13 @@ class _LiveOnly(LiveOnly, KalshiVenue):
 
 
 class _NoSpot:
-    """The fallback of `[spot] fallback = "none"`: never usable, so only the primary is used."""
+    """The fallback of `[spot] fallback = "none"`: never usable, so only the primary is used.
+
+    `disabled`: the selector never asks it and never reports it failing (no "none failing"
+    alert, no failing source): a fallback switched off on purpose is not a fault."""
 
     name = "none"
+    disabled = True
 
     def __init__(self, error: type[Exception]) -> None:
         self._error = error

@@ -133,7 +133,15 @@ async def build_runtime(
         clock = clock or (RealClock() if live else sim_clock(config))
         bus = AlertBus(config.alerts.cooldown_seconds, config.engine.snapshot_alerts)
         # The log, stdout, desktop and webhook channels; the venues below share this bus.
-        attach_channels(bus, config.alerts, data, closers, print_alerts=print_alerts)
+        attach_channels(
+            bus,
+            config.alerts,
+            data,
+            closers,
+            print_alerts=print_alerts,
+            now=clock.now,
+            retry_after_max_seconds=config.engine.retry_after_max_seconds,
+        )
         if config.engine.venue == "ibkr":
             from engine.ibkr_runtime import build_ibkr
 

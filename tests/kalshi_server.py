@@ -49,14 +49,18 @@ from tests.loopback import serve
 PREFIX = "/trade-api/v2"
 ONE = Decimal(1)
 
-FaultKind = Literal["429", "500", "delay", "truncated", "cutoff", "html", "refuse"]
+FaultKind = Literal["429", "503", "500", "delay", "truncated", "cutoff", "html", "refuse"]
 
 
 @dataclass
 class Fault:
     """One injected misbehaviour, used once by the first request it matches.
 
-    - "429": rate limited, no Retry-After, nothing processed.
+    - "429": rate limited, nothing processed; with `retry_after` the answer carries that
+      `Retry-After` header as given (delta-seconds "120" or an HTTP date), as Kalshi's
+      gateway may.
+    - "503": service unavailable (maintenance, an overloaded gateway), nothing processed; with
+      `retry_after` as for 429.
     - "500": an internal error; with `after_processing` the request took effect first.
     - "delay": processed normally, the answer held back `seconds` (longer than the timeout).
     - "truncated": processed, the JSON answer cut in half (status 200/201).
@@ -82,6 +86,7 @@ class Fault:
     # "delay" only: hold the answer until this event is set (instead of `seconds`), so a test
     # can keep one order waiting as long as it needs without waiting itself.
     release: asyncio.Event | None = None
+    retry_after: str | None = None
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (
@@ -618,8 +623,14 @@ def build_app(state: KalshiState) -> web.Application:
                 fault.kind if fault else None,
             )
         )
-        if fault and fault.kind == "429":
-            return _error(429, "too_many_requests", "too many requests")
+        if fault and fault.kind in ("429", "503"):
+            if fault.kind == "429":
+                answer = _error(429, "too_many_requests", "too many requests")
+            else:
+                answer = _error(503, "service_unavailable", "service unavailable")
+            if fault.retry_after is not None:
+                answer.headers["Retry-After"] = fault.retry_after
+            return answer
         if fault and fault.kind == "refuse":
             return _error(fault.status, fault.code, fault.message)
         if fault and fault.kind == "html":

@@ -219,6 +219,9 @@ class WsState:
     books: dict[str, dict[str, dict[Decimal, Decimal]]] = field(default_factory=dict)
     commands: list[dict[str, Any]] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # why each refused handshake was refused
+    # The next handshakes answered (status, Retry-After or None) before any upgrade: Kalshi's
+    # gateway under load or in maintenance (429 / 503), one entry per handshake.
+    busy: list[tuple[int, str | None]] = field(default_factory=list)
     connections: list[Conn] = field(default_factory=list)
     _sid: int = 0
     _new_connections: asyncio.Queue[Conn] = field(default_factory=asyncio.Queue)
@@ -283,6 +286,13 @@ class WsState:
 
 def build_app(state: WsState) -> web.Application:
     async def endpoint(request: web.Request) -> web.StreamResponse:
+        if state.busy:
+            status, retry_after = state.busy.pop(0)
+            state.refused.append(f"HTTP {status}")
+            busy = web.json_response({"code": "busy", "message": "try later"}, status=status)
+            if retry_after is not None:
+                busy.headers["Retry-After"] = retry_after
+            return busy
         problem = state.check_auth(request)
         if problem is not None:
             state.refused.append(problem)

@@ -1,9 +1,12 @@
 """Loopback stand-ins for the spot venues' public REST APIs (aiohttp on 127.0.0.1, ephemeral port).
 
 The paths and JSON shapes are the real ones (Coinbase Exchange, Kraken, Deribit); the data is
-whatever the test sets. A test queues faults that the next requests get, in order:
+whatever the test sets. A test queues faults that the next requests get, in order (or sets
+`down` to a fault that every request gets until it is set back to None: a long outage):
 
-- "500", "429": an HTTP error with the venue's usual error body;
+- "500", "429", "503": an HTTP error with the venue's usual error body; a 429 or 503 carries
+  `retry_after` (the venue's attribute, a `Retry-After` value as given: "120" or an HTTP
+  date) when it is set;
 - "slow": the answer is held longer than any client timeout (released when the server closes);
 - "truncated": the good JSON cut in half, HTTP 200;
 - "html": an HTML error page (a proxy or CDN in front of the venue), HTTP 502;
@@ -34,7 +37,7 @@ HTML_PAGE = (
     "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
     "<body><h1>502 Bad Gateway</h1><p>cloudflare</p></body></html>"
 )
-FAULTS = ("500", "429", "slow", "truncated", "html", "html200", "venue_error")
+FAULTS = ("500", "429", "503", "slow", "truncated", "html", "html200", "venue_error")
 
 
 class FakeVenue:
@@ -44,6 +47,8 @@ class FakeVenue:
         self.app = web.Application()
         self.faults: deque[str] = deque()
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.retry_after: str | None = None  # the Retry-After of a 429 / 503 answer
+        self.down: str | None = None  # a fault answering every request (an outage)
         self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -78,13 +83,17 @@ class FakeVenue:
     async def respond(self, request: web.Request, payload: Any) -> web.Response:
         """The good answer, unless a fault is queued."""
         self.requests.append((request.path, dict(request.query)))
-        fault = self.faults.popleft() if self.faults else None
+        fault = self.faults.popleft() if self.faults else self.down
         if fault is None:
             return web.json_response(payload)
         if fault == "500":
             return web.json_response({"message": "Internal server error"}, status=500)
-        if fault == "429":
-            return web.json_response({"message": "Too many requests"}, status=429)
+        if fault in ("429", "503"):
+            text = "Too many requests" if fault == "429" else "Service unavailable"
+            answer = web.json_response({"message": text}, status=int(fault))
+            if self.retry_after is not None:
+                answer.headers["Retry-After"] = self.retry_after
+            return answer
         if fault == "slow":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._release.wait(), 30)
@@ -209,6 +218,8 @@ class WsVenue:
     The test pushes messages with `ticker(...)`, `heartbeat()`, `send_raw(...)` (garbage); every
     message goes to each connection that subscribed. `silent = True` makes the server answer
     nothing and push nothing (the connection stays open); `abort()` resets every connection.
+    `busy` holds answers (status, Retry-After or None) for the next handshakes, one each, given
+    instead of the upgrade (a venue under load: 429 / 503).
     `next_connection()` / `next_subscribe()` wait for the client (with a deadline).
     """
 
@@ -220,6 +231,7 @@ class WsVenue:
         self.connections: list[WsConn] = []
         self.subscribes: list[dict[str, Any]] = []
         self.silent = False
+        self.busy: list[tuple[int, str | None]] = []
         self._new_connections: asyncio.Queue[WsConn] = asyncio.Queue()
         self._new_subscribes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._runner: web.AppRunner | None = None
@@ -268,6 +280,12 @@ class WsVenue:
             await conn.ws.send_str(json.dumps(payload))
 
     async def _endpoint(self, request: web.Request) -> web.StreamResponse:
+        if self.busy:
+            status, retry_after = self.busy.pop(0)
+            answer = web.json_response({"message": "try later"}, status=status)
+            if retry_after is not None:
+                answer.headers["Retry-After"] = retry_after
+            return answer
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         conn = WsConn(ws, request)

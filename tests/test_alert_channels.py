@@ -28,6 +28,7 @@ from engine.alert_channels import (
     plyer_notifier,
 )
 from engine.alerts import AlertBus, ChannelHealth, JsonlChannel
+from engine.clock import ManualClock
 from engine.config import AlertsConfig, WebhookAlertsConfig, parse_config
 from engine.models import AlertKind, Severity
 from tests.loopback import RecordedSleeps, serve
@@ -48,7 +49,8 @@ def ts_at(hhmm: str, day: int = 3) -> float:
 @dataclass
 class Hook:
     """What the server got, and how it answers: `statuses` in turn (then 200), optionally
-    holding each request until `release` is set."""
+    holding each request until `release` is set. A 429 / 503 carries `retry_after` as its
+    `Retry-After` header when set; `clock` (when set) stamps each request's arrival (`at`)."""
 
     port: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -56,6 +58,9 @@ class Hook:
     hold: bool = False
     release: asyncio.Event = field(default_factory=asyncio.Event)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    retry_after: str | None = None
+    clock: ManualClock | None = None
+    at: list[float] = field(default_factory=list)
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -71,10 +76,15 @@ async def hook() -> AsyncIterator[Hook]:
             {"path": request.path, "headers": dict(request.headers), "body": body.decode()}
         )
         h.arrived.set()
+        if h.clock is not None:
+            h.at.append(h.clock.now())
         if h.hold:
             await h.release.wait()
         status = h.statuses.pop(0) if h.statuses else 200
-        return web.json_response({"ok": status == 200}, status=status)
+        answer = web.json_response({"ok": status == 200}, status=status)
+        if status in (429, 503) and h.retry_after is not None:
+            answer.headers["Retry-After"] = h.retry_after
+        return answer
 
     app = web.Application()
     app.router.add_route("POST", "/{tail:.*}", handle)
@@ -301,6 +311,59 @@ async def test_5xx_is_retried_with_exponential_backoff(hook: Hook) -> None:
     assert len(hook.requests) == 4
     assert sleeps.delays == [1.0, 2.0, 3.0]  # doubling, capped at backoff_max_seconds
     assert health(bus, "webhook") == ChannelHealth("webhook", sent=1)
+
+
+class ClockSleeps(RecordedSleeps):
+    """Records each wait and moves the manual clock by it (the channel's time passes)."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    async def __call__(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        await super().__call__(seconds)
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "waited"),
+    [
+        (429, "10", 10.0),  # delta-seconds
+        (503, "Tue, 03 Mar 2026 12:00:25 GMT", 25.0),  # an HTTP date, on the channel's clock
+        (429, "3600", 60.0),  # longer than retry_after_max_seconds: the bound
+    ],
+)
+async def test_retry_after_is_waited_for_and_bounded(
+    hook: Hook, status: int, retry_after: str, waited: float
+) -> None:
+    clock = ManualClock(ts_at("12:00"))
+    hook.statuses, hook.retry_after, hook.clock = [status], retry_after, clock
+    reported: list[str] = []
+
+    async def report(text: str) -> None:
+        reported.append(text)
+
+    ch = webhook(
+        hook,
+        ClockSleeps(clock),
+        max_attempts=3,
+        now=clock.now,
+        retry_after_max_seconds=60.0,
+        report=report,
+    )
+    bus = AlertBus(30)
+    bus.channels.append(ch)
+    await bus.raise_(ts_at("12:00"), AlertKind.AUTO_STOP, C, "closed", "T1")
+    await ch.wait_idle()
+    await ch.aclose()
+    first, second = hook.at
+    assert second - first == waited  # not sooner than asked (backoff alone: 1 s), at most 60
+    assert health(bus, "webhook") == ChannelHealth("webhook", sent=1)
+    if waited == 60.0:  # a server asking for an hour is said once, never with the URL
+        [text] = reported
+        assert "3600" in text and "retry_after_max_seconds" in text and "127.0.0.1" not in text
+    else:
+        assert reported == []
 
 
 async def test_failures_are_counted_and_shown(hook: Hook, caplog: pytest.LogCaptureFixture) -> None:

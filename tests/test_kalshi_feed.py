@@ -353,7 +353,10 @@ async def test_repeated_failures_back_off_then_recover(
     server.state.queue_fault("500", path="/markets", times=3)
     with pytest.raises(_Stop):
         await feed.run(engine)
-    assert clock.waits == [1.0, 2.0, 3.0, 1.0, 1.0]  # doubling, capped, reset on success
+    # Doubling with jitter (between half and all of the step, never under poll_seconds),
+    # capped, reset on success.
+    first, second, third, *after = clock.waits
+    assert first == 1.0 and 1.0 <= second <= 2.0 and 1.5 <= third <= 3.0 and after == [1.0, 1.0]
     assert of(engine.events, QuoteEvent)  # quotes flowed again after the failures
 
 

@@ -20,7 +20,11 @@ Choices worth knowing:
   settled). `disputed` is not final, so it waits. One `SettleEvent` per market, ever.
 - Errors: a `KalshiError` from a poll is logged and that part of the poll skipped; the engine's
   data guard notices the quotes aging and alerts. After repeated failures the feed waits longer
-  between polls (doubling up to `max_backoff_seconds`). A `KalshiAuthError` stops the feed: a
+  between polls (doubling up to `max_backoff_seconds`, `[engine] backoff_max_seconds`: 2 s by
+  default, jittered), so quotes flow again within that of Kalshi answering again. While Kalshi's
+  `Retry-After` runs (the client's `retry_gate`) the next poll waits for it instead; one longer
+  than `[engine] retry_after_max_seconds` is said in one alert (`source_problem`, "kalshi
+  Retry-After") until Kalshi answers normally again. A `KalshiAuthError` stops the feed: a
   refused key or signature does not fix itself, and polling on would only hide the fault behind
   staleness alerts. Market data needs no key, so this means a proxy or the venue refuses us.
 - Held markets outside the current event (a position in a later event, or in one that closed
@@ -41,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +53,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
 from engine.clock import Clock
+from engine.http_retry import DEFAULT_BACKOFF_MAX_SECONDS, RetryGate, backoff_delay
 from engine.models import Contract, ContractEvent, MarketEvent, Quote, QuoteEvent, SettleEvent
 from engine.venues.kalshi.errors import KalshiAuthError, KalshiError, KalshiNotFound
 from engine.venues.kalshi.fixed import FixedPointError, parse_optional
@@ -216,9 +222,10 @@ class KalshiMarketFeed:
         poll_seconds: float = 1.0,
         underlying: str = "BTC-USD",
         refresh_seconds: float = 2.0,
-        max_backoff_seconds: float = 30.0,
+        max_backoff_seconds: float = DEFAULT_BACKOFF_MAX_SECONDS,
         settle_give_up_seconds: float = 86_400.0,
         stream: QuoteStream | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         if poll_seconds <= 0:
             raise ValueError("poll_seconds must be > 0")
@@ -229,6 +236,8 @@ class KalshiMarketFeed:
         self.underlying = underlying
         self.refresh_seconds = refresh_seconds
         self.max_backoff_seconds = max_backoff_seconds
+        self._rng = rng or random.Random()
+        self._retry_after_alerted = False
         self.settle_give_up_seconds = settle_give_up_seconds
         self.current: _Tracked | None = None
         self.closed: dict[str, _Tracked] = {}  # closed events still waiting for settlement
@@ -271,10 +280,33 @@ class KalshiMarketFeed:
                     await reader
 
     def next_delay(self) -> float:
-        """`poll_seconds`, doubled per consecutive failed poll up to `max_backoff_seconds`."""
-        if self.failures <= 1:
-            return self.poll_seconds
-        return min(self.max_backoff_seconds, self.poll_seconds * 2 ** (self.failures - 1))
+        """`poll_seconds`, doubled per consecutive failed poll up to `max_backoff_seconds`
+        (jittered: between half and all of the step, never under `poll_seconds`); or longer
+        while Kalshi's `Retry-After` runs."""
+        delay = backoff_delay(
+            self.failures, base=self.poll_seconds, cap=self.max_backoff_seconds, rng=self._rng
+        )
+        gate = self._gate()
+        return max(delay, gate.remaining()) if gate is not None else delay
+
+    def _gate(self) -> RetryGate | None:
+        gate = getattr(self.client, "retry_gate", None)
+        return gate if isinstance(gate, RetryGate) else None
+
+    async def _report_retry_after(self, engine: _Sink) -> None:
+        """One alert while Kalshi asks for a longer wait than we give it; its end when it
+        answers normally again."""
+        gate = self._gate()
+        problem = getattr(engine, "source_problem", None)
+        ok = getattr(engine, "source_ok", None)
+        if gate is None or problem is None or ok is None:
+            return
+        if gate.excess is not None and not self._retry_after_alerted:
+            self._retry_after_alerted = True
+            await problem("kalshi Retry-After", gate.describe())
+        elif gate.excess is None and self._retry_after_alerted:
+            self._retry_after_alerted = False
+            await ok("kalshi Retry-After")
 
     async def poll_once(self, engine: _Sink) -> None:
         """One round: roll to the next event if needed, quote it, settle closed ones.
@@ -300,6 +332,7 @@ class KalshiMarketFeed:
             self.failures = 0
         else:
             self.failures += 1
+        await self._report_retry_after(engine)
 
     async def _guard(self, what: str, work: Awaitable[None]) -> bool:
         try:

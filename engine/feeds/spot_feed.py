@@ -24,6 +24,11 @@ than `max_spot_age_seconds`) raises the spot alert and keeps the spot rules off,
 silent feed. Optionally a `DeribitDvol` is read every `dvol_seconds` into `Engine.implied_vol`
 (and its reading time into `implied_vol_ts`): the strike probabilities' sigma with `[signals]
 sigma_source = "implied"`; the rules do not use it.
+
+A source that answers 429/503 with `Retry-After` is not asked again before then (its client's
+`retry_gate`, `engine.http_retry`): it simply fails meanwhile, and the fallback covers. One that
+asks for longer than `[engine] retry_after_max_seconds` is said in one alert ("<source>
+Retry-After") until it answers normally again.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from engine.clock import Clock
 from engine.feeds.deribit import DeribitDvol
 from engine.feeds.spot_selector import PrimaryFallback, SourceSwitch
 from engine.feeds.spot_sources import SpotSourceError, SpotTick
+from engine.http_retry import RetryGate
 
 if TYPE_CHECKING:
     from engine.feeds.spot_streams import SpotStream
@@ -85,6 +91,7 @@ class SpotFeed:
         self.streams = list(streams)
         self._pushed = asyncio.Event()
         self._streams_started: float | None = None
+        self._retry_after_alerted: set[str] = set()
 
     async def run(self, engine: Engine) -> None:
         """Backfill once, then poll (or wait for pushed ticks) forever (cancel to stop)."""
@@ -157,6 +164,7 @@ class SpotFeed:
         if tick is not None and (tick.source, tick.ts) != self._last_sent:
             self._last_sent = (tick.source, tick.ts)
             await engine.handle_safely(tick.to_event(self.symbol))
+        await self._report_retry_after(engine)
         if self.dvol is not None and self.clock.now() - self._last_dvol >= self.dvol_seconds:
             self._last_dvol = self.clock.now()
             try:
@@ -164,6 +172,23 @@ class SpotFeed:
                 engine.implied_vol, engine.implied_vol_ts = reading.sigma, reading.ts
             except SpotSourceError as e:
                 log.info("DVOL unavailable: %s", e)
+
+    async def _report_retry_after(self, engine: Engine) -> None:
+        """One alert per source while it asks for a longer Retry-After than we wait."""
+        sel = self.selector
+        for src in (getattr(sel, "primary", None), getattr(sel, "fallback", None), self.dvol):
+            gate = getattr(src, "retry_gate", None)
+            if gate is None:
+                gate = getattr(getattr(src, "rest", None), "retry_gate", None)  # a stream's
+            if not isinstance(gate, RetryGate):
+                continue
+            key = f"{gate.name} Retry-After"
+            if gate.excess is not None and key not in self._retry_after_alerted:
+                self._retry_after_alerted.add(key)
+                await engine.source_problem(key, gate.describe())
+            elif gate.excess is None and key in self._retry_after_alerted:
+                self._retry_after_alerted.discard(key)
+                await engine.source_ok(key)
 
     async def _report_switches(self, engine: Engine) -> None:
         switches = self.selector.switches[self._seen_switches :]
@@ -181,6 +206,8 @@ class SpotFeed:
         now = self.clock.now()
         where = f"spot from {sw.to_source}" if sw.to_source else "no spot source usable"
         for src in (sel.primary.name, sel.fallback.name):
+            if sel.disabled(src):
+                continue  # `fallback = "none"`: switched off on purpose, not failing
             problem = sel.problem(src, now)
             if problem is None or sw.to_source == sel.primary.name:
                 await engine.source_ok(src)

@@ -45,6 +45,10 @@ class PrimaryFallback:
     REST sources are driven by `poll()`; a streaming source reports through `record_ok` /
     `record_failure` as its messages (or its disconnects) arrive, and the engine calls
     `evaluate()` from its tick so staleness is noticed even when nothing arrives.
+
+    A source with `disabled = True` (the fallback of `[spot] fallback = "none"`) is never asked
+    and is never "failing": `problem` says it is switched off, and `disabled(name)` lets the feed
+    leave it out of its alerts.
     """
 
     def __init__(
@@ -85,8 +89,15 @@ class PrimaryFallback:
         h.error = error
         h.good_streak = 0
 
+    def disabled(self, source: str) -> bool:
+        """Whether `source` is switched off on purpose (no fallback configured)."""
+        src = self.primary if source == self.primary.name else self.fallback
+        return source == src.name and bool(getattr(src, "disabled", False))
+
     def problem(self, source: str, now: float) -> str | None:
         """Why `source` is not usable now, or None when it is."""
+        if self.disabled(source):
+            return "no fallback configured"
         h = self._health[source]
         if h.error is not None:
             return f"{source} failing: {h.error.detail}"
@@ -113,7 +124,9 @@ class PrimaryFallback:
             reason = p_problem or f"{p} recovering"
         else:
             choice = None
-            reason = f"{p_problem or p + ' recovering'}; {self.problem(f, now)}"
+            reason = p_problem or f"{p} recovering"
+            if not self.disabled(f):
+                reason += f"; {self.problem(f, now)}"
         if choice != self._active:
             switch = SourceSwitch(now, self._active, choice, reason)
             self._active = choice
@@ -132,6 +145,8 @@ class PrimaryFallback:
         return None if active is None else self._health[active].last_tick
 
     async def _poll_one(self, source: SpotSource) -> None:
+        if getattr(source, "disabled", False):
+            return
         try:
             tick = await source.latest()
         except SpotSourceError as e:
@@ -155,4 +170,6 @@ class PrimaryFallback:
             return await self.primary.backfill(minutes)
         except SpotSourceError as e:
             self.record_failure(self.primary.name, e)
+            if self.disabled(self.fallback.name):
+                raise
             return await self.fallback.backfill(minutes)

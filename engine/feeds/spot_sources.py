@@ -7,7 +7,9 @@ Each client turns one venue's public JSON into checked floats at the boundary (t
 in float dollars) and into typed errors otherwise:
 
 - `SourceUnavailable`: no answer worth reading (connection refused, timeout, HTTP 429/5xx, the
-  venue saying no: an HTTP 4xx, Kraken's `error` list, a JSON-RPC `error`);
+  venue saying no: an HTTP 4xx, Kraken's `error` list, a JSON-RPC `error`), or not asked at all
+  while the venue's `Retry-After` runs (a 429/503 with it closes the client's `retry_gate`,
+  `engine.http_retry`, bounded by `[engine] retry_after_max_seconds`);
 - `SourceBadData`: an answer that is not what the venue documents (an HTML page, truncated
   JSON, a missing field, NaN/inf/zero/negative prices, bid > ask, a timestamp from the future).
 
@@ -37,6 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from engine.clock import Clock
+from engine.http_retry import RetryGate
 from engine.models import SpotEvent
 
 FUTURE_TOLERANCE_SECONDS = 5.0
@@ -272,6 +275,8 @@ class RestClient:
         self.timeout = httpx.Timeout(timeout_seconds)
         self._own_http = http is None
         self._http = http if http is not None else httpx.AsyncClient()
+        # The venue's Retry-After, on the injected clock (dates, and when it runs out).
+        self.retry_gate = RetryGate(self.name, now=clock.now)
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -279,6 +284,11 @@ class RestClient:
 
     async def _get_json(self, path: str, params: dict[str, str | int]) -> Any:
         url = self.base_url + path
+        wait = self.retry_gate.remaining()
+        if wait > 0:  # the venue said when to come back: not before
+            raise SourceUnavailable(
+                self.name, f"not asked: {self.retry_gate.describe()}; {wait:.0f} s to go"
+            )
         try:
             resp = await self._http.get(url, params=params, timeout=self.timeout)
         except httpx.TimeoutException as e:
@@ -286,6 +296,9 @@ class RestClient:
         except httpx.HTTPError as e:
             raise SourceUnavailable(self.name, f"{type(e).__name__}: {e}") from e
         body = resp.content
+        ra = self.retry_gate.note(resp.status_code, resp.headers)
+        if resp.status_code < 400:
+            self.retry_gate.ok()
         try:
             payload = json.loads(body)
         except ValueError:
@@ -297,8 +310,9 @@ class RestClient:
         if resp.status_code >= 400:
             what = self._venue_message(payload) or describe_body(body)
             hint = "rate limited" if resp.status_code == 429 else "HTTP error"
+            after = f" (Retry-After {ra.asked:.0f} s)" if ra is not None else ""
             raise SourceUnavailable(
-                self.name, f"{hint} {resp.status_code} on {path}: {what}", resp.status_code
+                self.name, f"{hint} {resp.status_code} on {path}: {what}{after}", resp.status_code
             )
         return payload
 

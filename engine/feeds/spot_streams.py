@@ -31,7 +31,10 @@ Robustness:
 - A dropped connection (close frame or not), a failed handshake, a venue `error` answer, or no
   message at all for `idle_timeout` seconds (both venues send heartbeats, so silence means a
   dead link or a stuck server) closes the connection; it is reopened after an exponential
-  backoff with jitter (half fixed, half random), which starts over once a connection delivered.
+  backoff with jitter (half fixed, half random) up to `backoff_max` (`[engine]
+  backoff_max_seconds`, 2 s by default), which starts over once a connection delivered. A
+  handshake answered 429 or 503 with `Retry-After` waits that long first (at most
+  `retry_after_max`; read by `engine.http_retry`, dates against the injected clock).
 - A malformed message (not JSON, a missing or unreadable field, a crossed book, a time in the
   future) is logged with the field and the value and skipped; the stream goes on. It is not a
   failure of the source by itself: if nothing good comes, the price goes stale.
@@ -64,6 +67,11 @@ from engine.feeds.spot_sources import (
     parse_iso,
     parse_price,
     short,
+)
+from engine.http_retry import (
+    DEFAULT_BACKOFF_MAX_SECONDS,
+    DEFAULT_RETRY_AFTER_MAX_SECONDS,
+    retry_after,
 )
 
 __all__ = [
@@ -105,7 +113,8 @@ class SpotStream:
         sleep: Callable[[float], Awaitable[None]] = _real_sleep,
         rng: random.Random | None = None,
         backoff_base: float = 0.5,
-        backoff_max: float = 30.0,
+        backoff_max: float = DEFAULT_BACKOFF_MAX_SECONDS,
+        retry_after_max: float = DEFAULT_RETRY_AFTER_MAX_SECONDS,
         idle_timeout: float = 15.0,
         open_timeout: float = 10.0,
         ping_interval: float | None = 20.0,
@@ -119,6 +128,8 @@ class SpotStream:
         self._rng = rng or random.Random()
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.retry_after_max = retry_after_max
+        self._retry_after = 0.0  # the last refused handshake's Retry-After, bounded
         self.idle_timeout = idle_timeout
         self._open_timeout = open_timeout
         self._ping_interval = ping_interval
@@ -194,7 +205,8 @@ class SpotStream:
             if self._delivered:
                 attempt = 0  # a connection that worked: the backoff starts over
             attempt += 1
-            delay = self.backoff(attempt)
+            delay = max(self.backoff(attempt), self._retry_after)
+            self._retry_after = 0.0
             if failed:
                 self._failure(SourceUnavailable(self.name, f"stream {reason}"))
             log.warning("%s stream: %s; reconnecting in %.1f s", self.name, reason, delay)
@@ -212,7 +224,15 @@ class SpotStream:
                 max_size=2**20,
             )
         except InvalidStatus as exc:
-            return True, f"handshake answered HTTP {exc.response.status_code}"
+            status = exc.response.status_code
+            ra = retry_after(status, exc.response.headers, self.clock.now(), self.retry_after_max)
+            if ra is not None:
+                self._retry_after = ra.wait
+                more = (
+                    f" (asked {ra.asked:.0f} s, waiting at most {ra.wait:.0f})" if ra.capped else ""
+                )
+                return True, f"handshake answered HTTP {status}, Retry-After {ra.wait:.0f} s{more}"
+            return True, f"handshake answered HTTP {status}"
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             return True, f"cannot connect: {exc!r}"
         self._ws = ws

@@ -6,6 +6,17 @@ transport errors / unreadable answers with exponential backoff and full jitter u
 `max_attempts`, and turns what came back into dataclasses with `Decimal` fields or a typed
 `KalshiError`. Keys, signatures and headers are never logged.
 
+`Retry-After` on a 429 or 503 (seconds or an HTTP date, read by `engine.http_retry`) closes a
+gate until then, bounded by `retry_after_max_seconds`: `retry_gate` for market data (public
+reads), `portfolio_retry_gate` for signed reads (positions, fills, order lookups),
+`write_retry_gate` for writes (orders, cancels), as Kalshi budgets them apart: a rate-limited
+order or positions poll never holds back market data, nor a rate-limited quote poll an exit. No
+request of that kind is sent before it. A wait up to `backoff_max_seconds` is waited inside the
+request (then it is tried again); a longer one ends the request at once with the venue's error,
+and a request made while the gate is closed fails at once, not sent (`KalshiRateLimited`), so a
+feed or an exit is never held for a minute inside the client: the caller comes back when the
+gate opens (the market feed schedules its next poll then).
+
 Order POSTs are the exception to blind retrying; see `KalshiClient.create_order`.
 """
 
@@ -24,6 +35,7 @@ from urllib.parse import quote
 
 import httpx
 
+from engine.http_retry import DEFAULT_RETRY_AFTER_MAX_SECONDS, RetryGate
 from engine.venues.kalshi.auth import KalshiSigner
 from engine.venues.kalshi.errors import (
     KalshiAuthError,
@@ -140,6 +152,8 @@ class KalshiClient:
         max_attempts: int = 4,
         backoff_base_seconds: float = 0.25,
         backoff_max_seconds: float = 4.0,
+        retry_after_max_seconds: float = DEFAULT_RETRY_AFTER_MAX_SECONDS,
+        now: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = _real_sleep,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -154,6 +168,12 @@ class KalshiClient:
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base_seconds
         self.backoff_max = backoff_max_seconds
+        # Kalshi's Retry-After, per kind of request (see the module doc). `now` is the injected
+        # clock's (`use_clock`), for the HTTP-date form.
+        bound = retry_after_max_seconds
+        self.retry_gate = RetryGate("kalshi", now=now, max_seconds=bound)
+        self.portfolio_retry_gate = RetryGate("kalshi portfolio", now=now, max_seconds=bound)
+        self.write_retry_gate = RetryGate("kalshi orders", now=now, max_seconds=bound)
         self.read_bucket = TokenBucket(read_per_second, burst, clock=monotonic, sleep=sleep)
         self.write_bucket = TokenBucket(write_per_second, burst, clock=monotonic, sleep=sleep)
         self._http = httpx.AsyncClient(
@@ -198,6 +218,16 @@ class KalshiClient:
 
     def __repr__(self) -> str:
         return f"KalshiClient(base_url={self.base_url!r})"
+
+    def use_clock(self, now: Callable[[], float]) -> None:
+        """Read "now" (Retry-After dates, the gate) from the engine's clock from here on."""
+        for gate in (self.retry_gate, self.portfolio_retry_gate, self.write_retry_gate):
+            gate.now = now
+
+    def _gate(self, write: bool, auth: bool) -> RetryGate:
+        if write:
+            return self.write_retry_gate
+        return self.portfolio_retry_gate if auth else self.retry_gate
 
     # ---- the request machinery -------------------------------------------------------------
 
@@ -290,8 +320,10 @@ class KalshiClient:
         """One attempt: the decoded JSON, a final `KalshiError`, or `_Retry`.
 
         `_Retry.ambiguous` is set when the exchange may have acted on the request: the request
-        was (or may have been) sent, and no clear rejection came back.
+        was (or may have been) sent, and no clear rejection came back. While the venue's
+        `Retry-After` runs, nothing is sent (see the module doc).
         """
+        await self._respect_retry_after(method, path, write, auth)
         try:
             response = await self._attempt(
                 method, path, params=params, body=body, auth=auth, write=write
@@ -314,16 +346,58 @@ class KalshiClient:
                 ambiguous=True,
             ) from None
         status = response.status_code
-        if status == 429:
-            raise _Retry(self._error_for(response, method, path))  # refused, not processed
-        if status >= 500:
-            raise _Retry(self._error_for(response, method, path), ambiguous=True)
+        gate = self._gate(write, auth)
+        ra = gate.note(status, response.headers)
+        if ra is not None:
+            log.warning("Kalshi %s %s: %s", method, path, gate.describe())
+        if status == 429 or status >= 500:
+            error = self._error_for(response, method, path)
+            if ra is not None:  # the alert that reports it says when we ask again
+                error = type(error)(
+                    f"{error.message} ({gate.describe()})",
+                    status=error.status,
+                    code=error.code,
+                    details=error.details,
+                    method=method,
+                    path=path,
+                )
+            # A 429 was refused, not processed; a 5xx may have been.
+            raise _Retry(error, ambiguous=status >= 500)
+        gate.ok()
         if status >= 300:
             raise self._error_for(response, method, path)
         try:
             return self._decode(response, method, path)
         except KalshiBadResponse as exc:
             raise _Retry(exc, ambiguous=True) from None
+
+    async def _respect_retry_after(self, method: str, path: str, write: bool, auth: bool) -> None:
+        """Before sending: wait out a short `Retry-After`; refuse to send during a long one."""
+        gate = self._gate(write, auth)
+        wait = gate.remaining()
+        if wait <= 0:
+            return
+        if wait > self.backoff_max:
+            raise KalshiRateLimited(
+                f"not sent: {gate.describe()}; {wait:.1f} s to go",
+                status=gate.last.status if gate.last else None,
+                method=method,
+                path=path,
+            )
+        await self._sleep(wait)
+        gate.passed()
+
+    def _retry_delay(self, attempt: int, write: bool, auth: bool) -> float | None:
+        """The wait before the next attempt: the backoff, or the venue's `Retry-After` when
+        longer; None when that is longer than `backoff_max` (give the caller the error now)."""
+        gate = self._gate(write, auth)
+        delay = self.backoff_delay(attempt)
+        wait = gate.remaining()
+        if wait > self.backoff_max:
+            return None
+        if wait > 0:
+            gate.passed()  # waited below, with the backoff
+        return max(delay, wait)
 
     async def request(
         self,
@@ -345,7 +419,9 @@ class KalshiClient:
             except _Retry as retry:
                 last = retry.error
                 if attempt + 1 < self.max_attempts:
-                    delay = self.backoff_delay(attempt)
+                    delay = self._retry_delay(attempt, write, auth)
+                    if delay is None:
+                        break  # a long Retry-After: the caller comes back when the gate opens
                     log.warning(
                         "Kalshi %s %s failed (%s); retry %d/%d in %.2f s",
                         method,
@@ -589,7 +665,9 @@ class KalshiClient:
                 ambiguous = ambiguous or retry.ambiguous
                 last = retry.error
                 if attempt + 1 < self.max_attempts:
-                    delay = self.backoff_delay(attempt)
+                    delay = self._retry_delay(attempt, write=True, auth=True)
+                    if delay is None:
+                        break  # a long Retry-After: not sent again before it (see module doc)
                     log.warning(
                         "Kalshi order %s: %s; retrying with the same client_order_id in %.2f s",
                         client_order_id,

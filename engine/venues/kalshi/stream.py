@@ -24,8 +24,11 @@ What the venue does (docs.kalshi.com, asyncapi.yaml and the websocket quick star
   `ping_timeout` closes the connection, which this class treats like any drop. No JSON heartbeat
   exists, so nothing here sends one.
 
-A dropped connection is reopened with exponential backoff and jitter, every subscription is made
-again (so every book restarts from a snapshot), and `Disconnected` / `Connected` are reported.
+A dropped connection is reopened with exponential backoff and jitter (up to `backoff_max`,
+`[engine] backoff_max_seconds`: 2 s by default), every subscription is made again (so every book
+restarts from a snapshot), and `Disconnected` / `Connected` are reported. A handshake answered
+429 or 503 with `Retry-After` waits that long first (at most `retry_after_max`; read by
+`engine.http_retry`, dates against the injected clock).
 
 Usage::
 
@@ -57,6 +60,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from engine.clock import Clock, RealClock
+from engine.http_retry import (
+    DEFAULT_BACKOFF_MAX_SECONDS,
+    DEFAULT_RETRY_AFTER_MAX_SECONDS,
+    retry_after,
+)
 from engine.venues.kalshi.auth import KalshiSigner
 from engine.venues.kalshi.book import (
     BookInconsistent,
@@ -241,7 +249,8 @@ class KalshiStream:
         sleep: Callable[[float], Awaitable[None]] = _real_sleep,
         rng: random.Random | None = None,
         backoff_base: float = 0.5,
-        backoff_max: float = 30.0,
+        backoff_max: float = DEFAULT_BACKOFF_MAX_SECONDS,
+        retry_after_max: float = DEFAULT_RETRY_AFTER_MAX_SECONDS,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         open_timeout: float = 10.0,
@@ -256,6 +265,8 @@ class KalshiStream:
         self._rng = rng or random.Random()
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
+        self._retry_after_max = retry_after_max
+        self._retry_after = 0.0  # the last refused handshake's Retry-After, bounded
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._open_timeout = open_timeout
@@ -351,7 +362,8 @@ class KalshiStream:
                 if self._opened:  # a connection that worked: the backoff starts over
                     attempt = 0
                 attempt += 1
-                delay = self._backoff(attempt)
+                delay = max(self._backoff(attempt), self._retry_after)
+                self._retry_after = 0.0
                 log.warning("Kalshi stream: %s; reconnecting in %.1f s", reason, delay)
                 await self._put(Disconnected(reason, delay, attempt, self._clock.now()))
                 await self._sleep(delay)
@@ -386,6 +398,13 @@ class KalshiStream:
                     method="GET",
                     path=self._path,
                 ) from None
+            ra = retry_after(status, exc.response.headers, self._clock.now(), self._retry_after_max)
+            if ra is not None:
+                self._retry_after = ra.wait
+                more = (
+                    f" (asked {ra.asked:.0f} s, waiting at most {ra.wait:.0f})" if ra.capped else ""
+                )
+                return f"handshake answered HTTP {status}, Retry-After {ra.wait:.0f} s{more}"
             return f"handshake answered HTTP {status}"
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             return f"cannot connect: {exc!r}"
