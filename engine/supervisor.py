@@ -70,6 +70,7 @@ from engine.snapshot import (
     TradeRow,
 )
 from engine.store import Store, StoreError
+from engine.trade_rows import BadRow, RowContext
 from engine.venues.base import OrderRequest, OrderResult, Venue, VenueError, VenuePosition
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,7 @@ class Engine:
         self._last_opportunity: dict[str, float] = {}
 
         self._bad: dict[str, str] = {}  # data-quality episodes: key -> problem
+        self._bad_rows: dict[int, str] = {}  # bad trades rows alerted: rowid -> fingerprint
         self._alerted: set[str] = set()  # episodes whose start was alerted (recovery is too)
         self._pending_settle: dict[str, float] = {}  # trade -> payout, settled during an exit
         # Contracts settled here -> when: a venue may list such a position until it pays out,
@@ -283,10 +285,9 @@ class Engine:
 
         if not self.alerts.recent:
             self.alerts.restore(await self.store.recent_alerts(self.alerts.recent.maxlen or 200))
-        for t in await self.store.load_trades():
+        for t in await self.store.load_trades(ctx=self._row_context(now)):
             self._adopt(t)
-        for problem in getattr(self.store, "last_load_problems", []):
-            await self._alert(AlertKind.DATA_QUALITY, Severity.CRITICAL, f"journal: {problem}")
+        await self._alert_bad_rows(self.store.last_bad_rows)
         await self._load_realized_today(now)
         await self._reconcile_intents(now)
         for t in list(self.trades.values()):
@@ -1821,11 +1822,38 @@ class Engine:
                     source="venue",
                 )
 
+    def _row_context(self, now: float) -> RowContext:
+        """What a journal row is checked against here: this engine's venue, clock, contracts."""
+        return RowContext(venue=self.venue.name, now=now, contract=self.contracts.get)
+
+    async def _alert_bad_rows(self, bad: Sequence[BadRow]) -> None:
+        """One critical alert per bad trades row (engine.trade_rows), naming the row, the field
+        and the fix; again only when the row changes. `bad` is every bad row of this look at
+        the journal: a row no longer among them (fixed, closed, deleted) is forgotten, so it is
+        alerted again if it comes back bad."""
+        seen = {b.rowid for b in bad}
+        for rowid in [r for r in self._bad_rows if r not in seen]:
+            del self._bad_rows[rowid]
+        for b in bad:
+            if not b.watched or self._bad_rows.get(b.rowid) == b.fingerprint:
+                continue
+            self._bad_rows[b.rowid] = b.fingerprint
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.CRITICAL,
+                b.message(),
+                data=b.data(),
+                subject=f"bad_row:{b.rowid}:{b.fingerprint}",
+            )
+
     async def _poll_journal(self, now: float) -> None:
-        """Pick up trades other programs inserted into the journal, and queued commands."""
-        for tid in await self.store.open_trade_ids() - self.trades.keys():
-            t = await self.store.get_trade(tid)
-            if t is not None:
+        """Pick up trades other programs inserted into the journal, and queued commands.
+        Every row is checked as it enters (engine.trade_rows): a bad one is alerted once and
+        left alone, never supervised, and never stops the others."""
+        found = await self.store.new_open_rows(set(self.trades), self._row_context(now))
+        await self._alert_bad_rows([r for r in found if isinstance(r, BadRow)])
+        for t in found:
+            if isinstance(t, Trade) and t.trade_id not in self.trades:
                 self._adopt(t)
                 await self._sync_paper_positions()
                 await self._alert(
