@@ -267,7 +267,7 @@ def _entry_rules(
         )
     if (
         ctx.now is not None
-        and source == "external"
+        and source in ("external", "manual")
         and state in WATCHED_STATES
         and ts > ctx.now + FUTURE_SLACK_SECONDS
     ):
@@ -389,9 +389,10 @@ def check_row(row: Mapping[str, Any] | Any, ctx: RowContext | None = None) -> Tr
     )
 
 
-def trade_problem(t: Trade) -> str | None:
+def trade_problem(t: Trade, ctx: RowContext | None = None, source: str | None = None) -> str | None:
     """Why `t` must not be journaled, or None: the same rules a row must pass to be loaded back,
-    so the store never writes a trade it would refuse at the next start."""
+    so the store never writes a trade it would refuse at the next start. `ctx` and `source`
+    add the checks a row of that source gets from an engine (`trades add` uses them)."""
     values = {
         "trade_id": t.trade_id,
         "contract_id": t.contract_id,
@@ -401,7 +402,7 @@ def trade_problem(t: Trade) -> str | None:
         **{n: getattr(t, n) for n in _REQUIRED_NUMS + _OPTIONAL_NUMS},
     }
     try:
-        _entry_rules(values.get, None, RowContext(), None)
+        _entry_rules(values.get, None, ctx or RowContext(), source)
     except _Bad as b:
         return b.problem
     return overrides_problem(t.overrides)

@@ -9,6 +9,7 @@ constraints accept such rows; `old_journal` makes one as an older release did.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -335,3 +336,75 @@ async def test_an_old_journal_with_a_bad_row_is_left_as_it_is(tmp_path: Path) ->
     con = sqlite3.connect(path, isolation_level=None)
     assert con.execute("SELECT sql FROM sqlite_master WHERE name = 'trades'").fetchone() == schema
     con.close()
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def test_trades_list_shows_a_bad_row_as_bad_instead_of_crashing(tmp_path: Path) -> None:
+    from tests.test_cli import Cli
+
+    cli = Cli(tmp_path)
+    cli.write_config()
+    cli.data.mkdir()
+    path = cli.data / "trades.db"
+    old_journal(path)  # row 1: an old closed row with a text qty
+    write_row(path, trade_id="fine", qty=2.0)
+    bad = {
+        write_row(path, trade_id=None): ("None", "trade_id is NULL"),
+        write_row(path, trade_id="p75", entry_price=7.5): (
+            "p75",
+            "entry_price 7.5 is outside 0..1",
+        ),
+        write_row(path, trade_id="q", qty="ten"): ("q", "qty is the text 'ten'"),
+        write_row(path, trade_id="", qty=2.0): ("''", "trade_id is empty"),
+        write_row(path, trade_id="elsewhere", venue="kalshi"): ("elsewhere", "venue 'kalshi'"),
+    }
+    for flags, closed_shown in (((), False), (("--all",), True)):
+        proc = cli.run("--config", str(cli.config), "trades", "list", *flags)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert any(line.startswith("fine ") and " open " in line for line in lines)
+        for rowid, (shown, problem) in bad.items():
+            (line,) = [ln for ln in lines if f"(row {rowid};" in ln]
+            assert line.startswith(shown) and "BAD: " in line and problem in line, line
+            assert "fix: " in line
+        assert any("(row 1;" in ln and "BAD: qty" in ln for ln in lines) == closed_shown
+        assert f"{len(bad) + closed_shown} bad row(s)" in lines[-1]
+
+    listed = json.loads(cli.ok("--config", str(cli.config), "trades", "list", "--json", "--all"))
+    by_row = {t["rowid"]: t for t in listed if "bad" in t}
+    assert set(by_row) == {1, *bad}
+    assert by_row[min(bad)]["bad"]["field"] == "trade_id"
+    assert [t["trade_id"] for t in listed if "bad" not in t] == ["fine"]
+
+    status = cli.ok("--config", str(cli.config), "status")
+    assert "open trades: 1" in status
+    assert f"bad rows (not supervised): {len(bad)}" in status
+    assert all(f"row {rowid}" in status for rowid in bad)
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (("--id", "   "), "trade_id"),
+        (("--price", "7.5"), "entry_price"),
+        (("--qty", "1e15"), "qty"),
+        (("--opened", "1764000000000"), "opened_ts"),
+    ],
+)
+def test_trades_add_refuses_a_row_the_engine_would_refuse(
+    tmp_path: Path, args: tuple[str, ...], field: str
+) -> None:
+    from tests.test_cli import Cli
+
+    cli = Cli(tmp_path)
+    cli.write_config()
+    base = {"--id": "m1", "--contract": CID, "--side": "yes", "--qty": "10", "--price": "0.5"}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    argv = [x for kv in base.items() for x in kv]
+    proc = cli.run("--config", str(cli.config), "trades", "add", *argv)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert field in proc.stderr and "nothing was written" in proc.stderr
+    listed = json.loads(cli.ok("--config", str(cli.config), "trades", "list", "--json", "--all"))
+    assert listed == []
