@@ -1276,13 +1276,18 @@ class Store:
         out = []
         for r in rows:
             await self._write("UPDATE commands SET taken_ts = ? WHERE id = ?", (time.time(), r[0]))
+            # A row another program wrote badly is handed on with `problem` (field, what is
+            # wrong) set, for the engine to alert on, and never acted on (engine.trade_rows).
+            problem = trade_rows.command_problem(r[2], r[3], r[4])
+            payload = _loads(r[4], {}) if problem is None else {}
             out.append(
                 {
                     "id": r[0],
                     "ts": r[1],
                     "action": r[2],
                     "trade_id": r[3],
-                    "payload": _loads(r[4], {}) or {},
+                    "payload": payload or {},
+                    "problem": problem,
                 }
             )
         return out

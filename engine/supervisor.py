@@ -1867,13 +1867,41 @@ class Engine:
         await self._take_commands()
 
     async def _take_commands(self) -> None:
+        """Run the commands queued in the journal (`trades close` beside a running engine, other
+        programs). A bad row is alerted, naming its id and field, and not acted on; a command
+        the engine refuses is alerted too (whoever queued it was told it was queued)."""
         take = getattr(self.store, "take_commands", None)
-        if take is not None:
-            for cmd in await take():
-                res = await self.command(
-                    Command(cmd["action"], cmd.get("trade_id"), cmd.get("payload") or {})
+        if take is None:
+            return
+        for cmd in await take():
+            cid, action, tid = cmd.get("id"), cmd.get("action"), cmd.get("trade_id")
+            problem = cmd.get("problem")
+            if problem is not None:
+                field, what = problem
+                await self._alert(
+                    AlertKind.DATA_QUALITY,
+                    Severity.WARNING,
+                    f"journal command {cid} ({action!r} for {tid!r}) ignored: {what}; "
+                    "fix: queue it again with the trade-supervisor command",
+                    data={"command_id": cid, "field": field, "problem": what},
+                    subject=f"bad_command:{cid}",
                 )
-                log.info("queued command %s: %s", cmd["action"], res.message)
+                continue
+            try:
+                res = await self.command(Command(action, tid, cmd.get("payload") or {}))
+            except Exception as e:  # a command must never stop the poll (or the start)
+                log.exception("queued command %s %s failed", cid, action)
+                res = CommandResult(False, f"failed: {type(e).__name__}: {e}")
+            log.info("queued command %s: %s", action, res.message)
+            if not res.ok:
+                await self._alert(
+                    AlertKind.DATA_QUALITY,
+                    Severity.WARNING,
+                    f"journal command {cid} ({action} for {tid!r}) not done: {res.message}",
+                    tid if isinstance(tid, str) and tid in self.trades else None,
+                    data={"command_id": cid, "result": res.message},
+                    subject=f"command:{cid}",
+                )
 
     # ------------------------------------------------------------------ commands
 

@@ -34,6 +34,7 @@ __all__ = [
     "BadRow",
     "RowContext",
     "check_row",
+    "command_problem",
     "fingerprint",
     "num_ok",
     "overrides_problem",
@@ -406,3 +407,25 @@ def trade_problem(t: Trade, ctx: RowContext | None = None, source: str | None = 
     except _Bad as b:
         return b.problem
     return overrides_problem(t.overrides)
+
+
+def command_problem(action: Any, trade_id: Any, payload: Any) -> tuple[str, str] | None:
+    """What is wrong with a row of the journal's `commands` table (queued by the CLI or another
+    program), as (field, problem), or None. `payload` is the column as written (JSON text)."""
+    from engine.commands import ACTIONS
+
+    if not isinstance(action, str) or action not in ACTIONS:
+        return "action", f"action {_shown(action)} is not one of {', '.join(ACTIONS)}"
+    if trade_id is not None and not (isinstance(trade_id, str) and trade_id.strip()):
+        return "trade_id", f"trade_id is {_shown(trade_id)}, not a non-blank text or NULL"
+    if payload is None or payload == "":
+        return None
+    if not isinstance(payload, str):
+        return "payload", f"payload is {_shown(payload)}, not JSON text"
+    try:
+        value = json.loads(payload)
+    except ValueError as e:
+        return "payload", f"payload is not valid JSON ({payload!r}: {e})"
+    if not isinstance(value, dict):
+        return "payload", f"payload must be a JSON object, got {type(value).__name__} {payload!r}"
+    return None

@@ -408,3 +408,64 @@ def test_trades_add_refuses_a_row_the_engine_would_refuse(
     assert field in proc.stderr and "nothing was written" in proc.stderr
     listed = json.loads(cli.ok("--config", str(cli.config), "trades", "list", "--json", "--all"))
     assert listed == []
+
+
+# --- the commands table --------------------------------------------------------------------------
+
+
+def queue_command(path: Path, action: Any, trade_id: Any, payload: Any) -> int:
+    con = sqlite3.connect(path, isolation_level=None, timeout=5)
+    try:
+        cur = con.execute(
+            "INSERT INTO commands (ts, action, trade_id, payload) VALUES (?, ?, ?, ?)",
+            (T0, action, trade_id, payload),
+        )
+        return int(cur.lastrowid)
+    finally:
+        con.close()
+
+
+BAD_COMMANDS = {
+    "payload_list": ("journal_close", "t1", "[0.4]", "payload"),
+    "payload_not_json": ("journal_close", "t1", "{price: 0.4", "payload"),
+    "payload_text": ("set_overrides", "t1", '"max_loss_percent"', "payload"),
+    "blob_action": (b"close", "t1", "{}", "action"),
+    "unknown_action": ("sell_everything", None, "{}", "action"),
+    "blob_trade_id": ("close", b"t1", "{}", "trade_id"),
+}
+
+
+@pytest.mark.parametrize("when", ["at_start", "while_running"])
+@pytest.mark.parametrize("kind", list(BAD_COMMANDS))
+async def test_a_bad_queued_command_is_alerted_and_changes_nothing(
+    tmp_path: Path, kind: str, when: str
+) -> None:
+    action, tid, payload, field = BAD_COMMANDS[kind]
+    path = tmp_path / "trades.db"
+    h = await running(tmp_path)
+    if when == "at_start":
+        await h.close()
+        cid = queue_command(path, action, tid, payload)
+        h = await restart(h)  # never fails because of one command
+    else:
+        cid = queue_command(path, action, tid, payload)
+    await polls(h, 1, 7, 13)
+    alerts = [a for a in h.of_kind("data_quality") if a.data.get("command_id") == cid]
+    assert len(alerts) == 1, [a.message for a in h.alerts]
+    assert alerts[0].data["field"] == field and f"command {cid} " in alerts[0].message
+    t1 = h.engine.trades["t1"]
+    assert (t1.state, t1.paused, t1.overrides) == ("open", False, {})
+    assert h.venue.submitted == []
+    await polls(h, 20, bid=0.30)  # t1 is still protected
+    assert [e["trade_id"] for e in h.exits] == ["t1"]
+    await h.close()
+
+
+async def test_a_queued_command_the_engine_refuses_is_alerted(tmp_path: Path) -> None:
+    path = tmp_path / "trades.db"
+    h = await running(tmp_path)
+    cid = queue_command(path, "journal_close", "nope", '{"price": 0.4}')
+    await polls(h, 1)
+    (a,) = [a for a in h.alerts if a.data.get("command_id") == cid]
+    assert "no open trade 'nope'" in a.message and a.severity == "warning"
+    await h.close()
