@@ -852,10 +852,10 @@ class Store:
 
     async def new_open_rows(
         self, known: set[str], ctx: RowContext | None = None
-    ) -> list[Trade | BadRow]:
+    ) -> list[tuple[int, str, Trade | BadRow]]:
         """Open rows whose trade_id is not in `known` (rows other programs inserted since the
-        last look), oldest first, each a Trade or a BadRow. Cheap when there are none: one read
-        of ids; the rows themselves are read only for the unknown ones."""
+        last look), oldest first: (rowid, fingerprint, a Trade or a BadRow). Cheap when there
+        are none: one read of ids; the rows themselves are read only for the unknown ones."""
         ids = await self._fetchall(
             "SELECT rowid AS row_id, trade_id FROM trades WHERE state = 'open'"
         )
@@ -874,7 +874,7 @@ class Store:
             key=lambda r: (r["opened_ts"] if trade_rows.num_ok(r["opened_ts"]) else 0.0, r[0])
         )
         out = self._check_rows(rows, ctx)
-        return out
+        return [(int(r[0]), trade_rows.fingerprint(r), t) for r, t in zip(rows, out, strict=True)]
 
     async def trade_source(self, trade_id: str) -> str | None:
         """Who created the trade row ('external', 'venue', 'sim', ...), or None if absent."""

@@ -237,6 +237,7 @@ class Engine:
 
         self._bad: dict[str, str] = {}  # data-quality episodes: key -> problem
         self._bad_rows: dict[int, str] = {}  # bad trades rows alerted: rowid -> fingerprint
+        self._bad_row_list: list[BadRow] = []  # the bad rows of the last look at the journal
         self._alerted: set[str] = set()  # episodes whose start was alerted (recovery is too)
         self._pending_settle: dict[str, float] = {}  # trade -> payout, settled during an exit
         # Contracts settled here -> when: a venue may list such a position until it pays out,
@@ -303,7 +304,7 @@ class Engine:
                     f"{t.trade_id} was left 'closing' with no exit in flight; watching it again",
                 )
         await self._take_commands()  # e.g. positions released by `trades close` while stopped
-        if demo is not None and not await self.store.all_trades(limit=1):
+        if demo is not None and not await self.store.trade_rows(1):  # any row, bad ones too
             for ev in demo(now):
                 await self._open_trade(ev, source="demo")
         await self._sync_paper_positions()
@@ -388,6 +389,8 @@ class Engine:
         for intent in await self.store.open_intents():
             iid, tid = intent["intent_id"], intent["trade_id"]
             t = self.trades.get(tid)
+            if t is None and tid in self._bad_row_ids():
+                continue  # left as journaled: reconciled once the row is fixed and we restart
             if t is None:
                 await self.store.update_intent(iid, status="cancelled", ts=now)
                 continue
@@ -1728,7 +1731,13 @@ class Engine:
             venue=self.venue.name,
             multiplier=c.multiplier if (c := self.contracts.get(ev.contract_id)) else 1.0,
         )
-        await self.store.add_trade(t, source=source)
+        if not await self.store.add_trade(t, source=source):
+            # The id is taken by a row the engine cannot read (a bad row): never write over it.
+            problem = f"trade id {ev.trade_id} is already in the journal (a row not supervised)"
+            await self._alert(
+                AlertKind.DATA_QUALITY, Severity.WARNING, f"ignored trade {ev.trade_id}: {problem}"
+            )
+            return CommandResult(False, problem)
         open_position = getattr(self.venue, "open_position", None)
         if open_position is not None and source != "venue":  # found at the venue: it holds it
             open_position(t.contract_id, t.side, t.qty, t.entry_price)
@@ -1826,11 +1835,25 @@ class Engine:
         """What a journal row is checked against here: this engine's venue, clock, contracts."""
         return RowContext(venue=self.venue.name, now=now, contract=self.contracts.get)
 
+    async def _unreconciled_exit(self, trade_id: str) -> str | None:
+        """The id of an exit intent still pending or sent for a trade not supervised here (its
+        row was unreadable at start, then fixed), or None. Only a start reconciles an exit
+        against the venue: adopting the trade before would risk a second exit."""
+        for intent in await self.store.intents_for_trade(trade_id):
+            if intent.get("status") in ("pending", "sent"):
+                return str(intent["intent_id"])
+        return None
+
+    def _bad_row_ids(self) -> set[Any]:
+        """The trade_ids (as written) of the bad rows the last look at the journal found."""
+        return {b.trade_id for b in self._bad_row_list}
+
     async def _alert_bad_rows(self, bad: Sequence[BadRow]) -> None:
         """One critical alert per bad trades row (engine.trade_rows), naming the row, the field
         and the fix; again only when the row changes. `bad` is every bad row of this look at
         the journal: a row no longer among them (fixed, closed, deleted) is forgotten, so it is
         alerted again if it comes back bad."""
+        self._bad_row_list = list(bad)
         seen = {b.rowid for b in bad}
         for rowid in [r for r in self._bad_rows if r not in seen]:
             del self._bad_rows[rowid]
@@ -1851,9 +1874,27 @@ class Engine:
         Every row is checked as it enters (engine.trade_rows): a bad one is alerted once and
         left alone, never supervised, and never stops the others."""
         found = await self.store.new_open_rows(set(self.trades), self._row_context(now))
-        await self._alert_bad_rows([r for r in found if isinstance(r, BadRow)])
-        for t in found:
-            if isinstance(t, Trade) and t.trade_id not in self.trades:
+        fresh: list[Trade] = []
+        bad: list[BadRow] = []
+        for rowid, fp, t in found:
+            if isinstance(t, Trade):
+                pending = await self._unreconciled_exit(t.trade_id)
+                if pending is None:
+                    fresh.append(t)
+                    continue
+                t = BadRow(
+                    rowid,
+                    t.trade_id,
+                    str(t.state),
+                    "exit_intents",
+                    f"an exit journaled for it ({pending}) was never reconciled",
+                    "restart the engine: it looks the exit up at the venue at start",
+                    fp,
+                )
+            bad.append(t)
+        await self._alert_bad_rows(bad)
+        for t in fresh:
+            if t.trade_id not in self.trades:
                 self._adopt(t)
                 await self._sync_paper_positions()
                 await self._alert(

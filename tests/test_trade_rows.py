@@ -216,6 +216,49 @@ async def test_an_empty_trade_id_never_reaches_the_venue_and_never_loops_start(
         assert "" not in h.engine.trades and len(row_alerts(h, rowid)) == 1
         assert read_row(path, rowid) is not None
         assert h.venue.submitted == []
+        assert (await h.store.get_intent("ix"))["status"] == "sent"  # left for a reconcile
+    await h.close()
+
+
+def journal_exit(path: Path, trade_id: str, qty: float) -> None:
+    """An exit an older engine journaled (intent and order) and never saw answered."""
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute(
+        "INSERT INTO exit_intents (intent_id, trade_id, rule, qty, created_ts, status)"
+        " VALUES ('ix', ?, 'max_loss', ?, ?, 'sent')",
+        (trade_id, qty, T0 - 60),
+    )
+    con.execute(
+        "INSERT INTO orders (client_order_id, intent_id, trade_id, contract_id, side, action,"
+        " qty, status, created_ts) VALUES ('ix', 'ix', ?, ?, 'yes', 'sell', ?, 'pending', ?)",
+        (trade_id, CID, qty, T0 - 60),
+    )
+    con.close()
+
+
+async def test_a_row_fixed_while_running_with_an_exit_journaled_waits_for_a_restart(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "trades.db"
+    old_journal(path)
+    rowid = write_row(path, trade_id="bot-9", entry_price=7.5, qty=4.0)
+    journal_exit(path, "bot-9", 4.0)
+    h = await running(tmp_path)
+    assert "bot-9" not in h.engine.trades and len(row_alerts(h, rowid)) == 1
+    assert (await h.store.get_intent("ix"))["status"] == "sent"  # not cancelled unseen
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("UPDATE trades SET entry_price = 0.5 WHERE rowid = ?", (rowid,))
+    con.close()
+    await polls(h, 1, 7)
+    assert "bot-9" not in h.engine.trades  # no second exit beside the journaled one
+    (a,) = row_alerts(h, rowid)[1:]
+    assert a.data["field"] == "exit_intents" and "restart" in a.message
+    h = await restart(h)
+    assert "bot-9" in h.engine.trades and "bot-9" in h.engine.exits  # the exit is resumed
+    await polls(h, 10, 12)
+    t = await h.store.get_trade("bot-9")
+    assert (t.state, t.exit_reason, t.closed_qty) == ("closed", "max_loss", 4.0)
+    assert [r.qty for r in h.venue.submitted] == [4.0]
     await h.close()
 
 
