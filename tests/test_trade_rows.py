@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -301,6 +303,41 @@ async def test_a_null_trade_id_does_not_break_the_trades_on_its_contract(tmp_pat
     await h.quote(0.30, 0.32)
     assert sorted(e["trade_id"] for e in h.exits) == ["ext-good", "t1"]
     assert len(row_alerts(h, rowid)) == 1
+    await h.close()
+
+
+async def test_rows_another_process_writes_while_the_engine_runs(tmp_path: Path) -> None:
+    """A separate program (its own process and SQLite connection, WAL beside the engine's)."""
+    path = tmp_path / "trades.db"
+    old_journal(path)
+    h = await running(tmp_path)
+    await polls(h, 1)
+    script = (
+        "import sqlite3, sys\n"
+        "con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=5)\n"
+        "ins = ('INSERT INTO trades (trade_id, contract_id, side, qty, entry_price, opened_ts,'\n"
+        "       ' venue) VALUES (?, ?, ?, ?, ?, ?, ?)')\n"
+        "for row in [('', sys.argv[2], 'yes', 4, 0.5, float(sys.argv[3]), 'sim'),\n"
+        "            ('bot-1', sys.argv[2], 'yes', 1e15, 0.5, float(sys.argv[3]), 'sim'),\n"
+        "            ('bot-2', sys.argv[2], 'yes', 2, 0.5, float(sys.argv[3]), 'sim')]:\n"
+        "    print(con.execute(ins, row).lastrowid)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(path), CID, str(T0)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    empty, huge, good = (int(x) for x in proc.stdout.split())
+    await polls(h, 6, 12)
+    assert set(h.engine.trades) == {"t1", "bot-2"}
+    assert [row_alerts(h, r)[0].data["field"] for r in (empty, huge)] == ["trade_id", "qty"]
+    await polls(h, 14, 18, bid=0.30)
+    assert sorted(e["trade_id"] for e in h.exits) == ["bot-2", "t1"]
+    assert h.of_kind("risk_limit") == []  # qty 1e15 never counted
+    h = await restart(h)
+    assert h.engine.trades == {} and read_row(path, good) is not None
     await h.close()
 
 
