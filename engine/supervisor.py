@@ -70,7 +70,7 @@ from engine.snapshot import (
     TradeRow,
 )
 from engine.store import Store, StoreError
-from engine.trade_rows import BadRow, RowContext
+from engine.trade_rows import MAX_QTY, BadRow, RowContext
 from engine.venues.base import OrderRequest, OrderResult, Venue, VenueError, VenuePosition
 
 log = logging.getLogger(__name__)
@@ -2799,6 +2799,8 @@ def _open_problem(ev: OpenEvent, contract: Contract | None) -> str | None:
             return f"{name} {v!r} is not a number"
     if ev.qty <= 0:
         return f"qty {ev.qty} must be > 0"
+    if ev.qty > MAX_QTY:
+        return f"qty {ev.qty:g} is more than {MAX_QTY:,.0f} contracts (docs/trades-schema.md)"
     if ev.price < 0:
         return f"price {ev.price} must be >= 0"
     binary_side = ev.side in ("yes", "no")

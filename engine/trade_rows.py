@@ -200,7 +200,7 @@ def _entry_rules(
 ) -> None:
     """The fields a program writing a trade fills: ids, side, sizes, prices, time, venue."""
     _text_id("trade_id", get("trade_id"), rowid, "your-unique-id")
-    _text_id("contract_id", get("contract_id"), rowid, "the venue's instrument id")
+    _text_id("contract_id", get("contract_id"), rowid, "KXBTCD-25NOV2415-T97000")
     side, state = get("side"), get("state")
     if side not in SIDES:
         raise _Bad(
@@ -223,13 +223,13 @@ def _entry_rules(
     if not 0 < qty <= MAX_QTY:
         raise _Bad(
             "qty",
-            f"qty {qty:g} is outside (0, {MAX_QTY:g}]",
+            f"qty {qty:g} is not in 0 < qty <= {MAX_QTY:,.0f}",
             "qty is the number of contracts held, > 0 (the direction is in side)",
         )
     if price < 0 or price > MAX_PRICE:
         raise _Bad(
             "entry_price",
-            f"entry_price {price:g} is outside 0..{MAX_PRICE:g}",
+            f"entry_price {price:g} is not in 0..{MAX_PRICE:,.0f}",
             "entry_price is the average entry in dollars per contract, >= 0",
         )
     if side in BINARY_SIDES and price > 1:
