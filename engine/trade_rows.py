@@ -268,7 +268,7 @@ def _entry_rules(
         )
     if (
         ctx.now is not None
-        and source in ("external", "manual")
+        and source == "external"
         and state in WATCHED_STATES
         and ts > ctx.now + FUTURE_SLACK_SECONDS
     ):
@@ -403,7 +403,9 @@ def trade_problem(t: Trade, ctx: RowContext | None = None, source: str | None = 
         **{n: getattr(t, n) for n in _REQUIRED_NUMS + _OPTIONAL_NUMS},
     }
     try:
-        _entry_rules(values.get, None, ctx or RowContext(), source)
+        # `trades add` asks as an external program would (its time checked against now);
+        # rows the engine wrote are not: a sim on a scaled clock runs ahead of real time.
+        _entry_rules(values.get, None, ctx or RowContext(), "external" if source else None)
     except _Bad as b:
         return b.problem
     return overrides_problem(t.overrides)

@@ -51,6 +51,7 @@ BAD_KINDS: dict[str, tuple[dict[str, Any], str]] = {
     "overrides_not_json": ({"overrides": "{oops"}, "overrides"),
     "other_venue": ({"venue": "paper"}, "venue"),
     "ms_timestamp": ({"opened_ts": T0 * 1000}, "opened_ts"),
+    "future_timestamp": ({"opened_ts": T0 + 10 * 86400}, "opened_ts"),
     "option_side_on_binary_venue": ({"side": "long"}, "side"),
 }
 
@@ -471,6 +472,7 @@ def test_trades_list_shows_a_bad_row_as_bad_instead_of_crashing(tmp_path: Path) 
         (("--price", "7.5"), "entry_price"),
         (("--qty", "1e15"), "qty"),
         (("--opened", "1764000000000"), "opened_ts"),
+        (("--opened", "4102444800"), "opened_ts"),  # 2100
     ],
 )
 def test_trades_add_refuses_a_row_the_engine_would_refuse(
