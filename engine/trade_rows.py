@@ -31,6 +31,7 @@ __all__ = [
     "MAX_PRICE",
     "MAX_QTY",
     "MAX_TS",
+    "NO_BINARY_VENUES",
     "BadRow",
     "RowContext",
     "check_row",
@@ -52,6 +53,8 @@ MAX_TS = 1e11  # Unix seconds end well below this (year 5138); milliseconds (1.7
 FUTURE_SLACK_SECONDS = 86400.0  # an external row's opened_ts may be this far ahead of the clock
 # Venues whose contracts are all binaries: a long/short side there is a mistake.
 BINARY_ONLY_VENUES = frozenset({"sim", "kalshi"})
+# Venues with no binaries at all (IBKR: options, stocks, combos): a yes/no side there is a mistake.
+NO_BINARY_VENUES = frozenset({"ibkr"})
 
 _REQUIRED_NUMS = (
     "qty",
@@ -250,6 +253,12 @@ def _entry_rules(
             "side",
             f"side {side!r} is for options and stocks; venue {ctx.venue} has only binaries",
             "use yes or no",
+        )
+    if ctx.venue in NO_BINARY_VENUES and side in BINARY_SIDES:
+        raise _Bad(
+            "side",
+            f"side {side!r} is for binaries; venue {ctx.venue} has options and stocks",
+            "use long or short",
         )
     fees = get("fees")
     # Once the supervisor has closed part of a trade its fees include the exit's, which a venue

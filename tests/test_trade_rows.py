@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from engine.models import Contract, Trade
 from engine.store import MIGRATIONS, Store
+from engine.trade_rows import BadRow, RowContext, check_row
 from tests.engine_harness import CID, T0, Harness, config
 
 GOOD: dict[str, Any] = {
@@ -551,3 +553,60 @@ async def test_a_queued_command_the_engine_refuses_is_alerted(tmp_path: Path) ->
     (a,) = [a for a in h.alerts if a.data.get("command_id") == cid]
     assert "no open trade 'nope'" in a.message and a.severity == "warning"
     await h.close()
+
+
+# --- the rules that need the engine: its venue, the contract -------------------------------------
+
+
+def _row(**cols: Any) -> dict[str, Any]:
+    row = {
+        "row_id": 5,
+        **GOOD,
+        "trade_id": "r5",
+        "strategy": "",
+        "state": "open",
+        "paused": 0,
+        "peak_pnl": 0.0,
+        "peak_pnl_pct": 0.0,
+        "trough_pnl": 0.0,
+        "trough_pnl_pct": 0.0,
+        "closed_ts": None,
+        "exit_price": None,
+        "exit_reason": None,
+        "realized_pnl": None,
+        "closed_qty": 0.0,
+        "source": "external",
+        "updated_ts": None,
+        "multiplier": 1.0,
+    }
+    row.update(cols)
+    return row
+
+
+OPTION = Contract("AAPL 20270115 150C", "AAPL", "option_call", 150.0, T0 + 86400 * 30)
+BINARY = Contract(CID, "BTC-USD", "binary_above", 97000.0, T0 + 3600)
+
+
+@pytest.mark.parametrize(
+    ("cols", "venue", "contract", "field"),
+    [
+        ({"side": "yes", "contract_id": OPTION.id}, "ibkr", None, "side"),
+        ({"side": "long", "contract_id": OPTION.id, "entry_price": 7.5}, "ibkr", None, None),
+        ({"side": "yes", "contract_id": OPTION.id, "entry_price": 0.5}, "paper", OPTION, "side"),
+        ({"side": "long"}, "paper", BINARY, "side"),
+        ({"side": "long", "entry_price": 7.5}, "paper", None, None),  # contract not known yet
+        ({"side": "short"}, "kalshi", None, "side"),
+        ({"venue": "sim", "state": "closed"}, "kalshi", None, None),  # history of another venue
+        ({"qty": 2.0, "fees": -0.1, "closed_qty": 1.0}, "sim", None, None),  # a venue's rebate
+    ],
+)
+def test_the_rules_that_need_the_engine(
+    cols: dict[str, Any], venue: str, contract: Contract | None, field: str | None
+) -> None:
+    ctx = RowContext(venue=venue, now=T0, contract={c.id: c for c in [contract] if c}.get)
+    row = _row(**{"venue": venue, **cols})
+    got = check_row(row, ctx)
+    if field is None:
+        assert isinstance(got, Trade), got
+    else:
+        assert isinstance(got, BadRow) and got.field == field and got.rowid == 5, got
