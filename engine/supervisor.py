@@ -1844,6 +1844,12 @@ class Engine:
                 return str(intent["intent_id"])
         return None
 
+    @property
+    def bad_rows(self) -> list[BadRow]:
+        """The journal's open rows this engine cannot supervise (engine.trade_rows), as of its
+        last look (start, then every journal poll): positions nothing protects."""
+        return [b for b in self._bad_row_list if b.watched]
+
     def _bad_row_ids(self) -> set[Any]:
         """The trade_ids (as written) of the bad rows the last look at the journal found."""
         return {b.trade_id for b in self._bad_row_list}

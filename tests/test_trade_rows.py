@@ -167,6 +167,7 @@ async def test_a_bad_row_is_alerted_never_supervised_and_the_others_are_protecte
     await polls(h, 6, 12, 18)  # three journal polls: still one alert
     assert_bad_row_alerted_once(h, rowid, field, tid)
     assert set(h.engine.trades) == {"t1", "ext-good"}
+    assert [b.rowid for b in h.engine.bad_rows] == [rowid]
     assert read_row(path, good) is not None
 
     # The others' rules still fire and close them; nothing is sent for the bad row.
