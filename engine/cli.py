@@ -24,6 +24,7 @@ from typing import Any
 
 from engine.config import Config, ConfigError, load_config, resolve_config_path
 from engine.store import JOURNAL_FILENAME, Store, StoreError
+from engine.trade_rows import BadRow, RowContext, trade_problem
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
@@ -235,7 +236,8 @@ async def _status(config: Config, as_json: bool) -> int:
     await store.open(readonly=True)
     try:
         hb = await store.get_state("heartbeat") or {}
-        trades = await store.load_trades()
+        trades = await store.load_trades(ctx=_row_context(config))
+        bad = [b for b in store.last_bad_rows if b.watched]
     finally:
         await store.close()
     age = time.time() - hb["wall_ts"] if hb.get("wall_ts") else None
@@ -262,6 +264,7 @@ async def _status(config: Config, as_json: bool) -> int:
             }
             for t in trades
         ],
+        "bad_rows": [b.data() for b in bad],
     }
     info["unprotected"] = _unprotected_now(info, hb, trades)
     if as_json:
@@ -284,6 +287,10 @@ async def _status(config: Config, as_json: bool) -> int:
     for line in _protection_lines(info, hb, len(trades)):
         print(line)
     print(f"open trades: {len(trades)}")
+    if bad:
+        print(f"bad rows (not supervised): {len(bad)}")
+        for b in bad:
+            print(f"  {b.message()}")
     for t in trades:
         print(
             f"  {t.trade_id:<24} {t.side:<5} {t.qty:>8g} {t.contract_id:<28} @ {t.entry_price:.4f}"
@@ -303,13 +310,23 @@ async def _trades(config: Config, args: argparse.Namespace) -> int:
             return EXIT_OK
         await store.open(readonly=True)
         try:
-            trades = await store.all_trades(limit=100000) if args.all else await store.load_trades()
+            # Every row, a bad one shown as bad (engine.trade_rows), never a crash.
+            rows = await store.trade_rows(
+                100000, _row_context(config), () if args.all else ("open", "closing")
+            )
         finally:
             await store.close()
+        if not args.all:
+            rows.reverse()  # open trades oldest first, as the engine lists them
+        trades = [t for t in rows if isinstance(t, Trade)]
+        bad = [b for b in rows if isinstance(b, BadRow)]
         if args.json:
-            print(json.dumps([_trade_json(t) for t in trades], indent=2))
+            print(json.dumps([_row_json(t) for t in rows], indent=2))
         else:
-            for t in trades:
+            for t in rows:
+                if isinstance(t, BadRow):
+                    print(f"{t.shown_id:<24} BAD: {t.problem} (row {t.rowid}; fix: {t.fix})")
+                    continue
                 exit_part = (
                     f" -> {t.exit_price:.4f} {t.exit_reason} P&L {t.realized_pnl:+.2f}"
                     if t.exit_price is not None and t.realized_pnl is not None
@@ -319,7 +336,10 @@ async def _trades(config: Config, args: argparse.Namespace) -> int:
                     f"{t.trade_id:<24} {t.state!s:<7} {t.side:<5} {t.qty:>8g} {t.contract_id:<28} "
                     f"@ {t.entry_price:.4f}{exit_part}"
                 )
-            print(f"{len(trades)} trade(s)")
+            print(
+                f"{len(trades)} trade(s)"
+                + (f", {len(bad)} bad row(s) the supervisor does not watch" if bad else "")
+            )
         return EXIT_OK
     pid = store.engine_pid()
     await store.open(lock=False)
@@ -335,6 +355,13 @@ async def _trades(config: Config, args: argparse.Namespace) -> int:
                 strategy=args.strategy,
                 venue=config.engine.venue,
             )
+            problem = trade_problem(t, _row_context(config), source="manual")
+            if problem:
+                print(
+                    f"trade-supervisor: trades add: {problem}; nothing was written",
+                    file=sys.stderr,
+                )
+                return EXIT_CONFIG
             if not await store.add_trade(t, source="manual"):
                 print(f"trade {args.trade_id!r} already exists in {path}", file=sys.stderr)
                 return EXIT_FAIL
@@ -349,6 +376,13 @@ async def _trades(config: Config, args: argparse.Namespace) -> int:
             return EXIT_OK
         # close
         t = await store.get_trade(args.trade_id)
+        if t is None and store.last_bad_rows:
+            b = store.last_bad_rows[0]
+            print(
+                f"{b.message()}: `trades close` cannot close a row the supervisor cannot read",
+                file=sys.stderr,
+            )
+            return EXIT_FAIL
         if t is None or str(t.state) == "closed":
             print(f"no open trade {args.trade_id!r} in {path}", file=sys.stderr)
             return EXIT_FAIL
@@ -377,6 +411,22 @@ async def _trades(config: Config, args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         await store.close()
+
+
+def _row_context(config: Config) -> RowContext:
+    """Rows are judged as the configured engine would judge them (its venue, the time now)."""
+    return RowContext(venue=config.engine.venue, now=time.time())
+
+
+def _row_json(r: Any) -> dict[str, Any]:
+    if isinstance(r, BadRow):
+        return {
+            "rowid": r.rowid,
+            "trade_id": r.data()["trade_id"],
+            "state": r.state if isinstance(r.state, str) else repr(r.state),
+            "bad": {"field": r.field, "problem": r.problem, "fix": r.fix},
+        }
+    return _trade_json(r)
 
 
 def _trade_json(t: Any) -> dict[str, Any]:

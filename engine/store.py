@@ -11,8 +11,10 @@ Money safety rests on this module:
 * The schema is versioned with `PRAGMA user_version`; migration N runs in one transaction. A file
   that is not SQLite, not ours, or newer than this code is refused with a `StoreError` that says
   what to do. Nothing here ever deletes or overwrites user data.
-* A trade row another program wrote badly (bad side, NaN, bad overrides JSON) is skipped when
-  loading, and the problem is recorded in `last_load_problems` so the engine can raise an alert.
+* A trade row another program wrote badly (blank id, NaN, a price outside its range, bad overrides:
+  the rules are engine/trade_rows.py) is skipped when loading, never changed, and described in
+  `last_bad_rows` so the engine can raise an alert naming the row. Journals get CHECK constraints
+  on the trades table where that is safe (`_ensure_trade_checks`).
 
 Units follow engine.models: prices in dollars per contract, quantities in contracts, timestamps in
 Unix seconds (float, UTC). JSON columns (`overrides`, `context`, `data`, `value`) hold UTF-8 JSON
@@ -25,6 +27,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -35,7 +38,9 @@ from typing import Any
 
 import aiosqlite
 
+from engine import trade_rows
 from engine.models import Trade, TradeState
+from engine.trade_rows import BadRow, RowContext
 
 __all__ = [
     "APPLICATION_ID",
@@ -48,6 +53,8 @@ __all__ = [
     "StoreError",
     "StoreLocked",
 ]
+
+log = logging.getLogger(__name__)
 
 JOURNAL_FILENAME = "trades.db"  # the journal's name inside the configured data_dir
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -216,6 +223,58 @@ CREATE TABLE settlements (
 MIGRATIONS: list[str] = [_V1, _V2, _V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
+# The trades table with CHECK constraints for what SQLite can check of a good row (the rest is
+# engine/trade_rows.py, docs/trades-schema.md). Same columns, order and defaults as v1 + v2, so
+# it is no schema version of its own: `_ensure_trade_checks` swaps it in, rowids kept, when every
+# row passes (always for a new journal); a journal with a row that fails keeps its table as it
+# is (the row is left untouched and refused in code) and is tried again at the next start.
+_NUM = "typeof({0}) IN ('real', 'integer')"
+TRADES_CHECKED_DDL = f"""
+CREATE TABLE {{name}} (
+    trade_id        TEXT PRIMARY KEY NOT NULL
+                    CHECK (typeof(trade_id) = 'text' AND length(trim(trade_id)) > 0),
+    contract_id     TEXT NOT NULL
+                    CHECK (typeof(contract_id) = 'text' AND length(trim(contract_id)) > 0),
+    side            TEXT NOT NULL CHECK (side IN ('yes','no','long','short')),
+    qty             REAL NOT NULL CHECK ({_NUM.format("qty")} AND qty > 0 AND qty <= 1e7),
+    entry_price     REAL NOT NULL
+                    CHECK ({_NUM.format("entry_price")} AND entry_price >= 0 AND entry_price <= 1e7),
+    opened_ts       REAL NOT NULL
+                    CHECK ({_NUM.format("opened_ts")} AND opened_ts > 0 AND opened_ts < 1e11),
+    strategy        TEXT NOT NULL DEFAULT '' CHECK (typeof(strategy) = 'text'),
+    venue           TEXT NOT NULL DEFAULT 'sim'
+                    CHECK (typeof(venue) = 'text' AND length(trim(venue)) > 0),
+    overrides       TEXT NOT NULL DEFAULT '{{{{}}}}'
+                    CHECK (typeof(overrides) = 'text' AND substr(ltrim(overrides), 1, 1) = '{{{{'),
+    state           TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open','closing','closed')),
+    paused          INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1)),
+    fees            REAL NOT NULL DEFAULT 0 CHECK ({_NUM.format("fees")}),
+    peak_pnl        REAL NOT NULL DEFAULT 0 CHECK ({_NUM.format("peak_pnl")}),
+    peak_pnl_pct    REAL NOT NULL DEFAULT 0 CHECK ({_NUM.format("peak_pnl_pct")}),
+    trough_pnl      REAL NOT NULL DEFAULT 0 CHECK ({_NUM.format("trough_pnl")}),
+    trough_pnl_pct  REAL NOT NULL DEFAULT 0 CHECK ({_NUM.format("trough_pnl_pct")}),
+    closed_ts       REAL CHECK (closed_ts IS NULL OR {_NUM.format("closed_ts")}),
+    exit_price      REAL CHECK (exit_price IS NULL OR {_NUM.format("exit_price")}),
+    exit_reason     TEXT,
+    realized_pnl    REAL CHECK (realized_pnl IS NULL OR {_NUM.format("realized_pnl")}),
+    closed_qty      REAL NOT NULL DEFAULT 0 CHECK ({_NUM.format("closed_qty")} AND closed_qty >= 0),
+    source          TEXT NOT NULL DEFAULT 'external',
+    updated_ts      REAL,
+    multiplier      REAL NOT NULL DEFAULT 1.0 CHECK ({_NUM.format("multiplier")} AND multiplier > 0),
+    -- a binary (YES/NO) is priced 0..1 dollars
+    CHECK (side IN ('long', 'short') OR entry_price <= 1),
+    -- the opening fees another program writes are >= 0; once the supervisor has closed part of
+    -- the trade they include the exit's, which a venue may report as a rebate
+    CHECK (fees >= 0 OR closed_qty > 0)
+)
+"""
+_TRADES_CHECKED_MARK = "length(trim(trade_id))"  # in the checked table's SQL, not in v1's
+_TRADES_ALL_COLS = (
+    "trade_id, contract_id, side, qty, entry_price, opened_ts, strategy, venue, overrides, state,"
+    " paused, fees, peak_pnl, peak_pnl_pct, trough_pnl, trough_pnl_pct, closed_ts, exit_price,"
+    " exit_reason, realized_pnl, closed_qty, source, updated_ts, multiplier"
+)
+
 
 # --- JSON helpers ----------------------------------------------------------------------------
 
@@ -302,69 +361,10 @@ UPDATE trades SET contract_id = ?, side = ?, qty = ?, entry_price = ?, opened_ts
 WHERE trade_id = ?
 """
 
-_REQUIRED_NUMS = (
-    "qty",
-    "entry_price",
-    "opened_ts",
-    "fees",
-    "peak_pnl",
-    "peak_pnl_pct",
-    "trough_pnl",
-    "trough_pnl_pct",
-    "closed_qty",
-    "multiplier",
-)
-_OPTIONAL_NUMS = ("closed_ts", "exit_price", "realized_pnl")
-
-
-def _trade_problem(t: Trade) -> str | None:
-    """Why `t` must not be written, or None. Checked before any write so errors name the field."""
-    if not isinstance(t.trade_id, str) or not t.trade_id:
-        return "trade_id must be a non-empty string"
-    if not isinstance(t.contract_id, str) or not t.contract_id:
-        return "contract_id must be a non-empty string"
-    if t.side not in SIDES:
-        return f"side {t.side!r} is not one of {', '.join(SIDES)}"
-    if str(t.state) not in TRADE_STATES:
-        return f"state {t.state!r} is not one of {', '.join(TRADE_STATES)}"
-    for name in _REQUIRED_NUMS:
-        if not _num_ok(getattr(t, name)):
-            return f"{name} is not a finite number ({getattr(t, name)!r})"
-    for name in _OPTIONAL_NUMS:
-        v = getattr(t, name)
-        if v is not None and not _num_ok(v):
-            return f"{name} is not a finite number ({v!r})"
-    if t.qty <= 0:
-        return f"qty must be > 0 (got {t.qty})"
-    if t.entry_price < 0:
-        return f"entry_price must be >= 0 (got {t.entry_price})"
-    return _overrides_problem(t.overrides)
-
-
-def _overrides_problem(o: Any) -> str | None:
-    """Overrides are a JSON object of Criteria keys to a finite number or null (rule disabled)."""
-    if not isinstance(o, dict):
-        return f"overrides must be a JSON object, got {type(o).__name__}"
-    if not o:
-        return None  # the common case: nothing to validate (and this runs on every trade load)
-    for k, v in o.items():
-        if not isinstance(k, str):
-            return f"overrides key {k!r} is not a string"
-        if v is not None and not _num_ok(v):
-            return f"overrides[{k!r}] is not a finite number or null ({v!r})"
-    try:
-        from engine.config import Criteria  # lazy: keeps the store importable on its own
-
-        Criteria().merged(o)
-    except ImportError:  # pragma: no cover - config always ships with the engine
-        pass
-    except Exception as e:  # pydantic ValidationError: unknown key or value out of range
-        detail = "; ".join(
-            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}"
-            for err in getattr(e, "errors", lambda: [])()
-        )
-        return f"overrides are not valid criteria ({detail or e})"
-    return None
+# The rules for a good row live in engine/trade_rows.py (docs/trades-schema.md); the store uses
+# the same ones before it writes a trade, so it never writes one it would refuse to load back.
+_trade_problem = trade_rows.trade_problem
+_overrides_problem = trade_rows.overrides_problem
 
 
 def _trade_params(t: Trade) -> tuple[Any, ...]:
@@ -393,66 +393,6 @@ def _trade_params(t: Trade) -> tuple[Any, ...]:
     )
 
 
-def _row_to_trade(r: sqlite3.Row) -> Trade:
-    """Build a Trade from a row, or raise ValueError saying what is wrong with it."""
-    if not isinstance(r["contract_id"], str) or not r["contract_id"]:
-        raise ValueError(f"contract_id {r['contract_id']!r} is not a non-empty string")
-    if r["side"] not in SIDES:
-        raise ValueError(f"side {r['side']!r} is not one of {', '.join(SIDES)}")
-    if r["state"] not in TRADE_STATES:
-        raise ValueError(f"state {r['state']!r} is not one of {', '.join(TRADE_STATES)}")
-    for name in _REQUIRED_NUMS:
-        if not _num_ok(r[name]):
-            raise ValueError(f"{name} is not a finite number ({r[name]!r})")
-    for name in _OPTIONAL_NUMS:
-        if r[name] is not None and not _num_ok(r[name]):
-            raise ValueError(f"{name} is not a finite number ({r[name]!r})")
-    if r["qty"] <= 0:
-        raise ValueError(f"qty must be > 0 (got {r['qty']})")
-    if r["multiplier"] <= 0:
-        raise ValueError(f"multiplier must be > 0 (got {r['multiplier']})")
-    if r["entry_price"] < 0:
-        raise ValueError(f"entry_price must be >= 0 (got {r['entry_price']})")
-    if r["paused"] not in (0, 1):
-        raise ValueError(f"paused must be 0 or 1 (got {r['paused']!r})")
-    for name in ("strategy", "venue"):
-        if not isinstance(r[name], str):
-            raise ValueError(f"{name} is not text ({r[name]!r})")
-    if r["exit_reason"] is not None and not isinstance(r["exit_reason"], str):
-        raise ValueError(f"exit_reason is not text ({r['exit_reason']!r})")
-    try:
-        overrides = json.loads(r["overrides"]) if r["overrides"] != "" else {}
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"overrides is not valid JSON ({r['overrides']!r}: {e})") from None
-    problem = _overrides_problem(overrides)
-    if problem:
-        raise ValueError(problem)
-    return Trade(
-        trade_id=r["trade_id"],
-        contract_id=r["contract_id"],
-        side=r["side"],
-        qty=float(r["qty"]),
-        entry_price=float(r["entry_price"]),
-        opened_ts=float(r["opened_ts"]),
-        strategy=r["strategy"],
-        venue=r["venue"],
-        overrides={k: None if v is None else float(v) for k, v in overrides.items()},
-        state=TradeState(r["state"]),
-        paused=bool(r["paused"]),
-        fees=float(r["fees"]),
-        peak_pnl=float(r["peak_pnl"]),
-        peak_pnl_pct=float(r["peak_pnl_pct"]),
-        trough_pnl=float(r["trough_pnl"]),
-        trough_pnl_pct=float(r["trough_pnl_pct"]),
-        closed_ts=None if r["closed_ts"] is None else float(r["closed_ts"]),
-        exit_price=None if r["exit_price"] is None else float(r["exit_price"]),
-        exit_reason=r["exit_reason"],
-        realized_pnl=None if r["realized_pnl"] is None else float(r["realized_pnl"]),
-        closed_qty=float(r["closed_qty"]),
-        multiplier=float(r["multiplier"]),
-    )
-
-
 # --- the store -------------------------------------------------------------------------------
 
 
@@ -464,6 +404,7 @@ class Store:
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.readonly = False
         self.last_load_problems: list[str] = []
+        self.last_bad_rows: list[BadRow] = []  # rows the last load skipped (engine.trade_rows)
         self._db: aiosqlite.Connection | None = None
         self._lock_fd: int | None = None
         self._fast: sqlite3.Connection | None = None  # the exit writer (_open_exit_writer)
@@ -705,6 +646,8 @@ class Store:
         db = self._db
         assert db is not None
         if version == SCHEMA_VERSION:
+            if self._lock_fd is not None:
+                await self._ensure_trade_checks()
             return
         if self.readonly:
             raise StoreError(
@@ -722,6 +665,48 @@ class Store:
                     f"migrating the journal {p} to schema version {n} failed ({e}); "
                     "nothing was changed by this step"
                 ) from e
+        if self._lock_fd is not None:  # the engine's own open (never the CLI's beside it)
+            await self._ensure_trade_checks()
+
+    async def _ensure_trade_checks(self) -> None:
+        """Give the trades table its CHECK constraints (TRADES_CHECKED_DDL) if it lacks them and
+        every row passes them: one transaction that copies every row (rowids kept) into the
+        checked table and swaps it in, or changes nothing. A journal with a row that fails a
+        check keeps its table (validation in code covers it: engine.trade_rows); tried again at
+        the next start. Foreign keys are off meanwhile (they cannot change inside a
+        transaction): no trade_id changes, so nothing that refers to a trade is affected."""
+        db = self._db
+        assert db is not None
+        rows = await db.execute_fetchall(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'trades'"
+        )
+        if not rows or _TRADES_CHECKED_MARK in (rows[0][0] or ""):
+            return
+        await db.execute("PRAGMA foreign_keys = OFF")
+        try:
+            async with _transaction(db, "BEGIN IMMEDIATE"):
+                before = (await db.execute_fetchall("SELECT count(*) FROM trades"))[0][0]
+                await db.execute(TRADES_CHECKED_DDL.format(name="trades_checked"))
+                await db.execute(
+                    f"INSERT INTO trades_checked (rowid, {_TRADES_ALL_COLS})"
+                    f" SELECT rowid, {_TRADES_ALL_COLS} FROM trades"
+                )
+                after = (await db.execute_fetchall("SELECT count(*) FROM trades_checked"))[0][0]
+                if after != before:
+                    raise sqlite3.IntegrityError(f"copied {after} of {before} rows")
+                await db.execute("DROP TABLE trades")
+                await db.execute("ALTER TABLE trades_checked RENAME TO trades")
+                await db.execute("CREATE INDEX trades_state ON trades (state)")
+                await db.execute("CREATE INDEX trades_opened ON trades (opened_ts)")
+        except sqlite3.IntegrityError as e:
+            # A row fails a check: the table stays as it was (rolled back), the row untouched.
+            log.info(
+                "journal %s keeps its trades table without CHECK constraints: %s", self.path, e
+            )
+        except sqlite3.Error as e:
+            log.warning("journal %s: adding CHECK constraints to trades failed: %s", self.path, e)
+        finally:
+            await db.execute("PRAGMA foreign_keys = ON")
 
     async def _close_quietly(self) -> None:
         db, self._db = self._db, None
@@ -799,44 +784,97 @@ class Store:
         if n != 1:
             raise StoreError(f"trade {t.trade_id!r} is not in the journal (add_trade it first)")
 
-    def _rows_to_trades(self, rows: Sequence[sqlite3.Row]) -> list[Trade]:
-        out: list[Trade] = []
-        problems: list[str] = []
-        for r in rows:
-            try:
-                out.append(_row_to_trade(r))
-            except ValueError as e:
-                problems.append(f"trade {r['trade_id']!r} in {self.path} skipped: {e}")
-        self.last_load_problems = problems
+    def _check_rows(
+        self, rows: Sequence[sqlite3.Row], ctx: RowContext | None
+    ) -> list[Trade | BadRow]:
+        """Each row checked (engine.trade_rows); `last_bad_rows` / `last_load_problems` say
+        which rows were bad."""
+        out = [trade_rows.check_row(r, ctx) for r in rows]
+        bad = [r for r in out if isinstance(r, BadRow)]
+        self.last_bad_rows = bad
+        self.last_load_problems = [f"{b.message()} ({self.path})" for b in bad]
         return out
 
-    async def load_trades(self, states: Sequence[str] = ("open", "closing")) -> list[Trade]:
-        """Trades in `states`, oldest first. Invalid rows are skipped; see last_load_problems."""
+    def _rows_to_trades(
+        self, rows: Sequence[sqlite3.Row], ctx: RowContext | None = None
+    ) -> list[Trade]:
+        return [r for r in self._check_rows(rows, ctx) if isinstance(r, Trade)]
+
+    async def load_trades(
+        self, states: Sequence[str] = ("open", "closing"), ctx: RowContext | None = None
+    ) -> list[Trade]:
+        """Trades in `states`, oldest first. Bad rows are skipped (never changed): see
+        `last_bad_rows`. `ctx` adds the engine's checks (its venue, clock, contracts)."""
         wanted = [str(s) for s in states]
         bad = [s for s in wanted if s not in TRADE_STATES]
         if bad:
             raise StoreError(f"unknown trade state(s) {bad}; use {', '.join(TRADE_STATES)}")
         if not wanted:
             self.last_load_problems = []
+            self.last_bad_rows = []
             return []
         marks = ", ".join("?" * len(wanted))
         rows = await self._fetchall(
-            f"SELECT * FROM trades WHERE state IN ({marks}) ORDER BY opened_ts, trade_id", wanted
+            f"SELECT rowid AS row_id, * FROM trades WHERE state IN ({marks})"
+            " ORDER BY opened_ts, trade_id",
+            wanted,
         )
-        return self._rows_to_trades(rows)
+        return self._rows_to_trades(rows, ctx)
 
-    async def get_trade(self, trade_id: str) -> Trade | None:
-        """One trade, or None if absent or invalid (then last_load_problems says why)."""
-        rows = await self._fetchall("SELECT * FROM trades WHERE trade_id = ?", (trade_id,))
-        trades = self._rows_to_trades(rows)
+    async def get_trade(self, trade_id: str, ctx: RowContext | None = None) -> Trade | None:
+        """One trade, or None if absent or bad (then last_bad_rows says why)."""
+        rows = await self._fetchall(
+            "SELECT rowid AS row_id, * FROM trades WHERE trade_id = ?", (trade_id,)
+        )
+        trades = self._rows_to_trades(rows, ctx)
         return trades[0] if trades else None
 
-    async def all_trades(self, limit: int = 1000) -> list[Trade]:
-        """Every trade (any state), newest first. Invalid rows are skipped (last_load_problems)."""
+    async def all_trades(self, limit: int = 1000, ctx: RowContext | None = None) -> list[Trade]:
+        """Every trade (any state), newest first. Bad rows are skipped (last_bad_rows)."""
+        return [t for t in await self.trade_rows(limit, ctx) if isinstance(t, Trade)]
+
+    async def trade_rows(
+        self, limit: int = 1000, ctx: RowContext | None = None, states: Sequence[str] = ()
+    ) -> list[Trade | BadRow]:
+        """Every row (of `states`, or any state), newest first: a Trade, or a BadRow saying what
+        is wrong with it (for `trades list`)."""
+        where = ""
+        params: list[Any] = []
+        if states:
+            where = f" WHERE state IN ({', '.join('?' * len(states))})"
+            params = [str(s) for s in states]
         rows = await self._fetchall(
-            "SELECT * FROM trades ORDER BY opened_ts DESC, rowid DESC LIMIT ?", (int(limit),)
+            f"SELECT rowid AS row_id, * FROM trades{where}"
+            " ORDER BY opened_ts DESC, rowid DESC LIMIT ?",
+            (*params, int(limit)),
         )
-        return self._rows_to_trades(rows)
+        return self._check_rows(rows, ctx)
+
+    async def new_open_rows(
+        self, known: set[str], ctx: RowContext | None = None
+    ) -> list[tuple[int, str, Trade | BadRow]]:
+        """Open rows whose trade_id is not in `known` (rows other programs inserted since the
+        last look), oldest first: (rowid, fingerprint, a Trade or a BadRow). Cheap when there
+        are none: one read of ids; the rows themselves are read only for the unknown ones."""
+        ids = await self._fetchall(
+            "SELECT rowid AS row_id, trade_id FROM trades WHERE state = 'open'"
+        )
+        new = [int(r[0]) for r in ids if not (isinstance(r[1], str) and r[1] in known)]
+        if not new:
+            return []
+        rows: list[sqlite3.Row] = []
+        for i in range(0, len(new), 500):  # SQLite's bound-parameter limit
+            chunk = new[i : i + 500]
+            rows += await self._fetchall(
+                "SELECT rowid AS row_id, * FROM trades WHERE rowid IN"
+                f" ({', '.join('?' * len(chunk))}) AND state = 'open'",
+                chunk,
+            )
+        rows.sort(
+            key=lambda r: (r["opened_ts"] if trade_rows.num_ok(r["opened_ts"]) else 0.0, r[0])
+        )
+        out = self._check_rows(rows, ctx)
+        return [(int(r[0]), trade_rows.fingerprint(r), t) for r, t in zip(rows, out, strict=True)]
 
     async def trade_source(self, trade_id: str) -> str | None:
         """Who created the trade row ('external', 'venue', 'sim', ...), or None if absent."""
@@ -1238,13 +1276,18 @@ class Store:
         out = []
         for r in rows:
             await self._write("UPDATE commands SET taken_ts = ? WHERE id = ?", (time.time(), r[0]))
+            # A row another program wrote badly is handed on with `problem` (field, what is
+            # wrong) set, for the engine to alert on, and never acted on (engine.trade_rows).
+            problem = trade_rows.command_problem(r[2], r[3], r[4])
+            payload = _loads(r[4], {}) if problem is None else {}
             out.append(
                 {
                     "id": r[0],
                     "ts": r[1],
                     "action": r[2],
                     "trade_id": r[3],
-                    "payload": _loads(r[4], {}) or {},
+                    "payload": payload or {},
+                    "problem": problem,
                 }
             )
         return out

@@ -71,6 +71,7 @@ from engine.snapshot import (
     TradeRow,
 )
 from engine.store import Store, StoreError
+from engine.trade_rows import MAX_QTY, BadRow, RowContext
 from engine.venues.base import OrderRequest, OrderResult, Venue, VenueError, VenuePosition
 from engine.watchdog import ProtectionWatchdog, describe_back, describe_new
 
@@ -241,6 +242,8 @@ class Engine:
         self._last_opportunity: dict[str, float] = {}
 
         self._bad: dict[str, str] = {}  # data-quality episodes: key -> problem
+        self._bad_rows: dict[int, str] = {}  # bad trades rows alerted: rowid -> fingerprint
+        self._bad_row_list: list[BadRow] = []  # the bad rows of the last look at the journal
         self._alerted: set[str] = set()  # episodes whose start was alerted (recovery is too)
         self._pending_settle: dict[str, float] = {}  # trade -> payout, settled during an exit
         # Contracts settled here -> when: a venue may list such a position until it pays out,
@@ -301,10 +304,9 @@ class Engine:
 
         if not self.alerts.recent:
             self.alerts.restore(await self.store.recent_alerts(self.alerts.recent.maxlen or 200))
-        for t in await self.store.load_trades():
+        for t in await self.store.load_trades(ctx=self._row_context(now)):
             self._adopt(t)
-        for problem in getattr(self.store, "last_load_problems", []):
-            await self._alert(AlertKind.DATA_QUALITY, Severity.CRITICAL, f"journal: {problem}")
+        await self._alert_bad_rows(self.store.last_bad_rows)
         await self._load_realized_today(now)
         await self._reconcile_intents(now)
         for t in list(self.trades.values()):
@@ -320,7 +322,7 @@ class Engine:
                     f"{t.trade_id} was left 'closing' with no exit in flight; watching it again",
                 )
         await self._take_commands()  # e.g. positions released by `trades close` while stopped
-        if demo is not None and not await self.store.all_trades(limit=1):
+        if demo is not None and not await self.store.trade_rows(1):  # any row, bad ones too
             for ev in demo(now):
                 await self._open_trade(ev, source="demo")
         await self._sync_paper_positions()
@@ -408,6 +410,8 @@ class Engine:
         for intent in await self.store.open_intents():
             iid, tid = intent["intent_id"], intent["trade_id"]
             t = self.trades.get(tid)
+            if t is None and tid in self._bad_row_ids():
+                continue  # left as journaled: reconciled once the row is fixed and we restart
             if t is None:
                 await self.store.update_intent(iid, status="cancelled", ts=now)
                 continue
@@ -1940,7 +1944,13 @@ class Engine:
             venue=self.venue.name,
             multiplier=c.multiplier if (c := self.contracts.get(ev.contract_id)) else 1.0,
         )
-        await self.store.add_trade(t, source=source)
+        if not await self.store.add_trade(t, source=source):
+            # The id is taken by a row the engine cannot read (a bad row): never write over it.
+            problem = f"trade id {ev.trade_id} is already in the journal (a row not supervised)"
+            await self._alert(
+                AlertKind.DATA_QUALITY, Severity.WARNING, f"ignored trade {ev.trade_id}: {problem}"
+            )
+            return CommandResult(False, problem)
         open_position = getattr(self.venue, "open_position", None)
         if open_position is not None and source != "venue":  # found at the venue: it holds it
             open_position(t.contract_id, t.side, t.qty, t.entry_price)
@@ -2034,11 +2044,76 @@ class Engine:
                     source="venue",
                 )
 
+    def _row_context(self, now: float) -> RowContext:
+        """What a journal row is checked against here: this engine's venue, clock, contracts."""
+        return RowContext(venue=self.venue.name, now=now, contract=self.contracts.get)
+
+    async def _unreconciled_exit(self, trade_id: str) -> str | None:
+        """The id of an exit intent still pending or sent for a trade not supervised here (its
+        row was unreadable at start, then fixed), or None. Only a start reconciles an exit
+        against the venue: adopting the trade before would risk a second exit."""
+        for intent in await self.store.intents_for_trade(trade_id):
+            if intent.get("status") in ("pending", "sent"):
+                return str(intent["intent_id"])
+        return None
+
+    @property
+    def bad_rows(self) -> list[BadRow]:
+        """The journal's open rows this engine cannot supervise (engine.trade_rows), as of its
+        last look (start, then every journal poll): positions nothing protects."""
+        return [b for b in self._bad_row_list if b.watched]
+
+    def _bad_row_ids(self) -> set[Any]:
+        """The trade_ids (as written) of the bad rows the last look at the journal found."""
+        return {b.trade_id for b in self._bad_row_list}
+
+    async def _alert_bad_rows(self, bad: Sequence[BadRow]) -> None:
+        """One critical alert per bad trades row (engine.trade_rows), naming the row, the field
+        and the fix; again only when the row changes. `bad` is every bad row of this look at
+        the journal: a row no longer among them (fixed, closed, deleted) is forgotten, so it is
+        alerted again if it comes back bad."""
+        self._bad_row_list = list(bad)
+        seen = {b.rowid for b in bad}
+        for rowid in [r for r in self._bad_rows if r not in seen]:
+            del self._bad_rows[rowid]
+        for b in bad:
+            if not b.watched or self._bad_rows.get(b.rowid) == b.fingerprint:
+                continue
+            self._bad_rows[b.rowid] = b.fingerprint
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.CRITICAL,
+                b.message(),
+                data=b.data(),
+                subject=f"bad_row:{b.rowid}:{b.fingerprint}",
+            )
+
     async def _poll_journal(self, now: float) -> None:
-        """Pick up trades other programs inserted into the journal, and queued commands."""
-        for tid in await self.store.open_trade_ids() - self.trades.keys():
-            t = await self.store.get_trade(tid)
-            if t is not None:
+        """Pick up trades other programs inserted into the journal, and queued commands.
+        Every row is checked as it enters (engine.trade_rows): a bad one is alerted once and
+        left alone, never supervised, and never stops the others."""
+        found = await self.store.new_open_rows(set(self.trades), self._row_context(now))
+        fresh: list[Trade] = []
+        bad: list[BadRow] = []
+        for rowid, fp, t in found:
+            if isinstance(t, Trade):
+                pending = await self._unreconciled_exit(t.trade_id)
+                if pending is None:
+                    fresh.append(t)
+                    continue
+                t = BadRow(
+                    rowid,
+                    t.trade_id,
+                    str(t.state),
+                    "exit_intents",
+                    f"an exit journaled for it ({pending}) was never reconciled",
+                    "restart the engine: it looks the exit up at the venue at start",
+                    fp,
+                )
+            bad.append(t)
+        await self._alert_bad_rows(bad)
+        for t in fresh:
+            if t.trade_id not in self.trades:
                 self._adopt(t)
                 await self._sync_paper_positions()
                 await self._alert(
@@ -2052,13 +2127,41 @@ class Engine:
         await self._take_commands()
 
     async def _take_commands(self) -> None:
+        """Run the commands queued in the journal (`trades close` beside a running engine, other
+        programs). A bad row is alerted, naming its id and field, and not acted on; a command
+        the engine refuses is alerted too (whoever queued it was told it was queued)."""
         take = getattr(self.store, "take_commands", None)
-        if take is not None:
-            for cmd in await take():
-                res = await self.command(
-                    Command(cmd["action"], cmd.get("trade_id"), cmd.get("payload") or {})
+        if take is None:
+            return
+        for cmd in await take():
+            cid, action, tid = cmd.get("id"), cmd.get("action"), cmd.get("trade_id")
+            problem = cmd.get("problem")
+            if problem is not None:
+                field, what = problem
+                await self._alert(
+                    AlertKind.DATA_QUALITY,
+                    Severity.WARNING,
+                    f"journal command {cid} ({action!r} for {tid!r}) ignored: {what}; "
+                    "fix: queue it again with the trade-supervisor command",
+                    data={"command_id": cid, "field": field, "problem": what},
+                    subject=f"bad_command:{cid}",
                 )
-                log.info("queued command %s: %s", cmd["action"], res.message)
+                continue
+            try:
+                res = await self.command(Command(action, tid, cmd.get("payload") or {}))
+            except Exception as e:  # a command must never stop the poll (or the start)
+                log.exception("queued command %s %s failed", cid, action)
+                res = CommandResult(False, f"failed: {type(e).__name__}: {e}")
+            log.info("queued command %s: %s", action, res.message)
+            if not res.ok:
+                await self._alert(
+                    AlertKind.DATA_QUALITY,
+                    Severity.WARNING,
+                    f"journal command {cid} ({action} for {tid!r}) not done: {res.message}",
+                    tid if isinstance(tid, str) and tid in self.trades else None,
+                    data={"command_id": cid, "result": res.message},
+                    subject=f"command:{cid}",
+                )
 
     # ------------------------------------------------------------------ commands
 
@@ -2991,6 +3094,8 @@ def _open_problem(ev: OpenEvent, contract: Contract | None) -> str | None:
             return f"{name} {v!r} is not a number"
     if ev.qty <= 0:
         return f"qty {ev.qty} must be > 0"
+    if ev.qty > MAX_QTY:
+        return f"qty {ev.qty:g} is more than {MAX_QTY:,.0f} contracts (docs/trades-schema.md)"
     if ev.price < 0:
         return f"price {ev.price} must be >= 0"
     binary_side = ev.side in ("yes", "no")

@@ -139,9 +139,13 @@ async def test_load_trades_by_state_and_all_trades_newest_first(store: Store) ->
         await store.load_trades(("gone",))
 
 
-async def test_invalid_rows_are_skipped_and_reported(store: Store) -> None:
-    await store.add_trade(make_trade("GOOD"))
-    with raw(store.path) as c:
+async def test_invalid_rows_are_skipped_and_reported(db_path: Path) -> None:
+    # A journal made before the trades table had CHECK constraints (schema version 3), holding
+    # rows such a table accepts: it keeps its table, and the rows are refused when loading.
+    db_path.parent.mkdir(parents=True)
+    with raw(db_path) as c:
+        for n, script in enumerate(store_mod.MIGRATIONS[:3], start=1):
+            c.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {n};\nCOMMIT;")
         ins = (
             "INSERT INTO trades (trade_id, contract_id, side, qty, entry_price, opened_ts,"
             " overrides) VALUES (?, 'K', 'yes', ?, 0.5, 1.0, ?)"
@@ -150,6 +154,9 @@ async def test_invalid_rows_are_skipped_and_reported(store: Store) -> None:
         c.execute(ins, ("NANQTY", "NaN", "{}"))
         c.execute(ins, ("BADKEY", 1.0, '{"max_loss_pct": 5}'))
         c.execute(ins, ("NOTOBJ", 1.0, "[1, 2]"))
+    store = Store(db_path)
+    await store.open()
+    await store.add_trade(make_trade("GOOD"))
     trades = await store.load_trades()
     assert [t.trade_id for t in trades] == ["GOOD"]
     problems = store.last_load_problems
@@ -163,6 +170,7 @@ async def test_invalid_rows_are_skipped_and_reported(store: Store) -> None:
     assert "JSON object" in by_id["NOTOBJ"]
     assert await store.get_trade("BADJSON") is None
     assert "BADJSON" in store.last_load_problems[0]
+    await store.close()
 
 
 async def test_external_insert_with_defaults_is_picked_up(store: Store) -> None:
