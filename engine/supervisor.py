@@ -1186,9 +1186,11 @@ class Engine:
         st = self.status.get(tid)
         if st is None:
             return
-        if fresh:
-            st.protected_ts = now
-        if st.error is not None and fresh:
+        if fresh is not None:
+            # Protected as of its data's time, not the evaluation's: an evaluation on a quote
+            # that is already 9 s old protects it only until that quote is too old.
+            st.protected_ts = max(st.protected_ts, min(fresh, now))
+        if st.error is not None and fresh is not None:
             st.error = None
             await self._alert(
                 AlertKind.DATA_QUALITY,
@@ -1219,12 +1221,13 @@ class Engine:
                 subject=f"fault:{tid}",
             )
 
-    async def _evaluate_trade(self, tid: str, now: float) -> bool:
-        """True when the trade was evaluated on fresh, valid data (its rules ran)."""
+    async def _evaluate_trade(self, tid: str, now: float) -> float | None:
+        """The time of the data the trade was evaluated on when it was fresh and valid (its
+        rules ran); None when they could not run."""
         t = self.trades.get(tid)
         st = self.status.get(tid)
         if t is None or st is None or t.state == TradeState.CLOSED:
-            return False
+            return None
         c = self.contracts.get(t.contract_id)
         q = self.quotes.get(t.contract_id)
         problem = self._data_problem(t, c, q, now)
@@ -1234,7 +1237,7 @@ class Engine:
             self._dirty = True
             waiting = c is None or q is None or quote_problem(q, c.is_binary) is None
             await self._episode(f"quote:{t.contract_id}", problem, tid, waiting=waiting)
-            return False
+            return None
         if st.problem is not None:
             st.problem = None
             await self._recover(f"quote:{t.contract_id}")
@@ -1301,9 +1304,9 @@ class Engine:
         self._dirty = True
         fired = rules.first_fired(results)
         if fired is None or t.state != TradeState.OPEN:
-            return True
+            return q.ts
         await self._on_fired(t, st, fired, now)
-        return True
+        return q.ts
 
     def _market_inputs(self, crit: Criteria, now: float) -> dict[str, Any]:
         """The RuleInput fields that come from the market alone (withheld when the spot is stale)."""
@@ -1649,7 +1652,11 @@ class Engine:
         must not get a second closing order for the same position.
         """
         if t.state == TradeState.CLOSED:
-            self.exits.pop(t.trade_id, None)
+            # Filled and on its way to the journal while its venue call is still in flight:
+            # that path forgets the exit. Dropping it here opened a window where a positions
+            # poll saw the position gone, no exit in flight, and closed the trade again.
+            if not ex.in_flight:
+                self.exits.pop(t.trade_id, None)
             return
         if ex.in_flight and not force:
             return
@@ -2012,7 +2019,7 @@ class Engine:
                 avg[(p.contract_id, p.side)] = p.avg_price
         ours: dict[tuple[str, str], list[Trade]] = {}
         for t in self.trades.values():
-            if t.venue == self.venue.name:
+            if t.venue == self.venue.name and t.state != TradeState.CLOSED:
                 ours.setdefault((t.contract_id, t.side), []).append(t)
         for key, ts in ours.items():
             if key[0] in moved or any(t.trade_id in self.exits for t in ts):
@@ -2024,7 +2031,11 @@ class Engine:
                 if c is not None and c.close_ts <= now < c.close_ts + SETTLEMENT_WAIT_SECONDS:
                     continue  # closed and paid out: its settlement is on the way
                 for t in ts:
-                    if t.trade_id in self.exits or t.trade_id not in self.trades:
+                    if (
+                        t.trade_id in self.exits
+                        or t.trade_id not in self.trades
+                        or t.state == TradeState.CLOSED
+                    ):
                         continue  # an exit began (or it closed) while the loop awaited
                     mark = self.status[t.trade_id].mark if t.trade_id in self.status else None
                     await self._close_in_journal(t, mark, ExitReason.EXTERNAL, now)

@@ -107,3 +107,41 @@ async def test_the_ladder_steps_only_after_the_resting_order_is_answered(tmp_pat
     venue.release(venue.submitted[1])
     await h.engine.drain_exits(timeout=5)
     await h.close()
+
+
+async def test_a_tick_and_a_positions_poll_while_a_fill_is_being_journaled_close_it_once(
+    tmp_path,
+):
+    """Found by the chaos test: an exit answered in its task marks the trade CLOSED, then waits
+    for the journal to book it. A tick meanwhile dropped the exit from the in-flight set (a
+    'closed' trade needs no retry), so a positions poll in that window saw the position gone,
+    no exit in flight, and closed the trade a second time as external (closed_qty doubled)."""
+    h = await _engine(tmp_path)
+    venue: RestingVenue = h.venue  # type: ignore[assignment]
+    booking = asyncio.Event()
+    booked = asyncio.Event()
+    real_book = h.store.book_result
+
+    async def slow_book(**kw: Any) -> None:
+        if kw.get("intent") and kw["intent"][1] == "filled":
+            booking.set()
+            await booked.wait()  # the journal's commit takes its time
+        await real_book(**kw)
+
+    h.store.book_result = slow_book  # type: ignore[method-assign]
+    await h.quote(0.30, 0.32)  # t1: max_loss, its order rests
+    await _sent(venue, 1)
+    venue.release(venue.submitted[0])
+    await booking.wait()  # filled at the venue; the booking is on its way to the journal
+    h.at(10)
+    await h.spot(97100.0)
+    await h.quote(0.30, 0.32, cid=CID2, ts=T0 + 10)
+    await h.tick()  # the tick (its exit retries) and the positions poll run in the window
+    await h.engine._positions_task
+    booked.set()
+    await h.engine.drain_exits(timeout=5)
+    t = await h.store.get_trade("t1")
+    assert t is not None and t.exit_reason == "max_loss"
+    assert t.closed_qty == 10 and t.qty == 10
+    assert not [a for a in h.alerts if "closed as external" in a.message]
+    await h.close()
