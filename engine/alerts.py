@@ -159,7 +159,7 @@ class StoreLike(Protocol):
 
 
 class AlertBus:
-    """Raises alerts: throttles, stores, keeps the recent ones, and fans out to channels."""
+    """Raises alerts: throttles, keeps the recent ones, fans out to channels, then stores."""
 
     def __init__(self, cooldown_seconds: float = 30.0, keep: int = 200) -> None:
         self.cooldown_seconds = cooldown_seconds
@@ -212,19 +212,6 @@ class AlertBus:
             self.total,
         )
         self.recent.appendleft(alert)
-        if self.store is not None:
-            try:
-                await self.store.add_alert(
-                    ts=ts,
-                    kind=kind.value,
-                    severity=severity.value,
-                    trade_id=trade_id,
-                    message=message,
-                    data=_clean(dict(alert.data)),
-                )
-            except Exception:  # the journal being unwritable must not hide the alert
-                log.exception("could not store alert")
-                self.failures["store"] = self.failures.get("store", 0) + 1
         for ch in self.channels:
             f: AlertFilter | None = getattr(ch, "filter", None)
             verdict = Verdict.PASS if f is None else f.check(alert)
@@ -243,6 +230,21 @@ class AlertBus:
                 self._failing[ch.name] = False
         for listener in self.listeners:
             listener(alert)
+        # Stored last: a journal that cannot be written (a full disk) or is slow to answer
+        # never delays or swallows the delivery above.
+        if self.store is not None:
+            try:
+                await self.store.add_alert(
+                    ts=ts,
+                    kind=kind.value,
+                    severity=severity.value,
+                    trade_id=trade_id,
+                    message=message,
+                    data=_clean(dict(alert.data)),
+                )
+            except Exception:  # the journal being unwritable must not hide the alert
+                log.exception("could not store alert")
+                self.failures["store"] = self.failures.get("store", 0) + 1
         return alert
 
     def channel_health(self) -> tuple[ChannelHealth, ...]:

@@ -23,19 +23,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
+import logging
 import math
 import os
+import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from engine.models import Trade, TradeState
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "APPLICATION_ID",
@@ -44,6 +49,7 @@ __all__ = [
     "MIGRATIONS",
     "ORDER_STATUSES",
     "SCHEMA_VERSION",
+    "JournalUnwritable",
     "Store",
     "StoreError",
     "StoreLocked",
@@ -67,6 +73,80 @@ class StoreError(Exception):
 
 class StoreLocked(StoreError):
     """Another process (another engine) holds the journal's lock."""
+
+
+class JournalUnwritable(StoreError):
+    """The disk under the journal refused a write: full, read-only, or an I/O error. Nothing
+    more can be journaled, so nothing more may be sent: the engine stops on it."""
+
+
+# SQLite's primary result codes for "the disk refused": SQLITE_READONLY, SQLITE_IOERR,
+# SQLITE_FULL, SQLITE_CANTOPEN (the -wal/-shm file cannot be created).
+_DISK_CODES = {8: "read-only", 10: "I/O error", 13: "full", 14: "cannot create files"}
+_DISK_TEXT = (
+    ("disk is full", "full"),
+    ("readonly database", "read-only"),
+    ("read-only", "read-only"),
+    ("disk i/o error", "I/O error"),
+    ("unable to open database file", "cannot create files"),
+)
+
+
+def disk_problem(e: BaseException) -> str | None:
+    """'full', 'read-only', 'I/O error' or 'cannot create files' when `e` is the disk refusing
+    (SQLite or the OS), else None."""
+    if isinstance(e, OSError):
+        return {
+            errno.ENOSPC: "full",
+            errno.EDQUOT: "full",
+            errno.EROFS: "read-only",
+            errno.EACCES: "read-only",
+            errno.EPERM: "read-only",
+            errno.EIO: "I/O error",
+        }.get(e.errno or 0)
+    if not isinstance(e, sqlite3.Error):
+        return None
+    code = getattr(e, "sqlite_errorcode", None)
+    if isinstance(code, int) and (code & 0xFF) in _DISK_CODES:
+        return _DISK_CODES[code & 0xFF]
+    text = str(e).lower()
+    return next((what for needle, what in _DISK_TEXT if needle in text), None)
+
+
+def free_space(path: Path) -> str:
+    """'12.3 MB free on /dir' for the nearest existing directory of `path`."""
+    d = Path(path)
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    if d.is_file():
+        d = d.parent
+    try:
+        free = shutil.disk_usage(d).free
+    except OSError as e:
+        return f"free space on {d} unknown ({e.strerror or e})"
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if free < 1024 or unit == "TB":
+            break
+        free /= 1024
+    shown = f"{free:.0f} bytes" if unit == "bytes" else f"{free:.1f} {unit}"
+    return f"{shown} free on {d}"
+
+
+def disk_message(path: Path, what: str, e: BaseException) -> str:
+    """What to tell the trader when the disk under the journal refused (`what`: disk_problem)."""
+    fix = {
+        "full": "free some space on that disk",
+        "read-only": "make the directory writable (or remount the disk read-write)",
+        "I/O error": "check the disk (dmesg, fsck)",
+        "cannot create files": "make the directory writable and free some space",
+    }[what]
+    label = {"full": "the disk is full", "read-only": "the disk or directory is read-only"}.get(
+        what, f"the disk reports: {what}"
+    )
+    return (
+        f"cannot write the journal {path}: {label} ({e}; {free_space(path)}). "
+        f"Keep the journal: it holds the open trades. Fix: {fix}, then start again"
+    )
 
 
 # --- schema ----------------------------------------------------------------------------------
@@ -464,6 +544,9 @@ class Store:
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.readonly = False
         self.last_load_problems: list[str] = []
+        # Called (once per failure) when the disk refuses a write; the engine stops on it.
+        self.on_unwritable: Callable[[JournalUnwritable], None] | None = None
+        self.unwritable: JournalUnwritable | None = None  # the first such failure
         self._db: aiosqlite.Connection | None = None
         self._lock_fd: int | None = None
         self._fast: sqlite3.Connection | None = None  # the exit writer (_open_exit_writer)
@@ -757,7 +840,23 @@ class Store:
             except sqlite3.IntegrityError as e:
                 raise StoreError(f"journal write refused: {e}") from e
             except sqlite3.Error as e:
-                raise StoreError(f"journal write to {self.path} failed: {e}") from e
+                raise self._write_failed(e) from e
+
+    def _write_failed(self, e: sqlite3.Error, message: str | None = None) -> StoreError:
+        """The error to raise for a failed write. A disk that refuses (full, read-only, I/O)
+        is a `JournalUnwritable`, reported once to `on_unwritable` (the engine stops on it)."""
+        what = disk_problem(e)
+        if what is None:
+            return StoreError(message or f"journal write to {self.path} failed: {e}")
+        err = JournalUnwritable(disk_message(self.path, what, e))
+        if self.unwritable is None:
+            self.unwritable = err
+            if self.on_unwritable is not None:
+                try:
+                    self.on_unwritable(err)
+                except Exception:  # the caller still gets the error
+                    log.exception("on_unwritable failed")
+        return err
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """All rows of one read, stepped to the end in ONE hand-off to aiosqlite's thread.
@@ -954,8 +1053,8 @@ class Store:
             try:
                 _commit_all(fast, statements)
             except sqlite3.Error as e:
-                raise StoreError(
-                    f"could not journal exit {intent_id!r} for {trade_id!r}: {e}"
+                raise self._write_failed(
+                    e, f"could not journal exit {intent_id!r} for {trade_id!r}: {e}"
                 ) from e
 
     async def checkpoint(self) -> None:
@@ -1350,7 +1449,7 @@ class Store:
                             (ts, trade.trade_id, str(audit[0]), _dumps(audit[1])),
                         )
             except sqlite3.Error as e:
-                raise StoreError(f"journal write to {self.path} failed: {e}") from e
+                raise self._write_failed(e) from e
 
     async def flush_tick(
         self,
@@ -1388,4 +1487,4 @@ class Store:
                             (key, _dumps(value), ts),
                         )
             except sqlite3.Error as e:
-                raise StoreError(f"journal write to {self.path} failed: {e}") from e
+                raise self._write_failed(e) from e

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 import uuid
 import zlib
@@ -262,6 +263,12 @@ class Engine:
         self._snapshot: Snapshot | None = None
         self._busy = _BusyGate()
         self._stop = asyncio.Event()
+        # Why the engine stopped itself (the disk refused a journal write, or the journal's lock
+        # was lost); `run` raises it once it has stopped.
+        self.fatal: StoreError | None = None
+        self._fatal_task: asyncio.Task[None] | None = None
+        if hasattr(store, "on_unwritable"):
+            store.on_unwritable = self._journal_unwritable
         self.subscribers: list[Callable[[Snapshot], None]] = []
         self.recorders: list[Callable[[MarketEvent], None]] = []
         self.exit_listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -503,9 +510,60 @@ class Engine:
             await asyncio.gather(*tasks, stop, return_exceptions=True)
             await self.drain_exits()  # orders working at the venue are answered, then journaled
             await self.flush()
+        if self.fatal is not None:
+            raise self.fatal
 
     def stop(self) -> None:
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """`stop()` was called (or the engine stopped itself: see `fatal`)."""
+        return self._stop.is_set()
+
+    async def wait_stopping(self) -> None:
+        await self._stop.wait()
+
+    def _journal_unwritable(self, err: StoreError) -> None:
+        """The disk refused a journal write (the store calls this once): nothing more can be
+        journaled, so nothing more may be sent. Say so on every channel that does not need the
+        disk (desktop, webhook, stdout, the screen), then stop."""
+        self.fail(err)
+
+    def fail(self, err: StoreError) -> None:
+        """Stop the engine because it cannot go on safely: one critical alert first, then stop;
+        `run` raises `err` (the headless command and the screen show it)."""
+        if self.fatal is not None:
+            return
+        self.fatal = err
+        self._dirty = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._stop.set()
+            return
+        self._fatal_task = loop.create_task(self._stop_on(err), name="engine-fatal")
+
+    async def _stop_on(self, err: StoreError) -> None:
+        ids = sorted(t.trade_id for t in self.trades.values() if t.state != TradeState.CLOSED)
+        shown = ", ".join(ids[:8]) + (", …" if len(ids) > 8 else "")
+        watched = (
+            f"{len(ids)} open trade(s) are NOT protected ({shown}): watch or close them at the "
+            "venue"
+            if ids
+            else "no open trades"
+        )
+        try:
+            await self._alert(
+                AlertKind.EXECUTION_FAILURE,
+                Severity.CRITICAL,
+                f"ENGINE STOPPED: {err}. {watched}",
+                subject="engine:fatal",
+            )
+        except Exception:
+            log.exception("the engine's last alert failed")
+        finally:
+            self.stop()
 
     async def _tick_loop(self) -> None:
         period = self.config.engine.tick_seconds
@@ -982,7 +1040,10 @@ class Engine:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._flush_marks()
+        if self._fatal_task is not None:
+            await self._fatal_task  # the last alert goes out before the channels close
+        if self.fatal is None:  # a journal that refused a write is not written again
+            await self._flush_marks()
         if self._checkpoint_task is not None:
             await self._checkpoint_task
             self._checkpoint_task = None
@@ -2210,6 +2271,7 @@ class Engine:
         return {
             "ts": now,
             "wall_ts": time.time(),
+            "pid": os.getpid(),  # a second engine refuses to open the journal while it is fresh
             "started_ts": self.started_ts,
             "venue": self.venue.name,
             "mode": self.mode.value,

@@ -1,0 +1,162 @@
+"""The disk under the journal and the one-engine lock (issue 15, "Disk and lock").
+
+A full, read-only or failing disk is simulated at SQLite's own boundary, on the store's real
+connections: `PRAGMA max_page_count` (the journal cannot grow: SQLITE_FULL, "database or disk is
+full") and `PRAGMA query_only` (SQLITE_READONLY, "attempt to write a readonly database"). The
+tests run as root, where chmod stops no write, so a read-only directory is not used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.alerts import Alert
+from engine.models import Severity
+from engine.store import JournalUnwritable, Store, StoreError
+from tests.engine_harness import T0, standard
+
+
+class RecordingChannel:
+    """A channel that needs no disk (as the desktop and the webhook): what it was given, and
+    whether the engine had already stopped by then."""
+
+    name = "webhook"
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.got: list[tuple[Alert, bool]] = []
+
+    async def deliver(self, alert: Alert) -> None:
+        self.got.append((alert, self.engine.stopping))
+
+
+async def _on_connections(store: Store, sql: str) -> None:
+    """Run a pragma on every connection the store writes through (main and exit writer)."""
+    assert store._db is not None and store._fast is not None
+    await store._db.execute(sql)
+    store._fast.execute(sql)
+
+
+async def fill_disk(store: Store, trade_id: str) -> None:
+    """The journal's disk is full: its file cannot grow by one page more, and another program
+    has used up the room left in the pages of the tables the engine writes as it runs (marks,
+    alerts, audit), so the engine's next such write fails."""
+    await _on_connections(store, "PRAGMA max_page_count = 1")  # clamped to the current size
+    audit = "INSERT INTO audit (ts, trade_id, event, data) VALUES (0, NULL, 'pad', ?)"
+    alerts = (
+        "INSERT INTO alerts (ts, kind, severity, trade_id, message, data)"
+        " VALUES (0, 'data_quality', 'info', NULL, ?, '{}')"
+    )
+    # Mark rows the size of the engine's own: when one more does not fit, neither does its.
+    marks = "INSERT INTO marks (trade_id, ts, mark, pnl, pnl_pct) VALUES (?, ?, 0.5, 0.1, 0.1)"
+    fillers = [(sql, ("x" * n,)) for sql in (audit, alerts) for n in (400, 40, 1)]
+    fillers.append((marks, (trade_id, T0 + 0.5)))
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        other.execute("PRAGMA max_page_count = 1")
+        for sql, params in fillers:
+            while True:
+                try:
+                    other.execute(sql, params)
+                except sqlite3.OperationalError as e:
+                    assert "full" in str(e)
+                    break
+    finally:
+        other.close()
+
+
+async def make_readonly(store: Store) -> None:
+    await _on_connections(store, "PRAGMA query_only = ON")
+
+
+def _critical_stop(ch: RecordingChannel) -> list[tuple[Alert, bool]]:
+    return [
+        (a, stopped)
+        for a, stopped in ch.got
+        if a.severity is Severity.CRITICAL and "ENGINE STOPPED" in a.message
+    ]
+
+
+async def test_readonly_journal_while_running_alerts_every_channel_then_stops(tmp_path: Path):
+    h = await standard(tmp_path)
+    ch = RecordingChannel(h.engine)
+    h.engine.alerts.channels.append(ch)
+    await make_readonly(h.store)
+    await h.quote(0.30, 0.32)  # max_loss fires: the exit cannot be journaled
+    await asyncio.wait_for(h.engine.wait_stopping(), 5)
+
+    assert h.venue.submitted == []  # nothing is sent that the journal does not hold
+    assert isinstance(h.engine.fatal, JournalUnwritable)
+    stops = _critical_stop(ch)
+    assert len(stops) == 1
+    alert, stopped_before = stops[0]
+    assert not stopped_before  # delivered before the engine stopped
+    assert "read-only" in alert.message and "free on" in alert.message
+    assert "t1" in alert.message  # the trades left unprotected are named
+    assert "move it aside" not in alert.message
+    await h.engine.flush()  # nothing more is written to a journal that refused
+    await h.store.close()
+
+
+async def test_full_disk_while_running_alerts_then_stops_and_run_raises(tmp_path: Path):
+    h = await standard(tmp_path)
+    ch = RecordingChannel(h.engine)
+    h.engine.alerts.channels.append(ch)
+    await fill_disk(h.store, "t1")
+    run = asyncio.create_task(h.engine.run())
+    # The journal fills as the engine writes: marks every tick, the heartbeat, alerts.
+    for i in range(1, 400):
+        if h.engine.stopping:
+            break
+        await h.quote(0.50 + (i % 5) * 0.002, 0.52)
+        await h.tick(i)
+    assert h.engine.stopping, "the engine went on writing to a full disk"
+    with pytest.raises(JournalUnwritable) as err:
+        await asyncio.wait_for(run, 5)
+    assert "the disk is full" in str(err.value) and "free on" in str(err.value)
+    assert "move it aside" not in str(err.value)
+    stops = _critical_stop(ch)
+    assert len(stops) == 1 and not stops[0][1]
+    await h.store.close()
+
+
+async def test_store_failure_never_swallows_the_delivery(tmp_path: Path):
+    """The alert reaches the channels even when storing it fails (stored after delivery)."""
+    h = await standard(tmp_path)
+    ch = RecordingChannel(h.engine)
+    h.engine.alerts.channels.append(ch)
+    order: list[str] = []
+
+    async def failing_add_alert(**_kw: Any) -> None:
+        order.append("store")
+        raise StoreError("database or disk is full")
+
+    orig = ch.deliver
+
+    async def deliver(alert: Alert) -> None:
+        order.append("channel")
+        await orig(alert)
+
+    ch.deliver = deliver  # type: ignore[method-assign]
+    h.engine.alerts.store = type("S", (), {"add_alert": staticmethod(failing_add_alert)})()
+    await h.quote(0.30, 0.32)  # closes t1: an auto_stop alert
+    assert order[:2] == ["channel", "store"]
+    assert any("closed by max_loss" in a.message for a, _ in ch.got)
+    await h.close()
+
+
+def test_disk_problems_are_told_apart_from_other_errors() -> None:
+    from engine.store import disk_problem
+
+    assert disk_problem(sqlite3.OperationalError("database or disk is full")) == "full"
+    assert disk_problem(sqlite3.OperationalError("attempt to write a readonly database")) == (
+        "read-only"
+    )
+    assert disk_problem(sqlite3.OperationalError("disk I/O error")) == "I/O error"
+    assert disk_problem(sqlite3.OperationalError("database is locked")) is None
+    assert disk_problem(sqlite3.IntegrityError("UNIQUE constraint failed")) is None
