@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,28 @@ def test_disk_problems_are_told_apart_from_other_errors() -> None:
     assert disk_problem(sqlite3.OperationalError("disk I/O error")) == "I/O error"
     assert disk_problem(sqlite3.OperationalError("database is locked")) is None
     assert disk_problem(sqlite3.IntegrityError("UNIQUE constraint failed")) is None
+
+
+async def _journal_readonly(e: Any) -> None:  # run in the engine process (module level: pickled)
+    await make_readonly(e.store)
+
+
+async def test_the_reason_reaches_the_screen_from_the_engine_process(tmp_path: Path) -> None:
+    from engine.commands import Command
+    from tests.tui_harness import make_host, ui_config
+
+    host = make_host("process", ui_config(tmp_path))
+    host.start()
+    stopped: list[BaseException | None] = []
+    done = threading.Event()
+    host.on_stopped = lambda e: (stopped.append(e), done.set())
+    try:
+        await host.call(_journal_readonly)
+        result = await host.command(Command("close", "demo-1"))
+        assert not result.ok  # the exit could not be journaled: nothing was sent
+        assert await asyncio.to_thread(done.wait, 20)
+    finally:
+        host.stop()
+    (error,) = stopped
+    assert error is not None and "JournalUnwritable" in str(error)
+    assert "read-only" in str(error) and "free on" in str(error)
