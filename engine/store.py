@@ -533,6 +533,14 @@ def _row_to_trade(r: sqlite3.Row) -> Trade:
     )
 
 
+def _disk_or(e: BaseException, path: Path, message: str) -> StoreError:
+    """The error for a failure opening the journal: the disk's own message when the disk
+    refused (full, read-only, I/O error; never "move it aside", which would make the next
+    engine forget the open trades), else `message`."""
+    what = disk_problem(e)
+    return StoreError(message) if what is None else JournalUnwritable(disk_message(path, what, e))
+
+
 # --- the store -------------------------------------------------------------------------------
 
 
@@ -585,7 +593,7 @@ class Store:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 msg = f"cannot create the journal directory {self.path.parent}: {e}"
-                raise StoreError(msg) from e
+                raise _disk_or(e, self.path, msg) from e
             if lock:
                 self._acquire_lock()
         try:
@@ -637,7 +645,8 @@ class Store:
         try:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise StoreError(f"cannot create the lock file {self.lock_path}: {e}") from e
+            msg = f"cannot create the lock file {self.lock_path}: {e}"
+            raise _disk_or(e, self.path, msg) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -717,7 +726,7 @@ class Store:
             else:
                 db = await aiosqlite.connect(str(p), isolation_level=None)
         except sqlite3.Error as e:
-            raise StoreError(f"cannot open the journal {p}: {e}") from e
+            raise _disk_or(e, p, f"cannot open the journal {p}: {e}") from e
         self._db = db
         db.row_factory = sqlite3.Row
         try:
@@ -738,9 +747,12 @@ class Store:
                 await db.execute("PRAGMA wal_autocheckpoint = 0")
             await db.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as e:
-            raise StoreError(
-                f"{p} is not a usable SQLite database ({e}); it was left untouched: "
-                "move it aside or use another data_dir"
+            raise _disk_or(
+                e,
+                p,
+                f"{p} is not a usable SQLite database ({e}); it was left untouched. It may "
+                "hold open trades: keep a copy, try `sqlite3 FILE .recover`, and only then "
+                "move it aside or use another data_dir",
             ) from e
         return version
 
@@ -764,9 +776,12 @@ class Store:
                 )
             ]
         except sqlite3.DatabaseError as e:
-            raise StoreError(
-                f"{p} is not a usable SQLite database ({e}); it was left untouched: "
-                "move it aside or use another data_dir"
+            raise _disk_or(
+                e,
+                p,
+                f"{p} is not a usable SQLite database ({e}); it was left untouched. It may "
+                "hold open trades: keep a copy, try `sqlite3 FILE .recover`, and only then "
+                "move it aside or use another data_dir",
             ) from e
         if app_id not in (0, APPLICATION_ID) or (version == 0 and objects):
             shown = ", ".join(objects[:8]) + (", ..." if len(objects) > 8 else "")
@@ -801,9 +816,11 @@ class Store:
             except sqlite3.Error as e:
                 with contextlib.suppress(sqlite3.Error):
                     await db.execute("ROLLBACK")
-                raise StoreError(
+                raise _disk_or(
+                    e,
+                    p,
                     f"migrating the journal {p} to schema version {n} failed ({e}); "
-                    "nothing was changed by this step"
+                    "nothing was changed by this step",
                 ) from e
 
     async def _close_quietly(self) -> None:

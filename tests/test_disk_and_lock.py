@@ -186,3 +186,101 @@ async def test_the_reason_reaches_the_screen_from_the_engine_process(tmp_path: P
     (error,) = stopped
     assert error is not None and "JournalUnwritable" in str(error)
     assert "read-only" in str(error) and "free on" in str(error)
+
+
+# --- start-up on a full or read-only disk ---------------------------------------------------
+
+
+class _FullDisk(sqlite3.Connection):
+    """A connection on a disk with no room left: the file cannot grow (SQLITE_FULL)."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.execute("PRAGMA max_page_count = 1")
+
+
+class _ShmFails(sqlite3.Connection):
+    """Setting up the WAL's files fails as on a full disk: SQLITE_IOERR from the pragma."""
+
+    def execute(self, sql: str, *a: Any) -> sqlite3.Cursor:  # type: ignore[override]
+        if "journal_mode" in sql:
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().execute(sql, *a)
+
+
+def _connect_with(monkeypatch: pytest.MonkeyPatch, factory: type | None, readonly: bool = False):
+    import aiosqlite
+
+    orig = aiosqlite.connect
+
+    def connect(database: Any, **kw: Any) -> Any:
+        if factory is not None:
+            kw["factory"] = factory
+        if readonly:  # as a read-only mount: every write is refused (root ignores chmod)
+            return orig(f"{Path(database).resolve().as_uri()}?mode=ro", uri=True, **kw)
+        return orig(database, **kw)
+
+    monkeypatch.setattr(aiosqlite, "connect", connect)
+
+
+def _run_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from engine import cli
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[engine]\ndata_dir = "{tmp_path / "data"}"\n[alerts]\nlog_file = ""\n')
+    code = cli.main(["--config", str(cfg), "--headless"])
+    return code, capsys.readouterr().err
+
+
+def _assert_disk_message(err: str, what: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err  # one line, no traceback
+    assert what in lines[0] and "free on" in lines[0]
+    assert "move it aside" not in err and "not a usable SQLite database" not in err
+
+
+async def test_a_new_journal_on_a_full_disk_says_so(tmp_path: Path, monkeypatch) -> None:
+    _connect_with(monkeypatch, _FullDisk)
+    with pytest.raises(JournalUnwritable) as err:
+        await Store(tmp_path / "trades.db").open()
+    _assert_disk_message(str(err.value), "the disk is full")
+    monkeypatch.undo()
+    async with Store(tmp_path / "trades.db"):
+        pass  # nothing left locked; it opens once there is room
+
+
+async def test_an_existing_journal_whose_wal_cannot_be_set_up_is_kept(
+    tmp_path: Path, monkeypatch
+) -> None:
+    p = tmp_path / "trades.db"
+    async with Store(p) as s:
+        await s.set_state("armed", True)
+    before = p.read_bytes()
+    _connect_with(monkeypatch, _ShmFails)
+    with pytest.raises(JournalUnwritable) as err:
+        await Store(p).open()
+    _assert_disk_message(str(err.value), "I/O error")
+    assert "Keep the journal" in str(err.value)
+    assert p.read_bytes() == before
+
+
+def test_start_on_a_full_disk_through_the_command(tmp_path: Path, monkeypatch, capsys) -> None:
+    _connect_with(monkeypatch, _FullDisk)
+    code, err = _run_cli(tmp_path, capsys)
+    assert code == 1
+    _assert_disk_message(err, "the disk is full")
+
+
+def test_start_on_a_read_only_journal_through_the_command(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    asyncio.run(_make_journal(tmp_path / "data" / "trades.db"))
+    _connect_with(monkeypatch, None, readonly=True)
+    code, err = _run_cli(tmp_path, capsys)
+    assert code == 1
+    _assert_disk_message(err, "read-only")
+
+
+async def _make_journal(p: Path) -> None:
+    async with Store(p) as s:
+        await s.set_state("armed", False)
