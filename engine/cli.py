@@ -128,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
             "trade-supervisor: not started; fix the config (nothing was written)", file=sys.stderr
         )
         return EXIT_CONFIG
+    writes = args.cmd in (None, "check-config") or (
+        args.cmd == "trades" and args.trades_cmd in ("add", "close")
+    )
+    problem = config.data_dir_problem() if writes else None
+    if problem is not None:  # before anything else: a file in the way, an unwritable parent
+        print(f"trade-supervisor: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         if args.cmd == "check-config":
             return _check_config(config, path)

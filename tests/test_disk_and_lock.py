@@ -9,7 +9,10 @@ tests run as root, where chmod stops no write, so a read-only directory is not u
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -284,3 +287,69 @@ def test_start_on_a_read_only_journal_through_the_command(
 async def _make_journal(p: Path) -> None:
     async with Store(p) as s:
         await s.set_state("armed", False)
+
+
+# --- a data_dir that cannot be one -----------------------------------------------------------
+
+
+def _cli(tmp_path: Path, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f'[engine]\ndata_dir = "{data_dir}"\n', encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KALSHI_")}
+    env.update(HOME=str(tmp_path / "home"), XDG_DATA_HOME=str(tmp_path / "xdg"))
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", "--config", str(cfg), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr  # no traceback
+    return lines[0]
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["is-a-file", "parent-is-a-file"])
+def test_a_file_where_data_dir_should_be_is_one_line_and_exit_2(
+    tmp_path: Path, under: bool
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory\n")
+    data_dir = blocker / "data" if under else blocker
+    for args in (("check-config",), ("--headless",), ("trades", "add", *_TRADE)):
+        proc = _cli(tmp_path, data_dir, *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        line = _one_line(proc)
+        assert "engine.data_dir" in line and str(blocker) in line and "is a file" in line
+        assert proc.stdout == ""  # check-config says so first, before any config is printed
+    assert blocker.read_text() == "not a directory\n"
+
+
+_TRADE = ("--id", "m1", "--contract", "C", "--side", "yes", "--qty", "1", "--price", "0.5")
+
+
+def _unwritable_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "locked"
+    d.mkdir()
+    d.chmod(0o555)
+    if os.access(d, os.W_OK):  # root: permissions stop nothing; a read-only mount does
+        d = Path("/proc/sys")
+        if os.access(d, os.W_OK):
+            pytest.skip("no directory this user cannot write (root, no read-only mount)")
+    return d
+
+
+def test_an_unwritable_parent_of_data_dir_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    parent = _unwritable_dir(tmp_path)
+    try:
+        for args in (("check-config",), ("--headless",)):
+            proc = _cli(tmp_path, parent / "ts-data", *args)
+            assert proc.returncode == 2, (args, proc.stderr)
+            line = _one_line(proc)
+            assert "engine.data_dir" in line and "not writable" in line and str(parent) in line
+    finally:
+        (tmp_path / "locked").chmod(0o755)
