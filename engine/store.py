@@ -60,6 +60,9 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 APPLICATION_ID = 0x54535550  # "TSUP": marks a SQLite file as a trade-supervisor journal
 BUSY_TIMEOUT_MS = 5000
 EXIT_WRITER_BUSY_MS = 250  # the exit writer blocks the engine loop while it waits
+# A journal whose heartbeat (written every 2 s by a running engine) is younger than this, from a
+# live process, has an engine, lock file or not: a second engine refuses to open it.
+LIVE_HEARTBEAT_SECONDS = 30.0
 
 SIDES = ("yes", "no", "long", "short")
 TRADE_STATES = tuple(s.value for s in TradeState)
@@ -356,6 +359,16 @@ def _commit_all(conn: sqlite3.Connection, statements: Sequence[tuple[str, Sequen
         raise
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, another user's
+        return True
+    return True
+
+
 def _num_ok(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -599,6 +612,8 @@ class Store:
         try:
             self._check_file()
             version = await self._connect()
+            if lock and not readonly and version > 0:
+                await self._refuse_live_engine()
             await self._migrate(version)
             if not readonly:
                 self._fast = self._open_exit_writer()
@@ -665,6 +680,74 @@ class Store:
         except OSError:
             pass  # the pid is informational; the flock is what protects the journal
         self._lock_fd = fd
+
+    async def _refuse_live_engine(self) -> None:
+        """StoreLocked when the journal's own heartbeat says a live engine runs on it: its lock
+        file was deleted (or replaced), so the lock alone cannot tell."""
+        assert self._db is not None
+        try:
+            rows = list(
+                await self._db.execute_fetchall("SELECT value FROM state WHERE key = 'heartbeat'")
+            )
+        except sqlite3.Error:
+            return  # no state table: no engine ever ran on it
+        hb = _loads(rows[0][0]) if rows else None
+        if not isinstance(hb, dict):
+            return
+        pid, wall = hb.get("pid"), hb.get("wall_ts")
+        if not isinstance(pid, int) or pid <= 0 or pid == os.getpid() or not _num_ok(wall):
+            return
+        age = time.time() - wall
+        if abs(age) >= LIVE_HEARTBEAT_SECONDS or not _pid_alive(pid):
+            return
+        raise StoreLocked(
+            f"another trade-supervisor (pid {pid}) is using {self.path}: its heartbeat in the "
+            f"journal is {max(age, 0):.0f}s old, though the lock file {self.lock_path.name} was "
+            f"deleted or replaced; stop it first (kill {pid}) or use another data_dir"
+        )
+
+    def check_lock(self) -> str | None:
+        """Is the lock file at `lock_path` still the one this store holds? None if so (or no
+        lock is held). If it was deleted or replaced, it is taken again at the path and
+        'deleted' / 'replaced' is returned; StoreLocked if another process holds the new one
+        (a second engine started meanwhile), StoreError if it cannot be re-created."""
+        fd = self._lock_fd
+        if fd is None:
+            return None
+        try:
+            mine = os.fstat(fd)
+            st = os.stat(self.lock_path)
+            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                return None
+            what = "replaced"
+        except FileNotFoundError:
+            what = "deleted"
+        except OSError:
+            return None  # cannot look: the next check tries again
+        try:
+            new = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(
+                f"the lock file {self.lock_path} was {what} and cannot be re-created: {e}"
+            ) from e
+        try:
+            fcntl.flock(new, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(new, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            os.close(new)
+            raise StoreLocked(
+                f"the lock file {self.lock_path} was {what}, and another process (pid {holder}) "
+                f"holds the new one: two engines on {self.path}"
+            ) from None
+        with contextlib.suppress(OSError):
+            os.ftruncate(new, 0)
+            os.pwrite(new, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = new
+        os.close(fd)  # the old, unlinked file's lock goes with it
+        return what
 
     def engine_pid(self) -> int | None:
         """The pid of the engine holding this journal's lock, or None when no engine runs."""

@@ -70,7 +70,7 @@ from engine.snapshot import (
     TradeDetail,
     TradeRow,
 )
-from engine.store import Store, StoreError
+from engine.store import Store, StoreError, StoreLocked
 from engine.venues.base import OrderRequest, OrderResult, Venue, VenueError, VenuePosition
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ SNAPSHOT_MAX_WAIT_SECONDS = (
     0.25  # ... and the longest it waits for the engine to be idle, per slice
 )
 HEARTBEAT_SECONDS = 2.0  # how often the engine's state is written for `status`
+LOCK_CHECK_SECONDS = 1.0  # how often the tick checks the journal's lock file is still its own
+LOCK_LOST_CHECKS = 3  # checks in a row another process holds a re-created lock: the engine stops
 FUTURE_TOLERANCE_SECONDS = 5.0  # how far ahead of our clock a venue timestamp may be  # the journal's WAL is checkpointed from the tick, never on an exit  # momentum / volatility score history kept for the window rules
 
 
@@ -267,6 +269,8 @@ class Engine:
         # was lost); `run` raises it once it has stopped.
         self.fatal: StoreError | None = None
         self._fatal_task: asyncio.Task[None] | None = None
+        self._last_lock_check = -math.inf
+        self._lock_lost = 0  # checks in a row the lock file was another process's
         if hasattr(store, "on_unwritable"):
             store.on_unwritable = self._journal_unwritable
         self.subscribers: list[Callable[[Snapshot], None]] = []
@@ -523,6 +527,42 @@ class Engine:
 
     async def wait_stopping(self) -> None:
         await self._stop.wait()
+
+    async def _check_lock(self, now: float) -> None:
+        """The journal's lock file is still this engine's (from the tick). Deleted or replaced,
+        it is re-created and one warning says so; held by another process (an engine started
+        meanwhile) for LOCK_LOST_CHECKS checks in a row, this engine stops: two engines must
+        never share a journal."""
+        check = getattr(self.store, "check_lock", None)
+        due = now - self._last_lock_check >= LOCK_CHECK_SECONDS
+        if check is None or self.fatal is not None or not due:
+            return
+        self._last_lock_check = now
+        path = getattr(self.store, "lock_path", "the lock file")
+        try:
+            what = check()
+        except StoreError as e:
+            self._lock_lost += 1
+            if self._lock_lost >= LOCK_LOST_CHECKS:
+                self.fail(StoreLocked(f"{e}; this engine stops (start one engine only)"))
+            elif self._lock_lost == 1:
+                await self._alert(
+                    AlertKind.EXECUTION_FAILURE,
+                    Severity.CRITICAL,
+                    f"{e}; retrying, and this engine stops if it persists: stop the other one",
+                    subject="engine:lock",
+                )
+            return
+        if self._lock_lost:
+            self._lock_lost = 0
+        if what is not None:
+            await self._alert(
+                AlertKind.EXECUTION_FAILURE,
+                Severity.WARNING,
+                f"the journal's lock file {path} was {what} while this engine ran; re-created, "
+                "so a second engine is kept out again. Never delete it while the engine runs",
+                subject="engine:lock",
+            )
 
     def _journal_unwritable(self, err: StoreError) -> None:
         """The disk refused a journal write (the store calls this once): nothing more can be
@@ -1019,6 +1059,7 @@ class Engine:
             await self._scan_opportunities(now)
         if self._expiry_watch:
             await self._record_expiries(now)
+        await self._check_lock(now)
         state = None
         if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
             self._last_heartbeat = now

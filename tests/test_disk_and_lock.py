@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 
 from engine.alerts import Alert
 from engine.models import Severity
-from engine.store import JournalUnwritable, Store, StoreError
+from engine.store import JournalUnwritable, Store, StoreError, StoreLocked
 from tests.engine_harness import T0, standard
 
 
@@ -353,3 +354,88 @@ def test_an_unwritable_parent_of_data_dir_is_one_line_and_exit_2(tmp_path: Path)
             assert "engine.data_dir" in line and "not writable" in line and str(parent) in line
     finally:
         (tmp_path / "locked").chmod(0o755)
+
+
+# --- the one-engine lock ------------------------------------------------------------------
+
+
+def _alerts_about_lock(h: Any) -> list[Alert]:
+    return [a for a in h.alerts if "lock file" in a.message]
+
+
+async def test_a_deleted_lock_file_is_recreated_within_a_tick_and_keeps_others_out(
+    tmp_path: Path,
+) -> None:
+    h = await standard(tmp_path)
+    await h.tick(1)
+    h.store.lock_path.unlink()  # someone cleans up the data directory
+    await h.tick(2)
+    (alert,) = _alerts_about_lock(h)
+    assert alert.severity is Severity.WARNING and "deleted" in alert.message
+    assert h.store.lock_path.read_text().strip() == str(os.getpid())
+    with pytest.raises(StoreLocked):
+        await Store(h.store.path).open()  # a second engine is kept out again
+    assert not h.engine.stopping
+    await h.close()
+
+
+async def test_a_lock_taken_by_another_process_stops_this_engine(tmp_path: Path) -> None:
+    import fcntl
+
+    h = await standard(tmp_path)
+    await h.tick(1)
+    h.store.lock_path.unlink()
+    other = os.open(h.store.lock_path, os.O_RDWR | os.O_CREAT)  # another engine's lock
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(other, b"424242\n")
+        await h.tick(2)
+        (first,) = _alerts_about_lock(h)
+        assert first.severity is Severity.CRITICAL and "424242" in first.message
+        assert not h.engine.stopping  # a second engine refusing lets go within a second
+        for t in (3, 4):
+            await h.tick(t)
+        await asyncio.wait_for(h.engine.wait_stopping(), 5)
+        assert isinstance(h.engine.fatal, StoreLocked)
+        assert "this engine stops" in str(h.engine.fatal)
+        assert any("ENGINE STOPPED" in a.message for a in h.alerts)
+    finally:
+        os.close(other)
+    await h.engine.flush()
+    await h.close()
+
+
+def test_a_second_engine_refuses_a_journal_with_a_live_heartbeat(tmp_path: Path) -> None:
+    """The first engine's lock file is deleted; a second one (a real process) finds the
+    heartbeat in the journal, refuses with the first's pid, and the first takes its lock
+    file back."""
+
+    async def first_engine() -> None:
+        h = await standard(tmp_path)
+        await h.tick(1)  # writes the heartbeat: this process's pid, the wall time
+        h.store.lock_path.unlink()
+        proc = await asyncio.to_thread(_cli, tmp_path, tmp_path, "--headless")
+        assert proc.returncode == 1, proc.stderr
+        line = _one_line(proc)
+        assert f"pid {os.getpid()}" in line and f"kill {os.getpid()}" in line
+        assert "heartbeat" in line
+        assert (await h.store.get_state("heartbeat"))["pid"] == os.getpid()  # untouched
+        await h.tick(2)
+        (alert,) = _alerts_about_lock(h)
+        assert "replaced" in alert.message  # the second engine's file, let go: taken back
+        with pytest.raises(StoreLocked):
+            await Store(h.store.path).open()
+        assert not h.engine.stopping
+        await h.close()
+
+    asyncio.run(first_engine())
+
+
+async def test_a_heartbeat_of_a_process_that_is_gone_does_not_block(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    p = tmp_path / "trades.db"
+    async with Store(p) as s:
+        await s.set_state("heartbeat", {"pid": gone.pid, "wall_ts": time.time()})
+    async with Store(p):  # a crashed engine's journal opens at once
+        pass
