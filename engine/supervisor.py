@@ -615,6 +615,8 @@ class Engine:
                 await self.tick()
             except Exception:
                 log.exception("tick failed")
+                if self.fatal is not None:
+                    continue  # the journal refused: its own alert says so, and the engine stops
                 await self._alert(
                     AlertKind.DATA_QUALITY, Severity.CRITICAL, "engine tick failed; see the log"
                 )
@@ -626,6 +628,8 @@ class Engine:
             await self.handle(ev)
         except Exception as e:
             log.exception("event %r failed", ev)
+            if self.fatal is not None:
+                return  # the journal refused: its own alert says so, and the engine stops
             await self._alert(
                 AlertKind.DATA_QUALITY,
                 Severity.CRITICAL,
