@@ -192,8 +192,10 @@ class AlertBus:
         trade_id: str | None = None,
         data: Mapping[str, Any] | None = None,
         subject: str | None = None,
+        every_channel: bool = False,
     ) -> Alert | None:
-        """Raise an alert; returns None when the throttle held it back as a repeat."""
+        """Raise an alert; returns None when the throttle held it back as a repeat.
+        `every_channel`: past every channel's filter (the engine stopping itself)."""
         key = (kind.value, subject if subject is not None else (trade_id or message))
         last = self._last.get(key)
         if last is not None and ts - last < self.cooldown_seconds:
@@ -214,7 +216,7 @@ class AlertBus:
         self.recent.appendleft(alert)
         for ch in self.channels:
             f: AlertFilter | None = getattr(ch, "filter", None)
-            verdict = Verdict.PASS if f is None else f.check(alert)
+            verdict = Verdict.PASS if f is None or every_channel else f.check(alert)
             if verdict is Verdict.QUIET:
                 self._quiet[ch.name] = self._quiet.get(ch.name, 0) + 1
             if verdict is not Verdict.PASS:

@@ -601,6 +601,7 @@ class Store:
         if self._db is not None:
             raise StoreError(f"journal {self.path} is already open")
         self.readonly = readonly
+        self.unwritable = None
         if not readonly:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -594,12 +594,15 @@ class Engine:
             else "no open trades"
         )
         try:
-            await self._alert(
+            await self.alerts.raise_(
+                self.clock.now(),
                 AlertKind.EXECUTION_FAILURE,
                 Severity.CRITICAL,
                 f"ENGINE STOPPED: {err}. {watched}",
                 subject="engine:fatal",
+                every_channel=True,  # whatever kinds a channel was set to pass
             )
+            self._dirty = True
         except Exception:
             log.exception("the engine's last alert failed")
         finally:

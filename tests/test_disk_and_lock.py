@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from engine.alerts import Alert
-from engine.models import Severity
+from engine.alerts import Alert, AlertFilter
+from engine.models import AlertKind, Severity
 from engine.store import JournalUnwritable, Store, StoreError, StoreLocked
 from tests.engine_harness import T0, standard
 
@@ -90,7 +90,10 @@ def _critical_stop(ch: RecordingChannel) -> list[tuple[Alert, bool]]:
 async def test_readonly_journal_while_running_alerts_every_channel_then_stops(tmp_path: Path):
     h = await standard(tmp_path)
     ch = RecordingChannel(h.engine)
-    h.engine.alerts.channels.append(ch)
+    picky = RecordingChannel(h.engine)  # set to pass only auto-stop exits
+    picky.name = "desktop"
+    picky.filter = AlertFilter(Severity.CRITICAL, frozenset({AlertKind.AUTO_STOP}))
+    h.engine.alerts.channels += [ch, picky]
     await make_readonly(h.store)
     await h.quote(0.30, 0.32)  # max_loss fires: the exit cannot be journaled
     await asyncio.wait_for(h.engine.wait_stopping(), 5)
@@ -104,6 +107,8 @@ async def test_readonly_journal_while_running_alerts_every_channel_then_stops(tm
     assert "read-only" in alert.message and "free on" in alert.message
     assert "t1" in alert.message  # the trades left unprotected are named
     assert "move it aside" not in alert.message
+    assert len(_critical_stop(picky)) == 1  # the engine stopping passes every channel's filter
+    assert not [a for a, _ in ch.got if "tick failed" in a.message or "internal" in a.message]
     await h.engine.flush()  # nothing more is written to a journal that refused
     await h.store.close()
 
