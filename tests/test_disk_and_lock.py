@@ -444,3 +444,24 @@ async def test_a_heartbeat_of_a_process_that_is_gone_does_not_block(tmp_path: Pa
         await s.set_state("heartbeat", {"pid": gone.pid, "wall_ts": time.time()})
     async with Store(p):  # a crashed engine's journal opens at once
         pass
+
+
+@pytest.mark.parametrize("host_kind", ["process", "thread"])
+async def test_the_screen_shows_why_the_engine_stopped(tmp_path: Path, host_kind: str) -> None:
+    from engine.commands import Command
+    from tests.tui_harness import running_app, settle
+    from tui.panes import StatusBar
+
+    async with running_app(tmp_path, host_kind=host_kind) as (app, pilot, host):
+        await host.call(_journal_readonly)
+        result = await host.command(Command("close", "demo-1"))
+        assert not result.ok  # the exit could not be journaled: nothing was sent
+        assert await asyncio.to_thread(host.stopped.wait, 20.0)
+        await settle(pilot)
+        assert app.main is not None
+        assert "ENGINE STOPPED" in str(app.main.query_one(StatusBar).render())
+        notes = [(n.title, n.message) for n in app._notifications]
+        title, message = notes[-1]
+        assert title == "Engine stopped" and "NOT protected" in message
+        assert "read-only" in message and "free on" in message and "Keep the journal" in message
+        assert app.bells >= 1
