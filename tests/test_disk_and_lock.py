@@ -9,6 +9,7 @@ tests run as root, where chmod stops no write, so a read-only directory is not u
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -465,3 +466,41 @@ async def test_the_screen_shows_why_the_engine_stopped(tmp_path: Path, host_kind
         assert title == "Engine stopped" and "NOT protected" in message
         assert "read-only" in message and "free on" in message and "Keep the journal" in message
         assert app.bells >= 1
+
+
+async def test_the_webhook_gets_the_stop_from_a_real_runtime_on_a_read_only_journal(
+    tmp_path: Path,
+) -> None:
+    """The shipped wiring (build_runtime, attach_channels, Runtime.close): the webhook's POST of
+    the ENGINE STOPPED alert goes out although the journal refuses every write."""
+    from aiohttp import web
+
+    from engine.clock import ManualClock
+    from engine.commands import Command
+    from engine.runtime import build_runtime
+    from tests.loopback import serve
+    from tests.tui_harness import T0 as UI_T0
+    from tests.tui_harness import ui_config
+
+    bodies: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        bodies.append(await request.json())
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("POST", "/hook", handle)
+    async with serve(app, shutdown_timeout=0.1) as port:
+        hook = {"enabled": True, "url": f"http://127.0.0.1:{port}/hook"}
+        cfg = ui_config(tmp_path, alerts={"log_file": "", "webhook": hook})
+        rt = await build_runtime(cfg, None, clock=ManualClock(UI_T0))
+        try:
+            await make_readonly(rt.store)
+            result = await rt.engine.command(Command("close", "demo-1"))
+            assert not result.ok
+            await asyncio.wait_for(rt.engine.wait_stopping(), 5)
+        finally:
+            await rt.close()  # the webhook sends what is waiting before it closes
+    stops = [b for b in bodies if "ENGINE STOPPED" in json.dumps(b)]
+    assert len(stops) == 1, bodies
+    assert "read-only" in json.dumps(stops[0]) and "demo-1" in json.dumps(stops[0])
