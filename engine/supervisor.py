@@ -269,6 +269,7 @@ class Engine:
         # was lost); `run` raises it once it has stopped.
         self.fatal: StoreError | None = None
         self._fatal_task: asyncio.Task[None] | None = None
+        self._started = False  # start() finished (before, a failure is start()'s to report)
         self._last_lock_check = -math.inf
         self._lock_lost = 0  # checks in a row the lock file was another process's
         if hasattr(store, "on_unwritable"):
@@ -319,6 +320,7 @@ class Engine:
         await self._sync_paper_positions()
         await self._poll_positions(now)
         self._dirty = True
+        self._started = True
 
     def _adopt(self, t: Trade) -> None:
         for rec in self.recorders:
@@ -580,6 +582,8 @@ class Engine:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
+            loop = None
+        if loop is None or not self._started:  # start() raises it to whoever started us
             self._stop.set()
             return
         self._fatal_task = loop.create_task(self._stop_on(err), name="engine-fatal")

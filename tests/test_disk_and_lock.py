@@ -350,14 +350,16 @@ def _unwritable_dir(tmp_path: Path) -> Path:
     return d
 
 
-def test_an_unwritable_parent_of_data_dir_is_one_line_and_exit_2(tmp_path: Path) -> None:
+def test_an_unwritable_data_dir_or_parent_is_one_line_and_exit_2(tmp_path: Path) -> None:
     parent = _unwritable_dir(tmp_path)
     try:
-        for args in (("check-config",), ("--headless",)):
-            proc = _cli(tmp_path, parent / "ts-data", *args)
-            assert proc.returncode == 2, (args, proc.stderr)
-            line = _one_line(proc)
-            assert "engine.data_dir" in line and "not writable" in line and str(parent) in line
+        for data_dir in (parent / "ts-data", parent):  # to be created in it, or it itself
+            for args in (("check-config",), ("--headless",)):
+                proc = _cli(tmp_path, data_dir, *args)
+                assert proc.returncode == 2, (args, proc.stderr)
+                line = _one_line(proc)
+                assert "engine.data_dir" in line and "not writable" in line
+                assert str(parent) in line
     finally:
         (tmp_path / "locked").chmod(0o755)
 
