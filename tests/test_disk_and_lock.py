@@ -506,3 +506,37 @@ async def test_the_webhook_gets_the_stop_from_a_real_runtime_on_a_read_only_jour
     stops = [b for b in bodies if "ENGINE STOPPED" in json.dumps(b)]
     assert len(stops) == 1, bodies
     assert "read-only" in json.dumps(stops[0]) and "demo-1" in json.dumps(stops[0])
+
+
+@pytest.mark.slow
+def test_a_deleted_lock_of_a_running_headless_engine_lets_no_second_one_in(
+    tmp_path: Path,
+) -> None:
+    from tests.test_cli import ENGINE_CONFIG, Cli, add_trade
+    from tests.test_cli import Engine as HeadlessEngine
+
+    cli = Cli(tmp_path)
+    cli.write_config(ENGINE_CONFIG.replace("demo_trades = 1", "demo_trades = 0"))
+    assert add_trade(cli, "m1").returncode == 0
+    first = HeadlessEngine(cli)
+    try:
+        first.wait_for(lambda line: line.startswith("trade-supervisor: venue"))  # the banner
+        deadline = time.monotonic() + 30  # the heartbeat is written on the first tick
+        while True:
+            info = json.loads(cli.ok("--config", str(cli.config), "status", "--json"))
+            if info["heartbeat_age_seconds"] is not None or time.monotonic() > deadline:
+                break
+        (cli.data / "trades.db.lock").unlink()  # someone tidies the data directory
+
+        second = cli.run("--config", str(cli.config), "--headless", timeout=30)
+        assert second.returncode == 1, second.stderr
+        assert f"pid {first.proc.pid}" in second.stderr  # by the heartbeat or the new lock
+        line = first.wait_for(lambda line: "lock file" in line and "re-created" in line)
+        assert "warning" in line
+        assert first.proc.poll() is None  # the first one is unharmed and holds its lock again
+        third = cli.run("--config", str(cli.config), "--headless", timeout=30)
+        assert third.returncode == 1
+        assert f"another trade-supervisor (pid {first.proc.pid})" in third.stderr
+        assert first.stop() == 0
+    finally:
+        first.kill()
