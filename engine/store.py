@@ -360,13 +360,19 @@ def _commit_all(conn: sqlite3.Connection, statements: Sequence[tuple[str, Sequen
 
 
 def _pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an engine that died but was not reaped yet)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:  # EPERM: it exists, another user's
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): it exists
+    return state != b"Z"
 
 
 def _num_ok(v: Any) -> bool:

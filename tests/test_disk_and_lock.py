@@ -440,13 +440,18 @@ def test_a_second_engine_refuses_a_journal_with_a_live_heartbeat(tmp_path: Path)
 
 
 async def test_a_heartbeat_of_a_process_that_is_gone_does_not_block(tmp_path: Path) -> None:
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
     p = tmp_path / "trades.db"
-    async with Store(p) as s:
-        await s.set_state("heartbeat", {"pid": gone.pid, "wall_ts": time.time()})
-    async with Store(p):  # a crashed engine's journal opens at once
-        pass
+    for reaped in (True, False):  # gone, or dead and not yet reaped by its parent (a zombie)
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        if reaped:
+            gone.wait()
+        else:
+            os.waitid(os.P_PID, gone.pid, os.WEXITED | os.WNOWAIT)  # dead, still listed
+        async with Store(p) as s:
+            await s.set_state("heartbeat", {"pid": gone.pid, "wall_ts": time.time()})
+        async with Store(p):  # a crashed engine's journal opens at once
+            pass
+        gone.wait()
 
 
 @pytest.mark.parametrize("host_kind", ["process", "thread"])
