@@ -185,6 +185,9 @@ def _setup_child_logging(log_path: Path | None) -> None:
         # Never the terminal: the screen owns it. (Tests: pytest captures fd 2.)
         root.addHandler(logging.NullHandler())
         return
+    # A log line that cannot be written (a full disk) is dropped: logging's own complaint would
+    # go to fd 2, the screen's terminal.
+    logging.raiseExceptions = False
     handler = logging.FileHandler(log_path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
