@@ -244,8 +244,11 @@ class AlertBus:
                     message=message,
                     data=_clean(dict(alert.data)),
                 )
-            except Exception:  # the journal being unwritable must not hide the alert
-                log.exception("could not store alert")
+            except Exception as e:  # the journal being unwritable must not hide the alert
+                if self.failures.get("store"):
+                    log.error("could not store alert: %s", e)  # the first one has the traceback
+                else:
+                    log.exception("could not store alert")
                 self.failures["store"] = self.failures.get("store", 0) + 1
         return alert
 

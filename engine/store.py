@@ -140,12 +140,14 @@ def disk_message(path: Path, what: str, e: BaseException) -> str:
     fix = {
         "full": "free some space on that disk",
         "read-only": "make the directory writable (or remount the disk read-write)",
-        "I/O error": "check the disk (dmesg, fsck)",
+        "I/O error": "make room on that disk and check it is healthy (df -h, dmesg)",
         "cannot create files": "make the directory writable and free some space",
     }[what]
-    label = {"full": "the disk is full", "read-only": "the disk or directory is read-only"}.get(
-        what, f"the disk reports: {what}"
-    )
+    label = {
+        "full": "the disk is full",
+        "read-only": "the disk or directory is read-only",
+        "I/O error": "the disk refused the write (I/O error: full, over a size limit, or failing)",
+    }.get(what, f"the disk reports: {what}")
     return (
         f"cannot write the journal {path}: {label} ({e}; {free_space(path)}). "
         f"Keep the journal: it holds the open trades. Fix: {fix}, then start again"

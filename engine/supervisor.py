@@ -620,10 +620,11 @@ class Engine:
             await self.clock.sleep(nxt - now)
             try:
                 await self.tick()
-            except Exception:
+            except Exception as e:
+                if self.fatal is not None:  # the journal refused: its own alert says so
+                    log.error("tick failed: %s", e)
+                    continue
                 log.exception("tick failed")
-                if self.fatal is not None:
-                    continue  # the journal refused: its own alert says so, and the engine stops
                 await self._alert(
                     AlertKind.DATA_QUALITY, Severity.CRITICAL, "engine tick failed; see the log"
                 )

@@ -545,3 +545,52 @@ def test_a_deleted_lock_of_a_running_headless_engine_lets_no_second_one_in(
         assert first.stop() == 0
     finally:
         first.kill()
+
+
+_UNDER_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from engine.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_headless_engine_on_a_disk_that_fills_says_so_and_stops(tmp_path: Path) -> None:
+    """A real refusal by the OS: RLIMIT_FSIZE stops the journal's files growing (SQLite sees
+    the write fail as on a full disk). Start-up fits; the WAL soon does not."""
+    from tests.test_cli import Cli
+    from tests.test_cli import Engine as HeadlessEngine
+
+    cli = Cli(tmp_path)
+    cli.write_config("[sim]\nspeed = 10\ndemo_trades = 2\n[alerts]\nlog_file = ''\n")
+    first = HeadlessEngine(cli)  # creates the journal and the demo trades, then stops cleanly
+    try:
+        first.wait_for(lambda line: line.startswith("trade-supervisor: venue"))
+        assert first.stop() == 0
+    finally:
+        first.kill()
+    db = cli.data / "trades.db"
+    limit = db.stat().st_size + 64 * 1024
+    argv = ["--config", str(cli.config), "--headless"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _UNDER_FILE_SIZE_LIMIT, str(limit), *argv],
+        cwd=tmp_path,
+        env=cli.env,
+        capture_output=True,  # pipes: no size limit on them
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    stops = [line for line in proc.stdout.splitlines() if "ENGINE STOPPED" in line]
+    assert len(stops) == 1 and "critical" in stops[0], proc.stdout
+    assert "demo-1" in stops[0] and "demo-2" in stops[0] and "free on" in stops[0]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("trade-supervisor: cannot write the journal"), proc.stderr[-2000:]
+    assert "move it aside" not in proc.stdout + proc.stderr
+    assert db.exists()
+    # Once there is room again, the same journal starts with its trades.
+    again = cli.run("--config", str(cli.config), "trades", "list", "--json")
+    assert sorted(t["trade_id"] for t in json.loads(again.stdout)) == ["demo-1", "demo-2"]
