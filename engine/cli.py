@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     writes = args.cmd in (None, "check-config") or (
         args.cmd == "trades" and args.trades_cmd in ("add", "close")
     )
-    problem = config.data_dir_problem() if writes else None
+    reads = args.cmd in ("status", "metrics", "trades")  # record/replay: a journal of their own
+    problem = config.data_dir_problem(writable=writes) if writes or reads else None
     if problem is not None:  # before anything else: a file in the way, an unwritable parent
         print(f"trade-supervisor: {problem}", file=sys.stderr)
         return EXIT_CONFIG

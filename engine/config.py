@@ -621,17 +621,17 @@ class Config(Strict):
             return Path(self.engine.data_dir).expanduser()
         return Path(platformdirs.user_data_dir(APP_NAME))
 
-    def data_dir_problem(self) -> str | None:
+    def data_dir_problem(self, writable: bool = True) -> str | None:
         """Why the data directory cannot hold the journal (a file where it should be, a parent
-        that is a file or not writable), as one line naming the key and the fix; None if it can.
-        Nothing is created."""
+        that is a file or, when `writable`, not writable), as one line naming the key and the
+        fix; None if it can. Nothing is created."""
         p = self.data_path()
         key = f"engine.data_dir = {str(p)!r}"
         fix = "set engine.data_dir to a directory this user can write (nothing was written)"
         if p.exists():
             if not p.is_dir():
                 return f"{key}: that is a file, not a directory; move the file away or {fix}"
-            if not os.access(p, os.W_OK | os.X_OK):
+            if writable and not os.access(p, os.W_OK | os.X_OK):
                 return f"{key}: the directory is not writable (read-only?); {fix}"
             return None
         parent = p.parent
@@ -639,7 +639,7 @@ class Config(Strict):
             parent = parent.parent
         if not parent.is_dir():
             return f"{key}: cannot be created, {parent} is a file, not a directory; {fix}"
-        if not os.access(parent, os.W_OK | os.X_OK):
+        if writable and not os.access(parent, os.W_OK | os.X_OK):
             return f"{key}: cannot be created, {parent} is not writable (read-only?); {fix}"
         return None
 

@@ -327,7 +327,9 @@ def test_a_file_where_data_dir_should_be_is_one_line_and_exit_2(
     blocker = tmp_path / "blocker"
     blocker.write_text("not a directory\n")
     data_dir = blocker / "data" if under else blocker
-    for args in (("check-config",), ("--headless",), ("trades", "add", *_TRADE)):
+    commands = [("check-config",), ("--headless",), ("trades", "add", *_TRADE)]
+    commands += [("status",), ("trades", "list"), ("metrics",)]  # those that only read, too
+    for args in commands:
         proc = _cli(tmp_path, data_dir, *args)
         assert proc.returncode == 2, (args, proc.stderr)
         line = _one_line(proc)
@@ -360,6 +362,9 @@ def test_an_unwritable_data_dir_or_parent_is_one_line_and_exit_2(tmp_path: Path)
                 line = _one_line(proc)
                 assert "engine.data_dir" in line and "not writable" in line
                 assert str(parent) in line
+        # Reading an unwritable data dir is fine: `status` says no engine has run there.
+        status = _cli(tmp_path, parent, "status")
+        assert status.returncode == 0 and "has not run" in status.stdout, status.stderr
     finally:
         (tmp_path / "locked").chmod(0o755)
 
