@@ -2,8 +2,10 @@
 
 A full, read-only or failing disk is simulated at SQLite's own boundary, on the store's real
 connections: `PRAGMA max_page_count` (the journal cannot grow: SQLITE_FULL, "database or disk is
-full") and `PRAGMA query_only` (SQLITE_READONLY, "attempt to write a readonly database"). The
-tests run as root, where chmod stops no write, so a read-only directory is not used.
+full"), `PRAGMA query_only` or a `mode=ro` connection (SQLITE_READONLY, "attempt to write a
+readonly database"), and for real by the OS with RLIMIT_FSIZE (a slow test: a headless engine whose
+WAL may not grow). The tests run as root, where chmod stops no write: an unwritable directory is
+chmod 555 where that works, else a read-only mount (/proc/sys here), else the test is skipped.
 """
 
 from __future__ import annotations
