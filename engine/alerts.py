@@ -159,7 +159,7 @@ class StoreLike(Protocol):
 
 
 class AlertBus:
-    """Raises alerts: throttles, stores, keeps the recent ones, and fans out to channels."""
+    """Raises alerts: throttles, keeps the recent ones, fans out to channels, then stores."""
 
     def __init__(self, cooldown_seconds: float = 30.0, keep: int = 200) -> None:
         self.cooldown_seconds = cooldown_seconds
@@ -192,8 +192,10 @@ class AlertBus:
         trade_id: str | None = None,
         data: Mapping[str, Any] | None = None,
         subject: str | None = None,
+        every_channel: bool = False,
     ) -> Alert | None:
-        """Raise an alert; returns None when the throttle held it back as a repeat."""
+        """Raise an alert; returns None when the throttle held it back as a repeat.
+        `every_channel`: past every channel's filter (the engine stopping itself)."""
         key = (kind.value, subject if subject is not None else (trade_id or message))
         last = self._last.get(key)
         if last is not None and ts - last < self.cooldown_seconds:
@@ -212,22 +214,9 @@ class AlertBus:
             self.total,
         )
         self.recent.appendleft(alert)
-        if self.store is not None:
-            try:
-                await self.store.add_alert(
-                    ts=ts,
-                    kind=kind.value,
-                    severity=severity.value,
-                    trade_id=trade_id,
-                    message=message,
-                    data=_clean(dict(alert.data)),
-                )
-            except Exception:  # the journal being unwritable must not hide the alert
-                log.exception("could not store alert")
-                self.failures["store"] = self.failures.get("store", 0) + 1
         for ch in self.channels:
             f: AlertFilter | None = getattr(ch, "filter", None)
-            verdict = Verdict.PASS if f is None else f.check(alert)
+            verdict = Verdict.PASS if f is None or every_channel else f.check(alert)
             if verdict is Verdict.QUIET:
                 self._quiet[ch.name] = self._quiet.get(ch.name, 0) + 1
             if verdict is not Verdict.PASS:
@@ -243,6 +232,24 @@ class AlertBus:
                 self._failing[ch.name] = False
         for listener in self.listeners:
             listener(alert)
+        # Stored last: a journal that cannot be written (a full disk) or is slow to answer
+        # never delays or swallows the delivery above.
+        if self.store is not None:
+            try:
+                await self.store.add_alert(
+                    ts=ts,
+                    kind=kind.value,
+                    severity=severity.value,
+                    trade_id=trade_id,
+                    message=message,
+                    data=_clean(dict(alert.data)),
+                )
+            except Exception as e:  # the journal being unwritable must not hide the alert
+                if self.failures.get("store"):
+                    log.error("could not store alert: %s", e)  # the first one has the traceback
+                else:
+                    log.exception("could not store alert")
+                self.failures["store"] = self.failures.get("store", 0) + 1
         return alert
 
     def channel_health(self) -> tuple[ChannelHealth, ...]:

@@ -129,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
             "trade-supervisor: not started; fix the config (nothing was written)", file=sys.stderr
         )
         return EXIT_CONFIG
+    writes = args.cmd in (None, "check-config") or (
+        args.cmd == "trades" and args.trades_cmd in ("add", "close")
+    )
+    reads = args.cmd in ("status", "metrics", "trades")  # record/replay: a journal of their own
+    problem = config.data_dir_problem(writable=writes) if writes or reads else None
+    if problem is not None:  # before anything else: a file in the way, an unwritable parent
+        print(f"trade-supervisor: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         if args.cmd == "check-config":
             return _check_config(config, path)

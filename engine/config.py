@@ -635,6 +635,28 @@ class Config(Strict):
             return Path(self.engine.data_dir).expanduser()
         return Path(platformdirs.user_data_dir(APP_NAME))
 
+    def data_dir_problem(self, writable: bool = True) -> str | None:
+        """Why the data directory cannot hold the journal (a file where it should be, a parent
+        that is a file or, when `writable`, not writable), as one line naming the key and the
+        fix; None if it can. Nothing is created."""
+        p = self.data_path()
+        key = f"engine.data_dir = {str(p)!r}"
+        fix = "set engine.data_dir to a directory this user can write (nothing was written)"
+        if p.exists():
+            if not p.is_dir():
+                return f"{key}: that is a file, not a directory; move the file away or {fix}"
+            if writable and not os.access(p, os.W_OK | os.X_OK):
+                return f"{key}: the directory is not writable (read-only?); {fix}"
+            return None
+        parent = p.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            return f"{key}: cannot be created, {parent} is a file, not a directory; {fix}"
+        if writable and not os.access(parent, os.W_OK | os.X_OK):
+            return f"{key}: cannot be created, {parent} is not writable (read-only?); {fix}"
+        return None
+
     def alert_log_path(self) -> Path:
         """The JSON-lines alert log: `alerts.log_file`, inside the data directory if relative."""
         return self.data_path() / Path(self.alerts.log_file).expanduser()

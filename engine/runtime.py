@@ -121,6 +121,9 @@ async def build_runtime(
         closers.append(kalshi_client.aclose)
     try:
         data = config.data_path()
+        problem = config.data_dir_problem()
+        if problem is not None:
+            raise ConfigError([problem])
         data.mkdir(parents=True, exist_ok=True)
         store = Store(db_path or data / JOURNAL_FILENAME)
         await store.open()

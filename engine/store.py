@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import math
 import os
+import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,8 @@ from engine import trade_rows
 from engine.models import Trade, TradeState
 from engine.trade_rows import BadRow, RowContext
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "APPLICATION_ID",
     "INTENT_STATUSES",
@@ -49,6 +53,7 @@ __all__ = [
     "MIGRATIONS",
     "ORDER_STATUSES",
     "SCHEMA_VERSION",
+    "JournalUnwritable",
     "Store",
     "StoreError",
     "StoreLocked",
@@ -61,6 +66,9 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 APPLICATION_ID = 0x54535550  # "TSUP": marks a SQLite file as a trade-supervisor journal
 BUSY_TIMEOUT_MS = 5000
 EXIT_WRITER_BUSY_MS = 250  # the exit writer blocks the engine loop while it waits
+# A journal whose heartbeat (written every 2 s by a running engine) is younger than this, from a
+# live process, has an engine, lock file or not: a second engine refuses to open it.
+LIVE_HEARTBEAT_SECONDS = 30.0
 
 SIDES = ("yes", "no", "long", "short")
 TRADE_STATES = tuple(s.value for s in TradeState)
@@ -74,6 +82,82 @@ class StoreError(Exception):
 
 class StoreLocked(StoreError):
     """Another process (another engine) holds the journal's lock."""
+
+
+class JournalUnwritable(StoreError):
+    """The disk under the journal refused a write: full, read-only, or an I/O error. Nothing
+    more can be journaled, so nothing more may be sent: the engine stops on it."""
+
+
+# SQLite's primary result codes for "the disk refused": SQLITE_READONLY, SQLITE_IOERR,
+# SQLITE_FULL, SQLITE_CANTOPEN (the -wal/-shm file cannot be created).
+_DISK_CODES = {8: "read-only", 10: "I/O error", 13: "full", 14: "cannot create files"}
+_DISK_TEXT = (
+    ("disk is full", "full"),
+    ("readonly database", "read-only"),
+    ("read-only", "read-only"),
+    ("disk i/o error", "I/O error"),
+    ("unable to open database file", "cannot create files"),
+)
+
+
+def disk_problem(e: BaseException) -> str | None:
+    """'full', 'read-only', 'I/O error' or 'cannot create files' when `e` is the disk refusing
+    (SQLite or the OS), else None."""
+    if isinstance(e, OSError):
+        return {
+            errno.ENOSPC: "full",
+            errno.EDQUOT: "full",
+            errno.EROFS: "read-only",
+            errno.EACCES: "read-only",
+            errno.EPERM: "read-only",
+            errno.EIO: "I/O error",
+        }.get(e.errno or 0)
+    if not isinstance(e, sqlite3.Error):
+        return None
+    code = getattr(e, "sqlite_errorcode", None)
+    if isinstance(code, int) and (code & 0xFF) in _DISK_CODES:
+        return _DISK_CODES[code & 0xFF]
+    text = str(e).lower()
+    return next((what for needle, what in _DISK_TEXT if needle in text), None)
+
+
+def free_space(path: Path) -> str:
+    """'12.3 MB free on /dir' for the nearest existing directory of `path`."""
+    d = Path(path)
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    if d.is_file():
+        d = d.parent
+    try:
+        free = shutil.disk_usage(d).free
+    except OSError as e:
+        return f"free space on {d} unknown ({e.strerror or e})"
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if free < 1024 or unit == "TB":
+            break
+        free /= 1024
+    shown = f"{free:.0f} bytes" if unit == "bytes" else f"{free:.1f} {unit}"
+    return f"{shown} free on {d}"
+
+
+def disk_message(path: Path, what: str, e: BaseException) -> str:
+    """What to tell the trader when the disk under the journal refused (`what`: disk_problem)."""
+    fix = {
+        "full": "free some space on that disk",
+        "read-only": "make the directory writable (or remount the disk read-write)",
+        "I/O error": "make room on that disk and check it is healthy (df -h, dmesg)",
+        "cannot create files": "make the directory writable and free some space",
+    }[what]
+    label = {
+        "full": "the disk is full",
+        "read-only": "the disk or directory is read-only",
+        "I/O error": "the disk refused the write (I/O error: full, over a size limit, or failing)",
+    }.get(what, f"the disk reports: {what}")
+    return (
+        f"cannot write the journal {path}: {label} ({e}; {free_space(path)}). "
+        f"Keep the journal: it holds the open trades. Fix: {fix}, then start again"
+    )
 
 
 # --- schema ----------------------------------------------------------------------------------
@@ -335,6 +419,22 @@ def _commit_all(conn: sqlite3.Connection, statements: Sequence[tuple[str, Sequen
         raise
 
 
+def _pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an engine that died but was not reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, another user's
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): it exists
+    return state != b"Z"
+
+
 def _num_ok(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -393,6 +493,14 @@ def _trade_params(t: Trade) -> tuple[Any, ...]:
     )
 
 
+def _disk_or(e: BaseException, path: Path, message: str) -> StoreError:
+    """The error for a failure opening the journal: the disk's own message when the disk
+    refused (full, read-only, I/O error; never "move it aside", which would make the next
+    engine forget the open trades), else `message`."""
+    what = disk_problem(e)
+    return StoreError(message) if what is None else JournalUnwritable(disk_message(path, what, e))
+
+
 # --- the store -------------------------------------------------------------------------------
 
 
@@ -405,6 +513,9 @@ class Store:
         self.readonly = False
         self.last_load_problems: list[str] = []
         self.last_bad_rows: list[BadRow] = []  # rows the last load skipped (engine.trade_rows)
+        # Called (once per failure) when the disk refuses a write; the engine stops on it.
+        self.on_unwritable: Callable[[JournalUnwritable], None] | None = None
+        self.unwritable: JournalUnwritable | None = None  # the first such failure
         self._db: aiosqlite.Connection | None = None
         self._lock_fd: int | None = None
         self._fast: sqlite3.Connection | None = None  # the exit writer (_open_exit_writer)
@@ -438,17 +549,20 @@ class Store:
         if self._db is not None:
             raise StoreError(f"journal {self.path} is already open")
         self.readonly = readonly
+        self.unwritable = None
         if not readonly:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 msg = f"cannot create the journal directory {self.path.parent}: {e}"
-                raise StoreError(msg) from e
+                raise _disk_or(e, self.path, msg) from e
             if lock:
                 self._acquire_lock()
         try:
             self._check_file()
             version = await self._connect()
+            if lock and not readonly and version > 0:
+                await self._refuse_live_engine()
             await self._migrate(version)
             if not readonly:
                 self._fast = self._open_exit_writer()
@@ -495,7 +609,8 @@ class Store:
         try:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise StoreError(f"cannot create the lock file {self.lock_path}: {e}") from e
+            msg = f"cannot create the lock file {self.lock_path}: {e}"
+            raise _disk_or(e, self.path, msg) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -514,6 +629,74 @@ class Store:
         except OSError:
             pass  # the pid is informational; the flock is what protects the journal
         self._lock_fd = fd
+
+    async def _refuse_live_engine(self) -> None:
+        """StoreLocked when the journal's own heartbeat says a live engine runs on it: its lock
+        file was deleted (or replaced), so the lock alone cannot tell."""
+        assert self._db is not None
+        try:
+            rows = list(
+                await self._db.execute_fetchall("SELECT value FROM state WHERE key = 'heartbeat'")
+            )
+        except sqlite3.Error:
+            return  # no state table: no engine ever ran on it
+        hb = _loads(rows[0][0]) if rows else None
+        if not isinstance(hb, dict):
+            return
+        pid, wall = hb.get("pid"), hb.get("wall_ts")
+        if not isinstance(pid, int) or pid <= 0 or pid == os.getpid() or not _num_ok(wall):
+            return
+        age = time.time() - wall
+        if abs(age) >= LIVE_HEARTBEAT_SECONDS or not _pid_alive(pid):
+            return
+        raise StoreLocked(
+            f"another trade-supervisor (pid {pid}) is using {self.path}: its heartbeat in the "
+            f"journal is {max(age, 0):.0f}s old, though the lock file {self.lock_path.name} was "
+            f"deleted or replaced; stop it first (kill {pid}) or use another data_dir"
+        )
+
+    def check_lock(self) -> str | None:
+        """Is the lock file at `lock_path` still the one this store holds? None if so (or no
+        lock is held). If it was deleted or replaced, it is taken again at the path and
+        'deleted' / 'replaced' is returned; StoreLocked if another process holds the new one
+        (a second engine started meanwhile), StoreError if it cannot be re-created."""
+        fd = self._lock_fd
+        if fd is None:
+            return None
+        try:
+            mine = os.fstat(fd)
+            st = os.stat(self.lock_path)
+            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                return None
+            what = "replaced"
+        except FileNotFoundError:
+            what = "deleted"
+        except OSError:
+            return None  # cannot look: the next check tries again
+        try:
+            new = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(
+                f"the lock file {self.lock_path} was {what} and cannot be re-created: {e}"
+            ) from e
+        try:
+            fcntl.flock(new, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(new, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            os.close(new)
+            raise StoreLocked(
+                f"the lock file {self.lock_path} was {what}, and another process (pid {holder}) "
+                f"holds the new one: two engines on {self.path}"
+            ) from None
+        with contextlib.suppress(OSError):
+            os.ftruncate(new, 0)
+            os.pwrite(new, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = new
+        os.close(fd)  # the old, unlinked file's lock goes with it
+        return what
 
     def engine_pid(self) -> int | None:
         """The pid of the engine holding this journal's lock, or None when no engine runs."""
@@ -575,7 +758,7 @@ class Store:
             else:
                 db = await aiosqlite.connect(str(p), isolation_level=None)
         except sqlite3.Error as e:
-            raise StoreError(f"cannot open the journal {p}: {e}") from e
+            raise _disk_or(e, p, f"cannot open the journal {p}: {e}") from e
         self._db = db
         db.row_factory = sqlite3.Row
         try:
@@ -596,9 +779,12 @@ class Store:
                 await db.execute("PRAGMA wal_autocheckpoint = 0")
             await db.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as e:
-            raise StoreError(
-                f"{p} is not a usable SQLite database ({e}); it was left untouched: "
-                "move it aside or use another data_dir"
+            raise _disk_or(
+                e,
+                p,
+                f"{p} is not a usable SQLite database ({e}); it was left untouched. It may "
+                "hold open trades: keep a copy, try `sqlite3 FILE .recover`, and only then "
+                "move it aside or use another data_dir",
             ) from e
         return version
 
@@ -622,9 +808,12 @@ class Store:
                 )
             ]
         except sqlite3.DatabaseError as e:
-            raise StoreError(
-                f"{p} is not a usable SQLite database ({e}); it was left untouched: "
-                "move it aside or use another data_dir"
+            raise _disk_or(
+                e,
+                p,
+                f"{p} is not a usable SQLite database ({e}); it was left untouched. It may "
+                "hold open trades: keep a copy, try `sqlite3 FILE .recover`, and only then "
+                "move it aside or use another data_dir",
             ) from e
         if app_id not in (0, APPLICATION_ID) or (version == 0 and objects):
             shown = ", ".join(objects[:8]) + (", ..." if len(objects) > 8 else "")
@@ -661,9 +850,11 @@ class Store:
             except sqlite3.Error as e:
                 with contextlib.suppress(sqlite3.Error):
                     await db.execute("ROLLBACK")
-                raise StoreError(
+                raise _disk_or(
+                    e,
+                    p,
                     f"migrating the journal {p} to schema version {n} failed ({e}); "
-                    "nothing was changed by this step"
+                    "nothing was changed by this step",
                 ) from e
         if self._lock_fd is not None:  # the engine's own open (never the CLI's beside it)
             await self._ensure_trade_checks()
@@ -742,7 +933,23 @@ class Store:
             except sqlite3.IntegrityError as e:
                 raise StoreError(f"journal write refused: {e}") from e
             except sqlite3.Error as e:
-                raise StoreError(f"journal write to {self.path} failed: {e}") from e
+                raise self._write_failed(e) from e
+
+    def _write_failed(self, e: sqlite3.Error, message: str | None = None) -> StoreError:
+        """The error to raise for a failed write. A disk that refuses (full, read-only, I/O)
+        is a `JournalUnwritable`, reported once to `on_unwritable` (the engine stops on it)."""
+        what = disk_problem(e)
+        if what is None:
+            return StoreError(message or f"journal write to {self.path} failed: {e}")
+        err = JournalUnwritable(disk_message(self.path, what, e))
+        if self.unwritable is None:
+            self.unwritable = err
+            if self.on_unwritable is not None:
+                try:
+                    self.on_unwritable(err)
+                except Exception:  # the caller still gets the error
+                    log.exception("on_unwritable failed")
+        return err
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """All rows of one read, stepped to the end in ONE hand-off to aiosqlite's thread.
@@ -992,8 +1199,8 @@ class Store:
             try:
                 _commit_all(fast, statements)
             except sqlite3.Error as e:
-                raise StoreError(
-                    f"could not journal exit {intent_id!r} for {trade_id!r}: {e}"
+                raise self._write_failed(
+                    e, f"could not journal exit {intent_id!r} for {trade_id!r}: {e}"
                 ) from e
 
     async def checkpoint(self) -> None:
@@ -1393,7 +1600,7 @@ class Store:
                             (ts, trade.trade_id, str(audit[0]), _dumps(audit[1])),
                         )
             except sqlite3.Error as e:
-                raise StoreError(f"journal write to {self.path} failed: {e}") from e
+                raise self._write_failed(e) from e
 
     async def flush_tick(
         self,
@@ -1431,4 +1638,4 @@ class Store:
                             (key, _dumps(value), ts),
                         )
             except sqlite3.Error as e:
-                raise StoreError(f"journal write to {self.path} failed: {e}") from e
+                raise self._write_failed(e) from e

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import sqlite3
 import time
 import uuid
@@ -70,7 +71,7 @@ from engine.snapshot import (
     TradeDetail,
     TradeRow,
 )
-from engine.store import Store, StoreError
+from engine.store import Store, StoreError, StoreLocked
 from engine.trade_rows import MAX_QTY, BadRow, RowContext
 from engine.venues.base import OrderRequest, OrderResult, Venue, VenueError, VenuePosition
 from engine.watchdog import ProtectionWatchdog, describe_back, describe_new
@@ -104,6 +105,8 @@ SNAPSHOT_MAX_WAIT_SECONDS = (
     0.25  # ... and the longest it waits for the engine to be idle, per slice
 )
 HEARTBEAT_SECONDS = 2.0  # how often the engine's state is written for `status`
+LOCK_CHECK_SECONDS = 1.0  # how often the tick checks the journal's lock file is still its own
+LOCK_LOST_CHECKS = 3  # checks in a row another process holds a re-created lock: the engine stops
 FUTURE_TOLERANCE_SECONDS = 5.0  # how far ahead of our clock a venue timestamp may be  # the journal's WAL is checkpointed from the tick, never on an exit  # momentum / volatility score history kept for the window rules
 
 
@@ -271,6 +274,15 @@ class Engine:
         self._snapshot: Snapshot | None = None
         self._busy = _BusyGate()
         self._stop = asyncio.Event()
+        # Why the engine stopped itself (the disk refused a journal write, or the journal's lock
+        # was lost); `run` raises it once it has stopped.
+        self.fatal: StoreError | None = None
+        self._fatal_task: asyncio.Task[None] | None = None
+        self._started = False  # start() finished (before, a failure is start()'s to report)
+        self._last_lock_check = -math.inf
+        self._lock_lost = 0  # checks in a row the lock file was another process's
+        if hasattr(store, "on_unwritable"):
+            store.on_unwritable = self._journal_unwritable
         self.subscribers: list[Callable[[Snapshot], None]] = []
         self.recorders: list[Callable[[MarketEvent], None]] = []
         self.exit_listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -328,6 +340,7 @@ class Engine:
         await self._sync_paper_positions()
         await self._poll_positions(now)
         self._dirty = True
+        self._started = True
 
     def _adopt(self, t: Trade) -> None:
         for rec in self.recorders:
@@ -529,9 +542,101 @@ class Engine:
             await asyncio.gather(*tasks, stop, return_exceptions=True)
             await self.drain_exits()  # orders working at the venue are answered, then journaled
             await self.flush()
+        if self.fatal is not None:
+            raise self.fatal
 
     def stop(self) -> None:
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """`stop()` was called (or the engine stopped itself: see `fatal`)."""
+        return self._stop.is_set()
+
+    async def wait_stopping(self) -> None:
+        await self._stop.wait()
+
+    async def _check_lock(self, now: float) -> None:
+        """The journal's lock file is still this engine's (from the tick). Deleted or replaced,
+        it is re-created and one warning says so; held by another process (an engine started
+        meanwhile) for LOCK_LOST_CHECKS checks in a row, this engine stops: two engines must
+        never share a journal."""
+        check = getattr(self.store, "check_lock", None)
+        due = now - self._last_lock_check >= LOCK_CHECK_SECONDS
+        if check is None or self.fatal is not None or not due:
+            return
+        self._last_lock_check = now
+        path = getattr(self.store, "lock_path", "the lock file")
+        try:
+            what = check()
+        except StoreError as e:
+            self._lock_lost += 1
+            if self._lock_lost >= LOCK_LOST_CHECKS:
+                self.fail(StoreLocked(f"{e}; this engine stops (start one engine only)"))
+            elif self._lock_lost == 1:
+                await self._alert(
+                    AlertKind.EXECUTION_FAILURE,
+                    Severity.CRITICAL,
+                    f"{e}; retrying, and this engine stops if it persists: stop the other one",
+                    subject="engine:lock",
+                )
+            return
+        if self._lock_lost:
+            self._lock_lost = 0
+        if what is not None:
+            await self._alert(
+                AlertKind.EXECUTION_FAILURE,
+                Severity.WARNING,
+                f"the journal's lock file {path} was {what} while this engine ran; re-created, "
+                "so a second engine is kept out again. Never delete it while the engine runs",
+                subject="engine:lock",
+            )
+
+    def _journal_unwritable(self, err: StoreError) -> None:
+        """The disk refused a journal write (the store calls this once): nothing more can be
+        journaled, so nothing more may be sent. Say so on every channel that does not need the
+        disk (desktop, webhook, stdout, the screen), then stop."""
+        self.fail(err)
+
+    def fail(self, err: StoreError) -> None:
+        """Stop the engine because it cannot go on safely: one critical alert first, then stop;
+        `run` raises `err` (the headless command and the screen show it)."""
+        if self.fatal is not None:
+            return
+        self.fatal = err
+        self._dirty = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or not self._started:  # start() raises it to whoever started us
+            self._stop.set()
+            return
+        self._fatal_task = loop.create_task(self._stop_on(err), name="engine-fatal")
+
+    async def _stop_on(self, err: StoreError) -> None:
+        ids = sorted(t.trade_id for t in self.trades.values() if t.state != TradeState.CLOSED)
+        shown = ", ".join(ids[:8]) + (", …" if len(ids) > 8 else "")
+        watched = (
+            f"{len(ids)} open trade(s) are NOT protected ({shown}): watch or close them at the "
+            "venue"
+            if ids
+            else "no open trades"
+        )
+        try:
+            await self.alerts.raise_(
+                self.clock.now(),
+                AlertKind.EXECUTION_FAILURE,
+                Severity.CRITICAL,
+                f"ENGINE STOPPED: {err}. {watched}",
+                subject="engine:fatal",
+                every_channel=True,  # whatever kinds a channel was set to pass
+            )
+            self._dirty = True
+        except Exception:
+            log.exception("the engine's last alert failed")
+        finally:
+            self.stop()
 
     async def _tick_loop(self) -> None:
         period = self.config.engine.tick_seconds
@@ -541,7 +646,10 @@ class Engine:
             await self.clock.sleep(nxt - now)
             try:
                 await self.tick()
-            except Exception:
+            except Exception as e:
+                if self.fatal is not None:  # the journal refused: its own alert says so
+                    log.error("tick failed: %s", e)
+                    continue
                 log.exception("tick failed")
                 await self._alert(
                     AlertKind.DATA_QUALITY, Severity.CRITICAL, "engine tick failed; see the log"
@@ -644,6 +752,8 @@ class Engine:
             await self.handle(ev)
         except Exception as e:
             log.exception("event %r failed", ev)
+            if self.fatal is not None:
+                return  # the journal refused: its own alert says so, and the engine stops
             await self._alert(
                 AlertKind.DATA_QUALITY,
                 Severity.CRITICAL,
@@ -1084,6 +1194,7 @@ class Engine:
             await self._scan_opportunities(now)
         if self._expiry_watch:
             await self._record_expiries(now)
+        await self._check_lock(now)
         state = None
         if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
             self._last_heartbeat = now
@@ -1104,7 +1215,10 @@ class Engine:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._flush_marks()
+        if self._fatal_task is not None:
+            await self._fatal_task  # the last alert goes out before the channels close
+        if self.fatal is None:  # a journal that refused a write is not written again
+            await self._flush_marks()
         if self._checkpoint_task is not None:
             await self._checkpoint_task
             self._checkpoint_task = None
@@ -2607,6 +2721,7 @@ class Engine:
         return {
             "ts": now,
             "wall_ts": time.time(),
+            "pid": os.getpid(),  # a second engine refuses to open the journal while it is fresh
             "started_ts": self.started_ts,
             "venue": self.venue.name,
             "mode": self.mode.value,

@@ -185,6 +185,9 @@ def _setup_child_logging(log_path: Path | None) -> None:
         # Never the terminal: the screen owns it. (Tests: pytest captures fd 2.)
         root.addHandler(logging.NullHandler())
         return
+    # A log line that cannot be written (a full disk) is dropped: logging's own complaint would
+    # go to fd 2, the screen's terminal.
+    logging.raiseExceptions = False
     handler = logging.FileHandler(log_path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
@@ -416,7 +419,9 @@ class ProcessEngineHost:
             return
         self._stop_requested = True
         with contextlib.suppress(EngineHostError):
-            self._send("stop")
+            # Also after the engine stopped itself (it said "stopped"): its process still
+            # serves the pipe and waits for this.
+            self._send("stop", force=True)
         if self._wait(timeout) is None:
             log.error("the engine process did not stop within %.0f s; terminating it", timeout)
             self._kill()
@@ -444,9 +449,9 @@ class ProcessEngineHost:
 
     # ------------------------------------------------------------------ calls
 
-    def _send(self, kind: str, rid: int = 0, body: Any = None) -> None:
+    def _send(self, kind: str, rid: int = 0, body: Any = None, force: bool = False) -> None:
         conn = self._conn
-        if conn is None or self.stopped.is_set():
+        if conn is None or (self.stopped.is_set() and not force):
             raise EngineHostError("the engine is not running")
         try:
             payload = pickle.dumps(body, protocol=wire.PROTOCOL)

@@ -233,7 +233,13 @@ class EngineHost:
                 quit_.cancel()
                 await run  # re-raises an engine failure
             else:
-                await self._quit.wait()
+                quit_ = asyncio.create_task(self._quit.wait())
+                stopping = asyncio.create_task(rt.engine.wait_stopping())
+                await asyncio.wait([quit_, stopping], return_when=asyncio.FIRST_COMPLETED)
+                for t in (quit_, stopping):
+                    t.cancel()
+                if rt.engine.fatal is not None:
+                    raise rt.engine.fatal
         except BaseException as e:  # reported to the UI; the journal is still closed below
             log.exception("the engine stopped with an error")
             error = e
