@@ -66,7 +66,14 @@ async def build_ibkr(
         is_ready=conn.is_ready,
         now=clock.now,
     )
-    feed = IbkrMarketFeed(conn, clock, ib_cfg, held=venue.held_contracts, close_of=hours.close_of)
+    feed = IbkrMarketFeed(
+        conn,
+        clock,
+        ib_cfg,
+        held=venue.held_contracts,
+        close_of=hours.close_of,
+        held_ib=venue.held_ib_contracts,
+    )
     engine = Engine(config, clock, store, venue, alerts=bus, config_path=config_path)
     engine_ref.append(engine)
     engine.market_hours = hours
@@ -74,7 +81,10 @@ async def build_ibkr(
     engine.spot_source = "ibkr"  # the underlying's price comes from the gateway (market pane)
     engine.recorders.extend(recorders)
     if await conn.wait_connected(timeout=ib_cfg.connect_timeout_seconds):
-        await feed.step(engine)  # the held contracts first: positions are adopted onto them
+        try:
+            await feed.step(engine)  # the held contracts first: positions are adopted onto them
+        except Exception:  # never a start-up failure: the feed's task tries again at once
+            log.exception("IB: the first market data step failed; the feed goes on trying")
     else:
         log.warning("IB: %s not connected at start; the engine starts and keeps trying", conn.where)
     await engine.start()

@@ -220,6 +220,13 @@ class Engine:
         # The exchange's hours (engine.market_hours.MarketHours) for options and stocks: TTC
         # counts to its next close. None on sim and Kalshi (the binary event's close).
         self.market_hours: ExchangeHours | None = None
+        # Quotes a market feed says cannot be trusted right now (IB's market data farm broken,
+        # TWS lost IB, fresh data not in yet after a recovery): contract id -> why. The data
+        # guard refuses them until the feed releases them (`hold_quotes` / `release_quotes`).
+        self.quote_holds: dict[str, str] = {}
+        # A note every exit alert and the header badge carry (IB in live mode on delayed
+        # market data: "delayed data"); empty when there is nothing to say.
+        self.data_note = ""
         self.spot_hist = signals.SpotHistory()
         self.vol = self._new_vol_tracker(config)
         self.momentum_deltas: dict[int, float | None] = {}
@@ -732,6 +739,19 @@ class Engine:
         await self._episode(f"source:{source}", text, None)
         self._dirty = True
 
+    def hold_quotes(self, contract_ids: Iterable[str], reason: str) -> None:
+        """A feed marks these contracts' quotes unusable at once (`reason` says why): no trade
+        on them is evaluated or sent an order until `release_quotes`."""
+        for cid in contract_ids:
+            self.quote_holds[cid] = reason
+        self._dirty = True
+
+    def release_quotes(self, contract_ids: Iterable[str]) -> None:
+        """The feed has fresh data for these contracts again."""
+        for cid in contract_ids:
+            self.quote_holds.pop(cid, None)
+        self._dirty = True
+
     async def source_ok(self, source: str) -> None:
         """`source` works again: ends its episode; the recovery is announced if it was alerted."""
         await self._recover(f"source:{source}")
@@ -1009,6 +1029,9 @@ class Engine:
         problem = quote_problem(q, c.is_binary)
         if problem is not None:
             return f"{t.contract_id}: {problem}"
+        hold = self.quote_holds.get(t.contract_id) if self.quote_holds else None
+        if hold is not None:
+            return f"{t.contract_id}: {hold}"
         assert q is not None
         age = now - q.ts
         if age > self.config.engine.max_quote_age_seconds:

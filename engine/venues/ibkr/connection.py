@@ -172,6 +172,23 @@ class MarketDataLines:
             self.ib.cancelMktData(held)
         return True
 
+    def refresh(self, con_ids: list[int] | None = None) -> int:
+        """Cancel and request again the lines of `con_ids` (default: all) while connected: the
+        lines are alive but their values may be from before an outage (1102, a data farm
+        back), and a new subscription starts with a fresh snapshot of every field."""
+        if not self._ready():
+            return 0
+        n = 0
+        for con_id in con_ids if con_ids is not None else list(self._contracts):
+            contract = self._contracts.get(con_id)
+            if contract is None:
+                continue
+            if self.ib.ticker(contract) is not None:
+                self.ib.cancelMktData(contract)
+            self.ib.reqMktData(contract, "", False, False)
+            n += 1
+        return n
+
     def resubscribe(self) -> int:
         """Request every line again (the gateway lost them); returns how many."""
         if not self._ready():

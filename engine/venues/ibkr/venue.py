@@ -244,7 +244,7 @@ class IbkrVenue:
                 grouping = self._grouping(ib)
         out: dict[str, Contract] = {}
         for leg in grouping.singles:
-            c = contract_from_ib(leg.ib_contract, self._close_of)
+            c = self._contract(leg)
             if c is not None:
                 out[c.id] = c
         combos = list(grouping.combos)
@@ -253,16 +253,46 @@ class IbkrVenue:
             if formed is not None:
                 combos.append(formed)
             for leg in back.legs:  # held, though not reported
-                c = contract_from_ib(leg.ib_contract, self._close_of)
+                c = self._contract(leg)
                 if c is not None:
                     out.setdefault(c.id, c)
         for combo in combos:
-            out[combo.contract_id] = combo.contract(self._close_of)
+            try:
+                out[combo.contract_id] = combo.contract(self._close_of)
+            except Exception as exc:  # one combo never hides the others
+                self._warn_once(
+                    f"contract:{combo.contract_id}:{exc}",
+                    f"ibkr {combo.contract_id}: no contract details ({type(exc).__name__}: {exc})",
+                )
             for leg, _ in combo.legs:
-                c = contract_from_ib(leg.ib_contract, self._close_of)
+                c = self._contract(leg)
                 if c is not None:
                     out.setdefault(c.id, c)
         return list(out.values())
+
+    def held_ib_contracts(self) -> dict[str, IbContract]:
+        """Engine id -> the IB contract of each held leg, as the positions carry it (conId,
+        trading class, multiplier): the market feed qualifies these by conId."""
+        grouping = self._last
+        out: dict[str, IbContract] = {}
+        legs = [*grouping.singles, *(leg for b in grouping.held_back for leg in b.legs)]
+        legs += [leg for combo in grouping.combos for leg, _ in combo.legs]
+        for leg in legs:
+            if leg.ib_contract is not None and leg.con_id:
+                out.setdefault(leg.contract_id, leg.ib_contract)
+        return out
+
+    def _contract(self, leg: HeldLeg) -> Contract | None:
+        """The engine contract of one held leg; None (warned once, naming it) when it cannot
+        be made: one odd contract never hides the others."""
+        try:
+            return contract_from_ib(leg.ib_contract, self._close_of)
+        except Exception as exc:
+            self._warn_once(
+                f"contract:{leg.contract_id}:{exc}",
+                f"ibkr {leg.contract_id}: no contract details ({type(exc).__name__}: {exc})",
+            )
+            return None
 
     def _held(self, ib: IB) -> list[HeldLeg]:
         out: list[HeldLeg] = []
