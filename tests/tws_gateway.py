@@ -1868,6 +1868,10 @@ def _matches(have: GwContract, want: GwContract) -> bool:
         return False
     if want.right and have.right[:1] != want.right[:1]:
         return False
+    if want.trading_class and have.trading_class != want.trading_class:
+        return False
+    if want.multiplier and have.multiplier and float(want.multiplier) != float(have.multiplier):
+        return False
     return not (want.currency and have.currency != want.currency)
 
 

@@ -191,7 +191,16 @@ def _ib_contract(contract_id: str) -> IbContract | None:
         return None
     if p.sec_type == "STK":
         return Stock(p.symbol, "SMART", p.currency)
-    return Option(p.symbol, p.expiry, p.strike, p.right, "SMART", currency=p.currency)
+    return Option(
+        p.symbol,
+        p.expiry,
+        p.strike,
+        p.right,
+        "SMART",
+        multiplier=f"{p.multiplier:g}" if p.multiplier else "",
+        currency=p.currency,
+        tradingClass=p.trading_class,
+    )
 
 
 def _stop_if_cancelled() -> None:
@@ -694,7 +703,9 @@ class IbkrMarketFeed:
         options: list[tuple[str, IbContract]] = []
         for k in near:  # nearest first: the order in which lines are given
             for right in ("C", "P"):
-                cid = option_id(self.config.underlying, expiry, k, right)
+                cid = option_id(
+                    self.config.underlying, expiry, k, right, chain.tradingClass, chain.multiplier
+                )
                 if cid not in self._qualified and self._retry.get(cid, -math.inf) <= now:
                     options.append(
                         (
@@ -721,7 +732,9 @@ class IbkrMarketFeed:
         ids: list[str] = []
         for k in near:
             for right in ("C", "P"):
-                cid = option_id(self.config.underlying, expiry, k, right)
+                cid = option_id(
+                    self.config.underlying, expiry, k, right, chain.tradingClass, chain.multiplier
+                )
                 q = self._qualified.get(cid)
                 if q is None:
                     continue
