@@ -21,7 +21,7 @@ from typing import Any
 from engine.alerts import AlertBus
 from engine.clock import Clock
 from engine.config import Config
-from engine.models import Mode
+from engine.models import AlertKind, Mode, Severity
 from engine.runtime import Runtime
 from engine.store import Store
 from engine.supervisor import Engine
@@ -76,6 +76,25 @@ async def build_ibkr(
     )
     engine = Engine(config, clock, store, venue, alerts=bus, config_path=config_path)
     engine_ref.append(engine)
+    conn.add_listener(venue)  # a new API session may no longer be read-only
+
+    def read_only_alert(text: str) -> None:  # once per read-only episode (the venue says when)
+        task = asyncio.ensure_future(
+            bus.raise_(
+                clock.now(),
+                AlertKind.EXECUTION_FAILURE,
+                Severity.CRITICAL,
+                text,
+                None,
+                None,
+                "ibkr:read_only",
+            )
+        )
+        engine_tasks.add(task)
+        task.add_done_callback(engine_tasks.discard)
+
+    engine_tasks: set[asyncio.Task[Any]] = set()
+    venue.on_alert = read_only_alert
     engine.market_hours = hours
     engine.symbol = ib_cfg.underlying
     engine.spot_source = "ibkr"  # the underlying's price comes from the gateway (market pane)

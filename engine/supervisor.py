@@ -1275,6 +1275,9 @@ class Engine:
     def _auto_block_reason(self, t: Trade, st: _Status, now: float) -> str | None:
         if self.mode == Mode.ALERT_ONLY:
             return "alert_only mode (close it yourself)"
+        venue_block = self._venue_blocked()
+        if venue_block is not None:
+            return venue_block
         if not self.armed:
             return "disarmed"
         if self.paused_all:
@@ -1288,9 +1291,18 @@ class Engine:
     def _may_send(self, ex: _Exit) -> bool:
         return self._why_not_sending(ex) is None
 
+    def _venue_blocked(self) -> str | None:
+        """The venue's own reason it cannot send any order now (IB's read-only API session),
+        if it has one (`Venue.sending_blocked`, optional)."""
+        blocked = getattr(self.venue, "sending_blocked", None)
+        return blocked() if blocked is not None else None
+
     def _why_not_sending(self, ex: _Exit) -> str | None:
         if self.mode == Mode.ALERT_ONLY:
             return "the mode is alert_only"
+        venue_block = self._venue_blocked()
+        if venue_block is not None:
+            return venue_block
         if ex.manual:
             return None
         t = self.trades.get(ex.trade_id)

@@ -172,6 +172,10 @@ class IbkrVenue:
         self._exec_seen: set[int] = set()  # legs whose executions were asked for
         self._asked: dict[str, float] = {}  # client order id → quantity sent (this process)
         self._done: dict[str, OrderResult] = {}  # client order id → the final answer given
+        # The API session refused an order as read-only (321): nothing more is sent until a
+        # new connection (`on_state`). `on_alert(text)` raises the one alert of that episode.
+        self._read_only: str | None = None
+        self.on_alert: Callable[[str], object] | None = None
 
     # ---- connection --------------------------------------------------------------------------
 
@@ -396,6 +400,34 @@ class IbkrVenue:
             self._warned.add(key)
             log.warning("%s", message)
 
+    # ---- sending blocked ---------------------------------------------------------------------
+
+    def sending_blocked(self) -> str | None:
+        """Why no order can be sent now (the engine neither starts nor retries exits), or None."""
+        return self._read_only
+
+    def on_state(self, connected: bool, reason: str) -> None:
+        """`IbConnection` listener: a new API session may no longer be read-only."""
+        if connected and self._read_only is not None:
+            log.info("ibkr: connected again; orders will be tried again (was: %s)", self._read_only)
+            self._read_only = None
+
+    def _block_read_only(self, result: OrderResult, req: OrderRequest) -> None:
+        if self._read_only is not None:
+            return
+        self._read_only = (
+            "READ_ONLY: the TWS / IB Gateway API session is read-only (error 321 on order "
+            f"{req.client_order_id} for {req.contract_id}); no order is sent. Fix: in TWS "
+            "Configure → API → Settings untick 'Read-Only API' (IB Gateway: Configure → "
+            "Settings → API), then restart the engine or reconnect"
+        )
+        log.error("ibkr: %s", self._read_only)
+        if self.on_alert is not None:
+            try:
+                self.on_alert(self._read_only)
+            except Exception:
+                log.exception("ibkr: the read-only alert failed")
+
     # ---- submit ------------------------------------------------------------------------------
 
     async def submit(self, req: OrderRequest) -> OrderResult:
@@ -411,6 +443,8 @@ class IbkrVenue:
             return await self._report_known(ib, known, coid)
         if self._config.readonly:
             return _rejected(coid, "READ_ONLY: [venues.ibkr] readonly = true; nothing is sent")
+        if self._read_only is not None:
+            return _rejected(coid, self._read_only)
         if req.limit_price is None or not math.isfinite(req.limit_price):
             return _rejected(coid, "NO_LIMIT: IB exits are limit orders; no limit price given")
         limit = round(req.limit_price, 6)
@@ -451,7 +485,10 @@ class IbkrVenue:
                 limit,
                 trade.order.orderId,
             )
-            return await self._work(waker, ib, trade, coid, self._config.attempt_timeout_seconds)
+            result = await self._work(waker, ib, trade, coid, self._config.attempt_timeout_seconds)
+        if result.status == "rejected" and result.reason.startswith("READ_ONLY"):
+            self._block_read_only(result, req)
+        return result
 
     def _closing_target(
         self, grouping: Grouping, req: OrderRequest, qty: int
