@@ -98,6 +98,8 @@ async def build_ibkr(
     engine.market_hours = hours
     engine.symbol = ib_cfg.underlying
     engine.spot_source = "ibkr"  # the underlying's price comes from the gateway (market pane)
+    if ib_cfg.market_data_type in ("delayed", "delayed_frozen"):  # allowed (parse_config)
+        engine.data_note = "delayed data"
     engine.recorders.extend(recorders)
     if await conn.wait_connected(timeout=ib_cfg.connect_timeout_seconds):
         try:

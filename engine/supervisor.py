@@ -102,6 +102,15 @@ SNAPSHOT_MAX_WAIT_SECONDS = (
 )
 HEARTBEAT_SECONDS = 2.0  # how often the engine's state is written for `status`
 FUTURE_TOLERANCE_SECONDS = 5.0  # how far ahead of our clock a venue timestamp may be  # the journal's WAL is checkpointed from the tick, never on an exit  # momentum / volatility score history kept for the window rules
+# Alerts about exits: they carry `Engine.data_note` ("delayed data") when there is one.
+_EXIT_ALERT_KINDS = frozenset(
+    {
+        AlertKind.EXIT_SIGNAL,
+        AlertKind.AUTO_STOP,
+        AlertKind.EXECUTION_FAILURE,
+        AlertKind.TRADE_CLOSED,
+    }
+)
 
 
 @dataclass(slots=True)
@@ -2111,6 +2120,8 @@ class Engine:
         data: dict[str, Any] | None = None,
         subject: str | None = None,
     ) -> None:
+        if self.data_note and kind in _EXIT_ALERT_KINDS:
+            message = f"{message} [{self.data_note}]"
         await self.alerts.raise_(self.clock.now(), kind, severity, message, trade_id, data, subject)
         self._dirty = True
 
@@ -2643,7 +2654,12 @@ class Engine:
         )
 
     def badge(self) -> str:
-        """The mode badge the header shows: SIM, PAPER, LIVE or ALERT-ONLY."""
+        """The mode badge the header shows: SIM, PAPER, LIVE or ALERT-ONLY, followed by the
+        data note when there is one ("LIVE · DELAYED DATA")."""
+        badge = self._mode_badge()
+        return f"{badge} · {self.data_note.upper()}" if self.data_note else badge
+
+    def _mode_badge(self) -> str:
         if self.mode == Mode.ALERT_ONLY:
             return "ALERT-ONLY"
         if self.venue.name == "sim":
@@ -2654,7 +2670,7 @@ class Engine:
 
     def real_money(self) -> bool:
         """Whether arming lets the engine send real orders (asked to confirm in the UI)."""
-        return self.badge() == "LIVE"
+        return self._mode_badge() == "LIVE"
 
     async def trade_detail(self, trade_id: str) -> TradeDetail | None:
         """The detail screen's picture of one open trade (None once it is closed)."""

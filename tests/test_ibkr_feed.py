@@ -105,6 +105,7 @@ class Recorder:
         self.problems: list[tuple[str, str]] = []
         self.oks: list[str] = []
         self.vix: list[tuple[float, float]] = []
+        self.data_note = ""  # as Engine.data_note
         self.holds: dict[str, str] = {}  # contract id -> why its quotes are held (data guard)
         self.hold_log: list[tuple[str, tuple[str, ...]]] = []  # ("hold"/"release", ids)
         self._changed = asyncio.Event()
@@ -422,7 +423,7 @@ async def test_lines_limit_trims_the_strike_table_first(
 async def test_delayed_market_data(h: Harness, gw: Gateway) -> None:
     gw.state.no_market_data.update({CALL.con_id, AAPL.con_id})
     h.holding[:] = [HELD_CALL, STOCK]
-    h.start(vix=False, market_data_type="delayed")
+    h.start(vix=False, market_data_type="delayed", allow_delayed_data=True)
     req = await gw.wait_for_mkt_data(CALL.con_id)
     assert req.delayed  # 10167: delayed data instead of a refusal
     [mdt] = [r for r in gw.state.requests(IN_REQ_MARKET_DATA_TYPE) if r.client_id == 21]
@@ -441,6 +442,27 @@ async def test_delayed_market_data(h: Harness, gw: Gateway) -> None:
     ticker = h.conn.ib.ticker(h.feed._qualified[HELD_CALL.id]) if h.conn and h.feed else None
     assert ticker is not None and ticker.marketDataType == 3
     assert h.engine.problems == []
+    assert h.engine.data_note == "delayed data"  # allowed: the badge and exit alerts say so
+    assert h.engine.holds == {}
+
+
+async def test_delayed_market_data_not_allowed_is_held_never_used(h: Harness, gw: Gateway) -> None:
+    """Delayed data IB sends without `allow_delayed_data` (here: asked for in the config, as a
+    session in alert_only mode may; live mode refuses it at start) is held, never acted on."""
+    gw.state.no_market_data.add(CALL.con_id)
+    h.holding[:] = [HELD_CALL, STOCK]
+    h.start(vix=False, market_data_type="delayed")
+    await gw.wait_for_mkt_data(CALL.con_id)
+    gw.quote(CALL.con_id, bid=1.30, ask=1.50)
+    gw.quote(AAPL.con_id, bid=184.9, ask=185.1)  # live data for the stock
+    await h.until(lambda: h.engine.quote("AAPL"))
+    held = await h.until(lambda: h.engine.holds)
+    assert set(held) == {HELD_CALL.id}
+    assert "allow_delayed_data" in held[HELD_CALL.id]
+    [(source, text)] = h.engine.problems
+    assert source == "ibkr-delayed" and HELD_CALL.id in text and "allow_delayed_data" in text
+    assert h.engine.quotes(HELD_CALL.id) == []
+    assert h.engine.data_note == ""
 
 
 # ---- the connection ----------------------------------------------------------------------------

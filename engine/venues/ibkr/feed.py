@@ -277,6 +277,7 @@ class IbkrMarketFeed:
         self._failing: dict[str, str] = {}  # ids whose handling failed -> the error alerted
         self._held_last: set[str] = set()  # the held ids of the last step
         self.delayed: set[int] = set()  # conIds IB answers with delayed data (10167, type 3/4)
+        self._delayed_held: set[str] = set()  # ids held because their data is delayed
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -846,6 +847,10 @@ class IbkrMarketFeed:
             ts = self._tick_ts.get(con_id)
             if ts is None:
                 continue
+            if getattr(ticker, "marketDataType", 1) in (3, 4):
+                self.delayed.add(con_id)
+            if con_id in self.delayed and await self._delayed(engine, cid):
+                continue  # delayed data not allowed: held, never handed over
             fresh.append(cid)
             try:
                 if vix is not None and con_id == vix.conId:
@@ -870,6 +875,25 @@ class IbkrMarketFeed:
                 await engine.handle_safely(QuoteEvent(quote.ts, quote))
         if spot is not None:
             await engine.handle_safely(SpotEvent(spot[1], self.config.underlying, spot[0]))
+
+    async def _delayed(self, engine: _Sink, cid: str) -> bool:
+        """IB sends delayed (15-20 min old) data for `cid`. Not allowed: its quotes are held
+        (one alert naming the key to set); True. Allowed: the engine's data note says so."""
+        if self.config.allow_delayed_data:
+            if getattr(engine, "data_note", None) == "":
+                engine.data_note = "delayed data"  # type: ignore[attr-defined]
+            return False
+        if cid not in self._delayed_held:
+            self._delayed_held.add(cid)
+            reason = (
+                "IB sends delayed (15-20 min old) market data for it; set [venues.ibkr] "
+                "allow_delayed_data = true to act on delayed data"
+            )
+            hold = getattr(engine, "hold_quotes", None)
+            if hold is not None:
+                hold([cid], reason)
+            await engine.source_problem(f"{SOURCE}-delayed", f"{cid}: {reason}")
+        return True
 
     def _release(self, engine: _Sink, fresh: list[str]) -> None:
         """Contracts with a tick since the hold ended are usable again; a combo once all its
