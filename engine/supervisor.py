@@ -753,6 +753,10 @@ class Engine:
         on them is evaluated or sent an order until `release_quotes`."""
         for cid in contract_ids:
             self.quote_holds[cid] = reason
+            for tid in self.by_contract.get(cid, ()):
+                st = self.status.get(tid)
+                if st is not None and st.problem is None:
+                    st.problem = f"{cid}: {reason}"  # the next tick re-evaluates it
         self._dirty = True
 
     def release_quotes(self, contract_ids: Iterable[str]) -> None:

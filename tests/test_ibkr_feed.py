@@ -519,7 +519,7 @@ async def test_1101_resubscribes_1100_holds_1102_asks_again_for_fresh_data(
     gw.send_error(1101, "Connectivity between IB and TWS has been restored- data lost.")
     await gw.wait_until(lambda: len(gw.state.requests(IN_REQ_MKT_DATA)) == requests + 2)
     n = len(h.engine.quotes(HELD_CALL.id))
-    h.clock.advance(feed.refresh_seconds)
+    h.clock.advance(10 * feed.poll_seconds)
     await h.settle()
     assert len(h.engine.quotes(HELD_CALL.id)) == n  # the old values are not re-stamped
     gw.quote(CALL.con_id, bid=1.36)

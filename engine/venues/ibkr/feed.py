@@ -229,7 +229,6 @@ class IbkrMarketFeed:
         close_of: Callable[[str], float] = default_close_of,
         *,
         held_ib: Callable[[], Mapping[str, IbContract]] | None = None,
-        refresh_seconds: float = 2.0,
         poll_seconds: float = 1.0,
     ) -> None:
         self.conn = conn
@@ -240,7 +239,6 @@ class IbkrMarketFeed:
         # engine id -> the IB contract of a held position (its conId, trading class, multiplier):
         # held contracts are qualified by conId, never re-guessed from their readable id
         self.held_ib = held_ib
-        self.refresh_seconds = refresh_seconds
         self.poll_seconds = poll_seconds
         self.underlying_id = stock_id(config.underlying, config.underlying_currency)
         self.chain_expiry: str | None = None
@@ -268,12 +266,12 @@ class IbkrMarketFeed:
         self._backfill_failures = 0
         self._backfill_retry = -math.inf
         self._tick_ts: dict[int, float] = {}  # conId -> when its last price/size tick came
-        self._sent: dict[str, Quote] = {}  # engine id -> the last quote handed over
         self._farms: dict[str, str] = {}  # broken market data farms -> IB's message
         self._conn_down: str | None = None  # why the data is not flowing (1100, socket lost)
         self._refresh_due = False  # request every line again (a fresh snapshot) next step
         self._held_ids: set[str] = set()  # ids held at the engine (hold_quotes)
         self._hold_alerted: str | None = None  # the hold reason alerted (source "ibkr-data")
+        self._hold_applied: str | None = None  # the hold reason the engine was last told
         self._failing: dict[str, str] = {}  # ids whose handling failed -> the error alerted
         self._held_last: set[str] = set()  # the held ids of the last step
         self.delayed: set[int] = set()  # conIds IB answers with delayed data (10167, type 3/4)
@@ -373,23 +371,21 @@ class IbkrMarketFeed:
         return {*self._announced, *self._mine.values()}
 
     async def _apply_hold(self, engine: _Sink) -> None:
-        """While the data is not flowing: every quote held at the engine at once (and the
-        last ones handed over again, so every trade on them is re-checked now), one alert."""
+        """While the data is not flowing: every quote held at the engine at once (its data
+        guard re-checks every trade on them at its next tick), one alert."""
         reason = self.hold_reason
         hold = getattr(engine, "hold_quotes", None)
         if reason is None:
+            self._hold_applied = None
             if self._hold_alerted is not None:  # (each contract stays held until its data)
                 self._hold_alerted = None
                 await engine.source_ok(DATA_SOURCE)
             return
         ids = self._known_ids()
-        if hold is not None and (ids - self._held_ids or reason != self._hold_alerted):
+        if hold is not None and (ids - self._held_ids or reason != self._hold_applied):
+            self._hold_applied = reason
             hold(sorted(ids), reason)
             self._held_ids |= ids
-            quotes = [q for cid, q in self._sent.items() if cid in ids]
-            handle_quotes = getattr(engine, "handle_quotes", None)
-            if quotes and handle_quotes is not None:
-                await handle_quotes(quotes)
         if reason != self._hold_alerted and self._conn_down is None:
             # (a lost connection or 1100 has its own GATEWAY_UNREACHABLE alert)
             self._hold_alerted = reason
@@ -403,6 +399,8 @@ class IbkrMarketFeed:
 
     def on_state(self, connected: bool, reason: str) -> None:
         if not connected:
+            if not self.conn.ib.isConnected():
+                self._farms.clear()  # a new session reports its farms anew (2103 / 2104)
             if self._down is None:
                 self._down = reason or "disconnected"
             if self._conn_down is None:
@@ -859,7 +857,6 @@ class IbkrMarketFeed:
                 quote = quote_from_ticker(cid, ticker, ts)
                 if quote is not None and self._due(cid, (*_quote_key(quote), ts)):
                     batch.append(quote)
-                    self._sent[cid] = quote
                 if under is not None and con_id == under.conId:
                     price = spot_from_ticker(ticker)
                     if price is not None and self._due("spot:", (price, ts)):
