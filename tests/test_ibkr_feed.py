@@ -465,6 +465,28 @@ async def test_delayed_market_data_not_allowed_is_held_never_used(h: Harness, gw
     assert h.engine.data_note == ""
 
 
+async def test_frozen_prices_are_shown_but_held_until_live_data_comes(
+    h: Harness, gw: Gateway
+) -> None:
+    """With "frozen" data IB re-sends the last prices before the close (market data type 2):
+    the screen may show them, nothing acts on them; once IB switches the line to live (the
+    open) and a live tick comes, the contract is released."""
+    h.holding[:] = [HELD_CALL]
+    h.start(vix=False, market_data_type="frozen")
+    await gw.wait_for_mkt_data(CALL.con_id)
+    gw.quote(CALL.con_id, bid=1.35, ask=1.45)
+    await h.until(lambda: h.engine.quote(HELD_CALL.id))
+    held = await h.until(lambda: h.engine.holds)
+    assert "frozen prices" in held[HELD_CALL.id]
+    gw.set_market_data_type(CALL.con_id, 1)  # the open: live data from now on
+    await h.settle()
+    assert HELD_CALL.id in h.engine.holds  # no live tick yet
+    gw.quote(CALL.con_id, bid=1.36, ask=1.46)
+    await h.until(lambda: HELD_CALL.id not in h.engine.holds)
+    q = h.engine.quote(HELD_CALL.id)
+    assert q is not None and (q.bid, q.ts) == (1.36, h.clock.now())
+
+
 # ---- the connection ----------------------------------------------------------------------------
 
 

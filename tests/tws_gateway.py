@@ -1233,6 +1233,15 @@ class Gateway:
             r.conn.send(enc_tick_price(r.req_id, t, price, size, 0))
         return len(subs)
 
+    def set_market_data_type(self, con_id: int, data_type: int) -> int:
+        """IB switches the data a line carries (1 live, 2 frozen, 3 delayed, 4 delayed-frozen),
+        as TWS does at the open and the close for a client that asked for frozen data: a
+        marketDataType message to every subscriber of `con_id`."""
+        subs = self._subscriptions(con_id)
+        for r in subs:
+            r.conn.send(enc_market_data_type(r.req_id, data_type))
+        return len(subs)
+
     def option_computation(
         self,
         con_id: int,

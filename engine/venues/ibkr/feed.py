@@ -94,6 +94,7 @@ FARM_BROKEN = {
     2157: "new contracts cannot be looked up",
 }
 FARM_OK = frozenset({2104, 2106, 2158})
+FROZEN_TYPES = frozenset({2, 4})  # reqMarketDataType's frozen and delayed-frozen
 VIX_KEY = "index:VIX"
 RETRY_SECONDS = 60.0  # a contract that could not be qualified is asked about again after this
 BACKFILL_MINUTES = 30  # at least: the longest momentum window (and the config's volatility ones)
@@ -276,6 +277,8 @@ class IbkrMarketFeed:
         self._held_last: set[str] = set()  # the held ids of the last step
         self.delayed: set[int] = set()  # conIds IB answers with delayed data (10167, type 3/4)
         self._delayed_held: set[str] = set()  # ids held because their data is delayed
+        self._frozen_held: set[str] = set()  # ids held because IB sends frozen (closing) prices
+        self._live_tick: set[int] = set()  # conIds whose last tick was not a frozen one
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -427,6 +430,10 @@ class IbkrMarketFeed:
                 if t.ticks:  # a price or size tick (a new value or IB repeating one)
                     self._tick_ts[con_id] = now
                     self._live.add(con_id)
+                    if getattr(t, "marketDataType", 1) in FROZEN_TYPES:
+                        self._live_tick.discard(con_id)
+                    else:
+                        self._live_tick.add(con_id)
                 self._dirty.add(con_id)
                 woke = True
         if woke:
@@ -849,7 +856,10 @@ class IbkrMarketFeed:
                 self.delayed.add(con_id)
             if con_id in self.delayed and await self._delayed(engine, cid):
                 continue  # delayed data not allowed: held, never handed over
-            fresh.append(cid)
+            if self._frozen(engine, cid, con_id, ticker):
+                pass  # frozen: handed over (the screen shows the closing prices), held
+            else:
+                fresh.append(cid)
             try:
                 if vix is not None and con_id == vix.conId:
                     await self._vix(engine, ticker, ts)
@@ -872,6 +882,26 @@ class IbkrMarketFeed:
                 await engine.handle_safely(QuoteEvent(quote.ts, quote))
         if spot is not None:
             await engine.handle_safely(SpotEvent(spot[1], self.config.underlying, spot[0]))
+
+    def _frozen(self, engine: _Sink, cid: str, con_id: int, ticker: Ticker) -> bool:
+        """IB sends frozen prices (market data type 2 or 4: the last ones before the close,
+        re-sent as they are): held at the engine until a tick of live data comes. True while
+        held."""
+        if getattr(ticker, "marketDataType", 1) in FROZEN_TYPES or (
+            cid in self._frozen_held and con_id not in self._live_tick
+        ):
+            if cid not in self._frozen_held:
+                self._frozen_held.add(cid)
+                hold = getattr(engine, "hold_quotes", None)
+                if hold is not None:
+                    hold([cid], "IB sends frozen prices (the last before the close), not live ones")
+            return True
+        if cid in self._frozen_held:
+            self._frozen_held.discard(cid)
+            release = getattr(engine, "release_quotes", None)
+            if release is not None and cid not in self._held_ids:
+                release([cid])
+        return False
 
     async def _delayed(self, engine: _Sink, cid: str) -> bool:
         """IB sends delayed (15-20 min old) data for `cid`. Not allowed: its quotes are held
