@@ -609,10 +609,11 @@ async def test_2103_holds_every_quote_at_once_and_2104_waits_for_a_fresh_snapsho
     assert h.engine.oks == ["ibkr-data"]
 
 
-async def test_2105_and_2157_do_not_stop_live_quotes(
-    h: Harness, gw: Gateway, caplog: pytest.LogCaptureFixture
+async def test_2105_and_2157_are_alerted_and_do_not_stop_live_quotes(
+    h: Harness, gw: Gateway
 ) -> None:
-    caplog.set_level(logging.INFO, logger="engine.feeds.ibkr")
+    """HMDS (historical data) and sec-def farms carry no live quotes: each outage is one alert
+    saying what it stops, and one recovery; the quotes go on."""
     h.holding[:] = [HELD_CALL]
     h.start(vix=False)
     await gw.wait_for_mkt_data(CALL.con_id)
@@ -620,10 +621,14 @@ async def test_2105_and_2157_do_not_stop_live_quotes(
     gw.send_error(2157, "Sec-def data farm connection is broken:secdefnj")
     gw.quote(CALL.con_id, bid=1.35, ask=1.45)
     await h.until(lambda: h.engine.quote(HELD_CALL.id))
-    assert h.engine.holds == {} and h.engine.problems == []
-    text = caplog.text
-    assert "2105" in text and "historical data" in text
-    assert "2157" in text and "new contracts cannot be looked up" in text
+    problems = dict(await h.until(lambda: len(h.engine.problems) == 2 and h.engine.problems))
+    assert "historical data" in problems["ibkr-data:ushmds"]
+    assert "new contracts cannot be looked up" in problems["ibkr-data:secdefnj"]
+    assert h.engine.holds == {}
+    gw.send_error(2105, "HMDS data farm connection is broken:ushmds")  # said again: no alert
+    gw.send_error(2106, "HMDS data farm connection is OK:ushmds")
+    await h.until(lambda: h.engine.oks == ["ibkr-data:ushmds"])
+    assert len(h.engine.problems) == 2
 
 
 # ---- one contract never stops the others --------------------------------------------------------

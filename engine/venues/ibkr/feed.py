@@ -273,6 +273,8 @@ class IbkrMarketFeed:
         self._held_ids: set[str] = set()  # ids held at the engine (hold_quotes)
         self._hold_alerted: str | None = None  # the hold reason alerted (source "ibkr-data")
         self._hold_applied: str | None = None  # the hold reason the engine was last told
+        self._other_farms: dict[str, str] = {}  # broken HMDS / sec-def farms -> alert text
+        self._other_alerted: set[str] = set()
         self._failing: dict[str, str] = {}  # ids whose handling failed -> the error alerted
         self._held_last: set[str] = set()  # the held ids of the last step
         self.delayed: set[int] = set()  # conIds IB answers with delayed data (10167, type 3/4)
@@ -376,6 +378,13 @@ class IbkrMarketFeed:
     async def _apply_hold(self, engine: _Sink) -> None:
         """While the data is not flowing: every quote held at the engine at once (its data
         guard re-checks every trade on them at its next tick), one alert."""
+        for farm, text in list(self._other_farms.items()):  # alerted, nothing held
+            if farm not in self._other_alerted:
+                self._other_alerted.add(farm)
+                await engine.source_problem(f"{DATA_SOURCE}:{farm}", text)
+        for farm in sorted(self._other_alerted - set(self._other_farms)):
+            self._other_alerted.discard(farm)
+            await engine.source_ok(f"{DATA_SOURCE}:{farm}")
         reason = self.hold_reason
         hold = getattr(engine, "hold_quotes", None)
         if reason is None:
@@ -404,6 +413,7 @@ class IbkrMarketFeed:
         if not connected:
             if not self.conn.ib.isConnected():
                 self._farms.clear()  # a new session reports its farms anew (2103 / 2104)
+                self._other_farms.clear()
             if self._down is None:
                 self._down = reason or "disconnected"
             if self._conn_down is None:
@@ -447,20 +457,15 @@ class IbkrMarketFeed:
                 if farm not in self._farms:
                     self._farms[farm] = f"{code} {error.message}"
                     self._fresh_start()
-            else:
-                self._log_once(
-                    f"farm:{code}:{farm}",
-                    "IB feed: %d %s (%s; live quotes go on)",
-                    code,
-                    error.message,
-                    FARM_BROKEN[code],
-                )
+            elif farm not in self._other_farms:
+                text = f"{code} {error.message}: {FARM_BROKEN[code]}; live quotes go on"
+                self._other_farms[farm] = text
+                log.warning("IB feed: %s", text)
             self._wake.set()
             return
         if code in FARM_OK:
             farm = error.message.rsplit(":", 1)[-1].strip()
-            self._logged.discard(f"farm:2105:{farm}")
-            self._logged.discard(f"farm:2157:{farm}")
+            self._other_farms.pop(farm, None)
             if self._farms.pop(farm, None) is not None and not self._farms:
                 self._refresh_due = True  # values from before the outage: a fresh snapshot
             self._wake.set()
