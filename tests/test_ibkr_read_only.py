@@ -9,6 +9,7 @@ from engine.models import AlertKind, Severity, TradeState
 from tests.ib_client_guard import decoded_cleanly as decoded_cleanly  # autouse
 from tests.ibkr_world import IN_PLACE_ORDER, SPREAD, World, oid
 from tests.ibkr_world import world as world
+from tests.tws_gateway import Fill
 
 
 async def test_the_first_321_stops_sending_and_alerts_once(world: World) -> None:
@@ -44,11 +45,25 @@ async def test_the_first_321_stops_sending_and_alerts_once(world: World) -> None
         # a second passes (four ladder steps) with both rules firing: nothing more is sent
         t0 = s.engine.clock.now()
         await s.until(lambda: s.engine.clock.now() - t0 > 1.0, "a second of ticks")
-    assert len(w.gw.state.requests(IN_PLACE_ORDER)) == 1
-    assert s.engine.trades[spread.trade_id].state == TradeState.OPEN
-    assert s.engine.trades[single.trade_id].state == TradeState.OPEN
-    read_only = [a for a in s.alerts() if "Read-Only API" in a.message]
-    critical = [a for a in read_only if a.severity == Severity.CRITICAL]
-    assert len(critical) == 1
-    assert "321" in critical[0].message and "untick 'Read-Only API'" in critical[0].message
+        assert len(w.gw.state.requests(IN_PLACE_ORDER)) == 1
+        assert s.engine.trades[spread.trade_id].state == TradeState.OPEN
+        assert s.engine.trades[single.trade_id].state == TradeState.OPEN
+        read_only = [a for a in s.alerts() if "Read-Only API" in a.message]
+        critical = [a for a in read_only if a.severity == Severity.CRITICAL]
+        assert len(critical) == 1
+        assert "321" in critical[0].message and "untick 'Read-Only API'" in critical[0].message
+        # 1100 / 1102 within the session: still read-only, still nothing sent
+        w.gw.send_error(1100, "Connectivity between IB and Trader Workstation has been lost.")
+        w.gw.send_error(1102, "Connectivity between IB and TWS has been restored- data maintained.")
+        await s.until(lambda: s.conn.connected, "1102")
+        assert s.venue.sending_blocked() is not None
+        # the user unticks Read-Only API and the engine reconnects: orders go out again
+        w.gw.state.read_only_api = False
+        w.gw.state.queue_outcome(Fill(price=9.40))
+        connects = s.conn.connects
+        await w.gw.drop_connections()
+        await s.until(lambda: s.conn.connects > connects, "reconnected")
+        assert s.venue.sending_blocked() is None
+        await s.until(lambda: single.trade_id not in s.engine.trades, "the single closed")
+    assert len(w.gw.state.requests(IN_PLACE_ORDER)) >= 2
     await s.close()

@@ -245,8 +245,9 @@ class IbConnection:
         return self._state.connected
 
     def add_listener(self, listener: object) -> None:
-        """`listener` may have `on_state(connected, reason)` and `on_resubscribe()`; both are
-        called synchronously from the client's events (do not block)."""
+        """`listener` may have `on_state(connected, reason)`, `on_session()` (each successful
+        connect: a new API session) and `on_resubscribe()`; all are called synchronously from
+        the client's events (do not block)."""
         if listener not in self._listeners:
             self._listeners.append(listener)
 
@@ -370,6 +371,7 @@ class IbConnection:
         again = self.connects > 1
         self.lines.resubscribe()
         self._set_state(True, f"connected to {self.where}" + (" again" if again else ""))
+        self._notify("on_session")  # a new API session (its settings, e.g. read-only, anew)
         if again:
             self._notify("on_resubscribe")
 

@@ -173,7 +173,7 @@ class IbkrVenue:
         self._asked: dict[str, float] = {}  # client order id → quantity sent (this process)
         self._done: dict[str, OrderResult] = {}  # client order id → the final answer given
         # The API session refused an order as read-only (321): nothing more is sent until a
-        # new connection (`on_state`). `on_alert(text)` raises the one alert of that episode.
+        # new connection (`on_session`). `on_alert(text)` raises the one alert of that episode.
         self._read_only: str | None = None
         self.on_alert: Callable[[str], object] | None = None
 
@@ -406,9 +406,10 @@ class IbkrVenue:
         """Why no order can be sent now (the engine neither starts nor retries exits), or None."""
         return self._read_only
 
-    def on_state(self, connected: bool, reason: str) -> None:
-        """`IbConnection` listener: a new API session may no longer be read-only."""
-        if connected and self._read_only is not None:
+    def on_session(self) -> None:
+        """`IbConnection` listener: a new API session may no longer be read-only (a 1100/1102
+        blip within one session does not count)."""
+        if self._read_only is not None:
             log.info("ibkr: connected again; orders will be tried again (was: %s)", self._read_only)
             self._read_only = None
 
