@@ -587,7 +587,7 @@ async def test_2103_holds_every_quote_at_once_and_2104_waits_for_a_fresh_snapsho
     assert h.conn is not None
     lines = len(h.conn.lines)  # the call, SPY and the strike table
 
-    gw.send_error(2103, "Market data farm connection is broken:usfarm")
+    gw.farm_notice(2103, "usfarm")
     held = await h.until(lambda: h.engine.holds)
     assert {HELD_CALL.id, "SPY"} <= set(held)
     assert "2103" in held[HELD_CALL.id] and "usfarm" in held[HELD_CALL.id]
@@ -598,7 +598,7 @@ async def test_2103_holds_every_quote_at_once_and_2104_waits_for_a_fresh_snapsho
     await h.settle()
     assert len(h.engine.quotes(HELD_CALL.id)) == n and len(h.engine.spots()) == spots
 
-    gw.send_error(2104, "Market data farm connection is OK:usfarm")
+    gw.farm_notice(2104, "usfarm")
     await gw.wait_until(lambda: len(gw.state.requests(IN_REQ_MKT_DATA)) == requests + lines)
     await h.until(lambda: HELD_CALL.id not in h.engine.holds)  # the snapshot's ticks
     q = h.engine.quote(HELD_CALL.id)
@@ -617,16 +617,16 @@ async def test_2105_and_2157_are_alerted_and_do_not_stop_live_quotes(
     h.holding[:] = [HELD_CALL]
     h.start(vix=False)
     await gw.wait_for_mkt_data(CALL.con_id)
-    gw.send_error(2105, "HMDS data farm connection is broken:ushmds")
-    gw.send_error(2157, "Sec-def data farm connection is broken:secdefnj")
+    gw.farm_notice(2105, "ushmds")
+    gw.farm_notice(2157, "secdefnj")
     gw.quote(CALL.con_id, bid=1.35, ask=1.45)
     await h.until(lambda: h.engine.quote(HELD_CALL.id))
     problems = dict(await h.until(lambda: len(h.engine.problems) == 2 and h.engine.problems))
     assert "historical data" in problems["ibkr-data:ushmds"]
     assert "new contracts cannot be looked up" in problems["ibkr-data:secdefnj"]
     assert h.engine.holds == {}
-    gw.send_error(2105, "HMDS data farm connection is broken:ushmds")  # said again: no alert
-    gw.send_error(2106, "HMDS data farm connection is OK:ushmds")
+    gw.farm_notice(2105, "ushmds")  # said again: no alert
+    gw.farm_notice(2106, "ushmds")
     await h.until(lambda: h.engine.oks == ["ibkr-data:ushmds"])
     assert len(h.engine.problems) == 2
 

@@ -39,7 +39,7 @@ async def test_2103_holds_at_once_and_the_rule_acts_only_after_2104s_fresh_snaps
             lambda: all(r.time_value is not None for r in s.engine.snapshot().trades), "quoted"
         )
         spread = s.trades()[SPREAD]
-        w.gw.send_error(2103, "Market data farm connection is broken:usopt")
+        w.gw.farm_notice(2103, "usopt")
         await s.until(
             lambda: "farm broken" in (s.engine.status[spread.trade_id].problem or ""),
             "the spread held",
@@ -56,7 +56,7 @@ async def test_2103_holds_at_once_and_the_rule_acts_only_after_2104s_fresh_snaps
         assert len(farm_alerts) == 1 and farm_alerts[0].data["source"] == "source:ibkr-data"
         lines = len(w.gw.state.requests(IN_REQ_MKT_DATA))
         w.gw.state.queue_outcome(w.market.bag_fill())
-        w.gw.send_error(2104, "Market data farm connection is OK:usopt")
+        w.gw.farm_notice(2104, "usopt")
         await w.gw.wait_until(lambda: len(w.gw.state.requests(IN_REQ_MKT_DATA)) > lines)
         order = await w.gw.wait_for_order(timeout=5.0)  # on the fresh snapshot
         assert order.contract.sec_type == "BAG"

@@ -104,6 +104,16 @@ DEFAULT_NOTICES: tuple[tuple[int, str], ...] = (
     (2158, "Sec-def data farm connection is OK:secdefnj"),
 )
 
+# TWS's data-farm notices (error events with reqId -1), by code; `{farm}` is the farm's name.
+FARM_NOTICES: dict[int, str] = {
+    2103: "Market data farm connection is broken:{farm}",
+    2104: "Market data farm connection is OK:{farm}",
+    2105: "HMDS data farm connection is broken:{farm}",
+    2106: "HMDS data farm connection is OK:{farm}",
+    2157: "Sec-def data farm connection is broken:{farm}",
+    2158: "Sec-def data farm connection is OK:{farm}",
+}
+
 
 # ---- the scenario's data ----------------------------------------------------------------------
 
@@ -1175,6 +1185,10 @@ class Gateway:
         for conn in self.connections:
             if client_id is None or conn.client_id == client_id:
                 conn.error(req_id, code, message, advanced_json)
+
+    def farm_notice(self, code: int, farm: str) -> None:
+        """A data farm notice as TWS words it (`FARM_NOTICES`): 2103 usfarm broken, 2104 OK…"""
+        self.send_error(code, FARM_NOTICES[code].format(farm=farm))
 
     def _subscriptions(self, con_id: int) -> list[MktDataRequest]:
         return [
