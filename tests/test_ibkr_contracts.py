@@ -2,9 +2,13 @@
 gateway, the REAL ib_async client): SPX options of the SPX (monthly) and SPXW (weekly) trading
 classes share symbol, expiry, strike and right, and differ only by trading class and conId.
 Each is its own trade, quoted by its conId, and supervised: a rule on the SPXW option closes
-the SPXW option, never its SPX twin."""
+the SPXW option, never its SPX twin. A LEAPS (an expiry past the market calendar) is
+supervised like any option."""
 
 from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -60,4 +64,41 @@ async def test_spx_and_spxw_are_two_trades_each_quoted_and_the_spxw_one_supervis
     assert s.trades()[spx_id].state == TradeState.OPEN
     assert all(o.contract.con_id != SPX_CON_ID for o in w.gw.state.orders)
     assert len(w.gw.state.requests(IN_PLACE_ORDER)) == 1
+    await s.close()
+
+
+def _leaps_expiry() -> str:
+    """The third Friday of the month two years from today: past exchange-calendars' horizon
+    (about a year ahead), as every LEAPS is."""
+    today = dt.date.today()
+    first = dt.date(today.year + 2, today.month, 1)
+    friday = first + dt.timedelta(days=(4 - first.weekday()) % 7 + 14)
+    return friday.strftime("%Y%m%d")
+
+
+async def test_a_held_leaps_is_supervised_and_the_others_with_it(world: World) -> None:
+    """A LEAPS position used to make every feed step fail (its expiry's close raised): at start
+    the runtime did not come up, and later no quote at all was handed over. Its close is the
+    expiry date's 16:00 New York time; every trade is quoted."""
+    w = world
+    exp = _leaps_expiry()
+    leaps = option_contract(960_001, "SPY", exp, 200.0, "C")
+    w.gw.state.add_contract_details(leaps)
+    w.gw.state.add_position(leaps, 1, 1500.0, market_price=15.0)
+    w.gw.quote(leaps.con_id, bid=14.8, ask=15.2)
+    w.gw.option_computation(leaps.con_id, implied_vol=0.2, delta=0.3, und_price=158.0)
+    s = await w.start()
+    leaps_id = f"SPY {exp} 200C"
+    await s.until(lambda: leaps_id in s.trades(), "the LEAPS adopted")
+    async with w.market.ticking():
+        await s.until(lambda: s.engine.quotes.get(leaps_id), "the LEAPS quoted")
+        await s.until(
+            lambda: all(r.time_value is not None for r in s.engine.snapshot().trades),
+            "every trade quoted",
+        )
+    close = dt.datetime.strptime(exp, "%Y%m%d").replace(
+        hour=16, tzinfo=ZoneInfo("America/New_York")
+    )
+    assert s.engine.contracts[leaps_id].close_ts == close.timestamp()
+    assert s.engine.status[s.trades()[leaps_id].trade_id].problem is None
     await s.close()
