@@ -5,6 +5,8 @@ again and the rule acts only on the fresh snapshot."""
 
 from __future__ import annotations
 
+import pytest
+
 from engine.commands import Command
 from tests.ib_client_guard import decoded_cleanly as decoded_cleanly  # autouse
 from tests.ibkr_world import IN_PLACE_ORDER, IN_REQ_MKT_DATA, SPREAD, World
@@ -29,9 +31,17 @@ async def test_a_quiet_line_goes_stale_from_its_last_tick(world: World) -> None:
     await s.close()
 
 
-async def test_2103_holds_at_once_and_the_rule_acts_only_after_2104s_fresh_snapshot(
-    world: World,
+LOST_1100 = "Connectivity between IB and Trader Workstation has been lost."
+KEPT_1102 = "Connectivity between IB and TWS has been restored- data maintained."
+
+
+@pytest.mark.parametrize("outage", ["2103/2104", "1100/1102"])
+async def test_an_outage_holds_at_once_and_the_rule_acts_only_on_the_fresh_snapshot(
+    world: World, outage: str
 ) -> None:
+    """2103 (a market data farm broken) or 1100 (TWS lost IB, the socket up): the trades are
+    held at once and a rule that fires sends nothing; 2104 / 1102 ask every line again and the
+    rule acts on the fresh snapshot, never on the pre-outage values."""
     w = world
     s = await w.start()
     async with w.market.ticking():
@@ -39,9 +49,14 @@ async def test_2103_holds_at_once_and_the_rule_acts_only_after_2104s_fresh_snaps
             lambda: all(r.time_value is not None for r in s.engine.snapshot().trades), "quoted"
         )
         spread = s.trades()[SPREAD]
-        w.gw.farm_notice(2103, "usopt")
+        if outage == "2103/2104":
+            w.gw.farm_notice(2103, "usopt")
+            held = "farm broken"
+        else:
+            w.gw.send_error(1100, LOST_1100)
+            held = "not flowing"
         await s.until(
-            lambda: "farm broken" in (s.engine.status[spread.trade_id].problem or ""),
+            lambda: held in (s.engine.status[spread.trade_id].problem or ""),
             "the spread held",
         )
         # a rule that fires at the spread's time value: not on held data
@@ -52,13 +67,20 @@ async def test_2103_holds_at_once_and_the_rule_acts_only_after_2104s_fresh_snaps
         t0 = s.engine.clock.now()
         await s.until(lambda: s.engine.clock.now() - t0 > 0.5, "ticks meanwhile")
         assert w.gw.state.requests(IN_PLACE_ORDER) == []
-        farm_alerts = [a for a in s.alerts() if "2103" in a.message]
-        assert len(farm_alerts) == 1 and farm_alerts[0].data["source"] == "source:ibkr-data"
+        if outage == "2103/2104":
+            farm_alerts = [a for a in s.alerts() if "2103" in a.message]
+            assert len(farm_alerts) == 1 and farm_alerts[0].data["source"] == "source:ibkr-data"
         lines = len(w.gw.state.requests(IN_REQ_MKT_DATA))
         w.gw.state.queue_outcome(w.market.bag_fill())
-        w.gw.farm_notice(2104, "usopt")
+        if outage == "2103/2104":
+            w.gw.farm_notice(2104, "usopt")
+        else:
+            w.gw.send_error(1102, KEPT_1102)
         await w.gw.wait_until(lambda: len(w.gw.state.requests(IN_REQ_MKT_DATA)) > lines)
         order = await w.gw.wait_for_order(timeout=5.0)  # on the fresh snapshot
         assert order.contract.sec_type == "BAG"
+        [placed] = w.gw.state.requests(IN_PLACE_ORDER)
+        asked_again = w.gw.state.requests(IN_REQ_MKT_DATA)[lines:]
+        assert placed.at > asked_again[0].at  # never before the lines were asked again
         await s.until(lambda: SPREAD not in s.trades(), "the spread closed")
     await s.close()
