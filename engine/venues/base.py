@@ -58,6 +58,9 @@ class VenueError(Exception):
 
 @runtime_checkable
 class Venue(Protocol):
+    """A venue may also have `sending_blocked() -> str | None`: why no order can be sent now
+    (IB's read-only API session); the engine then neither starts nor retries an exit."""
+
     name: str
 
     async def submit(self, req: OrderRequest) -> OrderResult:
