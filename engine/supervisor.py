@@ -74,7 +74,7 @@ from engine.snapshot import (
 from engine.store import Store, StoreError, StoreLocked
 from engine.trade_rows import MAX_QTY, BadRow, RowContext
 from engine.venues.base import OrderRequest, OrderResult, Venue, VenueError, VenuePosition
-from engine.watchdog import ProtectionWatchdog, describe_back, describe_new
+from engine.watchdog import ProtectionWatchdog, Unprotected, describe_back, describe_new
 
 log = logging.getLogger(__name__)
 
@@ -749,6 +749,20 @@ class Engine:
                 subject=f"protected:{self._unprotected_episodes}:{now}",
             )
 
+    def _unprotected_view(self) -> tuple[Unprotected, ...]:
+        """Every open position nothing protects now: the watchdog's trades, then the journal's
+        open rows the engine cannot supervise (each alerted on its own when found)."""
+        rows = tuple(
+            Unprotected(
+                f"row {b.rowid}: {b.shown_id}",
+                "",
+                self.started_ts or 0.0,
+                f"bad journal row, not supervised: {b.problem}",
+            )
+            for b in self.bad_rows
+        )
+        return tuple(self.watchdog.current.values()) + rows
+
     def _unprotected_reason(self, tid: str, age: float) -> str:
         st = self.status.get(tid)
         t = self.trades.get(tid)
@@ -848,7 +862,13 @@ class Engine:
             combos.update(dict.fromkeys(self._combos_of_leg.get(cid, ())))
         for combo_id in combos:
             combo = self.contracts.get(combo_id)
-            cq = pricing.combo_quote(combo, self.quotes) if combo is not None else None
+            try:
+                cq = pricing.combo_quote(combo, self.quotes) if combo is not None else None
+            except Exception as e:  # one combo's fault stays with it (its trades go stale)
+                await self._contract_fault(combo_id, e)
+                continue
+            if f"contract:{combo_id}" in self._bad:
+                await self._recover(f"contract:{combo_id}")
             if cq is not None and cq != self.quotes.get(combo_id) and await self._accept_quote(cq):
                 for tid in list(self.by_contract.get(combo_id, ())):
                     await self._evaluate(tid, now)
@@ -1349,6 +1369,15 @@ class Engine:
                 tid,
                 subject=f"fault-ok:{tid}",
             )
+
+    async def _contract_fault(self, cid: str, e: Exception) -> None:
+        """An error deriving one contract's state: alerted once per contract and kind, logged
+        once; the contract's trades are left to the data guard and the watchdog."""
+        text = f"{type(e).__name__}: {e}"
+        key = f"contract:{cid}"
+        if key not in self._bad:
+            log.exception("contract %s failed", cid)
+        await self._episode(key, f"{cid}: internal error deriving its quote ({text})", None)
 
     async def _trade_fault(self, tid: str, e: Exception) -> None:
         st = self.status.get(tid)
@@ -2893,7 +2922,7 @@ class Engine:
             health=tuple(self._health(now)),
             risk=self._risk,
             alert_channels=self.alerts.channel_health(),
-            unprotected=tuple(self.watchdog.current.values()),
+            unprotected=self._unprotected_view(),
         )
         return self._snapshot
 

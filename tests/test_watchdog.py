@@ -284,3 +284,62 @@ def test_the_alert_text_groups_by_reason_and_stays_short():
     text = describe_new(ch.new, 40, 10.0)
     assert text.startswith("40 trades UNPROTECTED")
     assert "and 2 more reasons" in text and len(text) < 400
+
+
+async def test_a_bad_journal_row_counts_as_an_unprotected_position(tmp_path):
+    """An open position the engine cannot supervise (a row another program wrote badly) is
+    one more thing nothing protects: the header's count and the snapshot include it."""
+    import sqlite3
+
+    h = await standard(tmp_path)
+    con = sqlite3.connect(tmp_path / "trades.db", isolation_level=None, timeout=5)
+    try:
+        con.execute(
+            "INSERT INTO trades (trade_id, contract_id, side, qty, entry_price, opened_ts, venue,"
+            " overrides, fees) VALUES ('other', ?, 'yes', 10, 0.5, ?, 'paper', '{}', 0)",
+            (CID, T0),
+        )
+    finally:
+        con.close()
+    for s in range(1, 7):  # the journal is polled every 5 s
+        h.at(s)
+        await h.spot(97100.0)
+        await h.quote(0.50, 0.52)
+        await h.tick()
+    snap = h.engine.snapshot()
+    [row] = snap.unprotected
+    assert row.trade_id.endswith("other") and "bad journal row" in row.reason
+    assert [t.trade_id for t in snap.trades] == ["t1"]  # the good trade is protected
+    await h.close()
+
+
+async def test_a_combo_whose_quote_cannot_be_derived_does_not_stop_the_next_one(
+    tmp_path, monkeypatch
+):
+    """Resolving one contract fails (a combo's quote raises): that combo is alerted, and the
+    next combo of the same batch of quotes is still priced and its stop still fires."""
+    from engine import pricing
+    from engine.models import Leg
+
+    h = await standard(tmp_path)
+    c2 = Contract(CID2, "BTC-USD", "binary_above", 98000.0, T0 + 3600.0, event_id="KXBTCD-25NOV2415")
+    await h.engine.handle(ContractEvent(T0, c2))
+    await h.quote(0.50, 0.52, cid=CID2)
+    broken = Contract("BROKEN", "BTC-USD", "combo", 0.0, T0 + 3600.0, legs=(Leg(CID, 1),))
+    good = Contract("GOOD", "BTC-USD", "combo", 0.0, T0 + 3600.0, legs=(Leg(CID2, 1),))
+    await h.engine.handle(ContractEvent(T0, broken))
+    await h.engine.handle(ContractEvent(T0, good))
+    await h.open_trade("tc", side="long", price=0.50, cid="GOOD")
+    real = pricing.combo_quote
+
+    def combo_quote(c, quotes):
+        if c.id == "BROKEN":
+            raise ValueError("a leg's ratio is nonsense")
+        return real(c, quotes)
+
+    monkeypatch.setattr(pricing, "combo_quote", combo_quote)
+    await h.engine.handle_quotes([Quote(CID, 0.50, 0.52, T0), Quote(CID2, 0.20, 0.22, T0)])
+    assert [e["trade_id"] for e in h.exits] == ["tc"]
+    faults = [a for a in h.alerts if "internal error deriving its quote" in a.message]
+    assert len(faults) == 1 and "BROKEN" in faults[0].message
+    await h.close()
