@@ -81,22 +81,20 @@ class ProtectionWatchdog:
 
 def describe_new(new: Iterable[Unprotected], total: int, now: float) -> str:
     """One alert's text for trades that became unprotected, grouped by reason:
-    "3 trades UNPROTECTED: KX-A: quote 14s old [t1, t2]; no contract details for KX-B [t3]"."""
+    "3 trades UNPROTECTED — t1, t2: KX-A: quote 14s old; t3: no contract details for KX-B"."""
     groups: dict[str, list[str]] = {}
     for u in new:
         groups.setdefault(u.reason, []).append(u.trade_id)
     n = sum(len(v) for v in groups.values())
     parts = []
     for why, ids in list(groups.items())[:GROUPS_SHOWN]:
-        shown = ", ".join(sorted(ids)[:IDS_SHOWN])
-        more = f" +{len(ids) - IDS_SHOWN}" if len(ids) > IDS_SHOWN else ""
-        parts.append(f"{why} [{shown}{more}]")
+        parts.append(f"{_ids(sorted(ids))}: {why}")
     if len(groups) > GROUPS_SHOWN:
         parts.append(f"and {len(groups) - GROUPS_SHOWN} more reasons")
     head = f"{n} trade{'s' if n != 1 else ''} UNPROTECTED"
     if total > n:
         head += f" ({total} in all)"
-    return f"{head}: {'; '.join(parts)} — no auto-stop acts on them until this clears"
+    return f"{head} — {'; '.join(parts)}. No auto-stop acts on them until this clears"
 
 
 def _ids(ids: list[str]) -> str:

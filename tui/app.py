@@ -335,6 +335,7 @@ class TradeSupervisorApp(App[int]):
                     title=f"{a.kind.value}{' · ' + a.trade_id if a.trade_id else ''}",
                     severity=TOAST_SEVERITY.get(a.severity.value, "warning"),
                     timeout=10 if a.severity.value == "critical" else 5,
+                    markup=False,  # an alert's text is data: "[delayed data]" is not a style
                 )
         if ui.bell and any(bell.check(a) is Verdict.PASS for a in fresh):
             self.ring_bell()
@@ -351,7 +352,8 @@ class TradeSupervisorApp(App[int]):
         if self.main is not None and self.main.is_mounted:
             self.main.query_one(StatusBar).show(self.snapshot, self.engine_error)
         self.notify(
-            f"{self.engine_error}. Open trades are NOT protected. Quit (q) and start again; "
+            markup=False,
+            message=f"{self.engine_error}. Open trades are NOT protected. Quit (q) and start again; "
             "details in trade-supervisor.log in the data directory.",
             title="Engine stopped",
             severity="error",
