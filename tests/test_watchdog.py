@@ -195,6 +195,15 @@ async def test_many_trades_of_one_outage_are_one_grouped_alert(tmp_path):
     assert alert.message.startswith("7 trades UNPROTECTED")
     assert CID in alert.message and CID2 in alert.message
     assert len(h.engine.snapshot().unprotected) == 7
+    # The quotes going stale was one venue-level warning too, naming every trade, not one per
+    # contract; and their return is one alert.
+    [stale] = [x for x in h.alerts if "auto-stop suspended" in x.message]
+    assert "quotes of 2 contracts" in stale.message and "7 trades" in stale.message
+    await h.engine.handle_quotes(
+        [Quote(CID, 0.50, 0.52, h.clock.now()), Quote(CID2, 0.50, 0.52, h.clock.now())]
+    )
+    [recovered] = [x for x in h.alerts if "data recovered" in x.message]
+    assert "quotes of 2 contracts" in recovered.message
     await h.close()
 
 
