@@ -47,6 +47,9 @@ SMOKE: dict[str, Smoke] = {
         ["--samples", "3", "--warmup", "1", "--positions", "10"],
         "Kalshi reaction latency: orderbook_delta sent",
     ),
+    "stall_reaction": Smoke(
+        ["--quick"], "Reaction of a second trade while a first trade's exit is stalled"
+    ),
     "recovery": Smoke(["--quick"], "Kalshi market data back after a 3 s outage"),
     "ui_update": Smoke(
         ["--samples", "3", "--warmup", "1", "--strikes", "50", "--trades", "20"],
