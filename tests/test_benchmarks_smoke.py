@@ -141,6 +141,12 @@ def test_benchmark_smoke(name: str, tmp_path: Path) -> None:
         if shutil.which(program) is None:
             pytest.skip(f"{name}: needs {program}")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The child runs on this interpreter already. Without the test environment's bin/ first on
+    # PATH, the scripts that start `run-app` (ui_cpu, through tmux, whose server takes this
+    # environment) find uv as a user's shell does, not a `python3` of the venv that lacks it.
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep) if d != venv_bin)
+    env.pop("VIRTUAL_ENV", None)
     proc = subprocess.run(
         [sys.executable, "-c", DRIVER, str(BENCH), name, *smoke.args],
         cwd=tmp_path,
@@ -174,3 +180,20 @@ def test_run_all_runs_every_benchmark() -> None:
     }
     missing = [b for b in benchmarks() if b not in imported or b not in called]
     assert not missing, f"benchmarks/run_all.py does not run {missing}: import it, call its main()"
+
+
+@pytest.mark.slow
+def test_stall_reaction_shows_a_blocked_second_trade(tmp_path: Path) -> None:
+    """The stall benchmark can fail: with exits awaited on the reaction path (`--inline-orders`,
+    the engine before `Engine._orders_in_tasks`), the second trade's exit waits for the held
+    first order, and the benchmark says so instead of reporting a latency (~5 s: its wait)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(BENCH), "stall_reaction", "--quick", "--inline-orders"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120.0,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "MISSED: the second trade waited for the stalled order" in proc.stdout, proc.stdout
+    assert "main() returned False" in proc.stdout
