@@ -3,7 +3,7 @@
 Run: uv run python benchmarks/run_all.py [--profile] [--strict] [--no-ui] [--no-cpu]
   --profile  also cProfile the tick and spot-update paths (tick_cost.py --profile)
   --strict   exit 1 when a target is missed (the default always exits 0: numbers, not a gate)
-  --no-ui    only the engine benchmarks (about 4 min: kalshi_reaction.py's ~45 s,
+  --no-ui    only the engine benchmarks (about 3.5 min: kalshi_reaction.py's ~45 s,
              stall_reaction.py's ~75 s and recovery.py's ~75 s included)
   --no-cpu   skip ui_cpu.py (two 60 s runs of the real app under tmux, plus start-up, and a wait
              for the next hour when the simulated ladder would settle during the run)
