@@ -89,7 +89,8 @@ class Block:
 
 
 def _restore(w: kr.World, m: kr.Market) -> None:
-    """The book of `m` as it was before its bid fell (websocket and REST)."""
+    """The REST server's book of `m` as it was before its bid fell (`stall_first` put the
+    websocket's back already)."""
     w.rest.books[m.ticker][m.side] = [[Decimal(kr._c(m.top)), Decimal(kr.DEPTH)]]
 
 
