@@ -58,6 +58,7 @@ Set-up choices (see the README section for the numbers):
   re-open also takes. The lock is never held by the measured path.
 
 Run: uv run python benchmarks/kalshi_reaction.py [--samples 150] [--warmup 15] [--quick]
+     [--positions 100]
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -656,7 +657,7 @@ def report(r: dict[str, Any]) -> bool:
     print(
         f"first attempt filled: {r['filled']}/{r['samples']} (limits: {r['limits']}); "
         f"other order POSTs: "
-        f"{r['unexpected']}; start-up (build_runtime, 100 positions adopted): "
+        f"{r['unexpected']}; start-up (build_runtime, {HELD} positions adopted): "
         f"{r['build_s']:.2f} s"
     )
     print(
@@ -677,15 +678,38 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=15, help="untimed samples first")
     p.add_argument("--quick", action="store_true", help="a smoke run: 20 samples, 3 warm-up")
     p.add_argument("--seed", type=int, default=1, help="seed of the gaps between samples")
+    p.add_argument(
+        "--positions",
+        type=int,
+        default=HELD,
+        help=f"held positions, on as many markets + 20 (default {HELD}; fewer start faster: "
+        "the start-up reads each position's fills within the read budget)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.samples, args.warmup = 20, 3
+    if args.positions < 1:
+        p.error("--positions: at least 1")
     return args
+
+
+@contextlib.contextmanager
+def positions(n: int) -> Iterator[None]:
+    """HELD and MARKETS set for `n` positions for the block (module constants that `ladder` and
+    the checks read), then put back."""
+    global HELD, MARKETS
+    saved = HELD, MARKETS
+    HELD, MARKETS = n, n + 20
+    try:
+        yield
+    finally:
+        HELD, MARKETS = saved
 
 
 def main(argv: list[str] | None = None) -> bool:
     args = parse(argv)
-    return report(asyncio.run(measure(args.samples, args.warmup, args.seed)))
+    with positions(args.positions):
+        return report(asyncio.run(measure(args.samples, args.warmup, args.seed)))
 
 
 if __name__ == "__main__":

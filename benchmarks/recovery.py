@@ -22,7 +22,7 @@ Each sample:
            plus the poll).
   untimed  a few seconds of normal polling before the next sample.
 
-Run: uv run python benchmarks/recovery.py [--samples 3] [--outage 20]
+Run: uv run python benchmarks/recovery.py [--samples 3] [--outage 20] [--quick]
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ async def wait_for(cond: Any, what: str, timeout: float = WAIT_S) -> float:
     return time.perf_counter()
 
 
-async def measure(samples: int, outage: float) -> list[float]:
+async def measure(
+    samples: int, outage: float, settle: float = 3.0, max_quote_age: float | None = None
+) -> list[float]:
     tmp = tempfile.TemporaryDirectory(prefix="ts-bench-recovery-")
     root = Path(tmp.name)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -110,12 +112,14 @@ async def measure(samples: int, outage: float) -> list[float]:
             rest = f"http://127.0.0.1:{port}{kr_bench.PREFIX}"
             raw = kr_bench.config(root / "data", key_path, rest, ws.url, cb.url, kr.url)
             raw["venues"]["kalshi"]["stream"] = False
+            if max_quote_age is not None:
+                raw["engine"]["max_quote_age_seconds"] = max_quote_age
             rt = await build_runtime(parse_config(raw), None)
             eng = rt.engine
             if len(eng.trades) != HELD:
                 raise RuntimeError(f"the engine adopted {len(eng.trades)} trades, not {HELD}")
             run_task = asyncio.create_task(eng.run(rt.feeds), name="engine")
-            await asyncio.sleep(3.0)  # steady state
+            await asyncio.sleep(settle)  # steady state
 
             def states() -> list[str]:
                 return [t.state for t in eng.snapshot().trades]
@@ -139,7 +143,7 @@ async def measure(samples: int, outage: float) -> list[float]:
 
                 t1 = await wait_for(back, "every trade quoted fresh again")
                 out.append(t1 - t0)
-                await asyncio.sleep(3.0)
+                await asyncio.sleep(settle)
             eng.stop()
             await run_task
             run_task = None
@@ -163,8 +167,17 @@ def main(argv: list[str] | None = None) -> bool:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=3)
     ap.add_argument("--outage", type=float, default=20.0, help="seconds of 503 per sample")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run (about 8 s): 1 sample, quotes stale after 2 s, a 3 s outage, 1 s settle",
+    )
     args = ap.parse_args(argv)
-    rec = asyncio.run(measure(args.samples, args.outage))
+    if args.quick:
+        args.samples, args.outage = 1, 3.0
+    rec = asyncio.run(
+        measure(args.samples, args.outage, *((1.0, 2.0) if args.quick else (3.0, None)))
+    )
     worst = max(rec)
     ok = worst <= TARGET_S
     print(f"\nKalshi market data back after a {args.outage:g} s outage, {HELD} trades (REST polls)")

@@ -3,8 +3,8 @@
 Run: uv run python benchmarks/run_all.py [--profile] [--strict] [--no-ui] [--no-cpu]
   --profile  also cProfile the tick and spot-update paths (tick_cost.py --profile)
   --strict   exit 1 when a target is missed (the default always exits 0: numbers, not a gate)
-  --no-ui    only the engine benchmarks (about 160 s: kalshi_reaction.py's ~45 s and
-             recovery.py's ~75 s included)
+  --no-ui    only the engine benchmarks (about 3.5 min: kalshi_reaction.py's ~45 s,
+             stall_reaction.py's ~75 s and recovery.py's ~75 s included)
   --no-cpu   skip ui_cpu.py (two 60 s runs of the real app under tmux, plus start-up, and a wait
              for the next hour when the simulated ladder would settle during the run)
 """
@@ -18,6 +18,7 @@ import time
 import kalshi_reaction
 import reaction_latency
 import recovery
+import stall_reaction
 import tick_cost
 import ui_cpu
 import ui_reaction
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = tick_cost.main(["--profile"] if args.profile else []) and ok
     print()
     ok = kalshi_reaction.main([]) and ok
+    print()
+    ok = stall_reaction.main([]) and ok
     print()
     ok = recovery.main([]) and ok
     if not args.no_ui:

@@ -18,7 +18,7 @@ the last 2 minutes): a run that would reach the last 4 minutes before the hour f
 the next hour. Skipped with a message when tmux is missing. The tmux session is killed at the end.
 
 Target: <= 15% of one core with the UI.
-Run: uv run python benchmarks/ui_cpu.py [--seconds 60] [--no-headless]
+Run: uv run python benchmarks/ui_cpu.py [--seconds 60] [--no-headless] [--quick]
 """
 
 from __future__ import annotations
@@ -149,8 +149,16 @@ def ready(screen: str, headless: bool, trades: int, strikes: int) -> bool:
     )
 
 
-def measure(headless: bool, seconds: float, strikes: int, trades: int) -> dict[str, float]:
-    wait_for_ladder(READY_TIMEOUT_S + SETTLE_S + seconds + TTC_CUTOFF_S + 30.0)
+def measure(
+    headless: bool,
+    seconds: float,
+    strikes: int,
+    trades: int,
+    settle: float = SETTLE_S,
+    ladder_wait: bool = True,
+) -> dict[str, float]:
+    if ladder_wait:
+        wait_for_ladder(READY_TIMEOUT_S + settle + seconds + TTC_CUTOFF_S + 30.0)
     session = f"ts-ui-cpu-{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="ts-ui-cpu-") as tmp_name:
         tmp = Path(tmp_name)
@@ -173,7 +181,7 @@ def measure(headless: bool, seconds: float, strikes: int, trades: int) -> dict[s
                 time.sleep(0.5)
             else:
                 raise RuntimeError(f"the app did not show {trades} trades in time:\n{screen}")
-            time.sleep(SETTLE_S)
+            time.sleep(settle)
             pids = tree(pid)
             c0, t0 = cpu_seconds(pids), time.perf_counter()
             time.sleep(seconds)
@@ -244,7 +252,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--strikes", type=int, default=STRIKES)
     p.add_argument("--trades", type=int, default=TRADES)
     p.add_argument("--no-headless", action="store_true", help="skip the headless comparison")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 2 s per run, 50 strikes, 20 trades, 1 s settle, no wait for the next "
+        "hourly ladder (the numbers mean little)",
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.strikes, args.trades = 2.0, 50, 20
+    return args
 
 
 def main(argv: list[str] | None = None) -> bool:
@@ -252,9 +269,10 @@ def main(argv: list[str] | None = None) -> bool:
     if shutil.which("tmux") is None:
         print("ui_cpu: skipped, tmux is not installed (apt-get install tmux)")
         return True
-    results = [measure(False, args.seconds, args.strikes, args.trades)]
+    how = {"settle": 1.0, "ladder_wait": False} if args.quick else {}
+    results = [measure(False, args.seconds, args.strikes, args.trades, **how)]
     if not args.no_headless:
-        results.append(measure(True, args.seconds, args.strikes, args.trades))
+        results.append(measure(True, args.seconds, args.strikes, args.trades, **how))
     return report(results, args.strikes, args.trades)
 
 
