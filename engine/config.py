@@ -146,7 +146,11 @@ class RiskConfig(Strict):
     max_open_positions: Annotated[int, Field(ge=1)] | None = None
     max_total_risk: Pct | None = None  # dollars
     max_daily_loss: Pct | None = None  # dollars
-    halt_on_breach: bool = False
+    # What a breach of max_daily_loss / max_total_risk does besides its critical alert: "alert"
+    # only, or "close_all": close every supervised trade through the normal exit path, once per
+    # breach episode. A breach never pauses the stops (halt_on_breach did; it is refused now).
+    on_daily_loss: Literal["alert", "close_all"] = "alert"
+    on_total_risk: Literal["alert", "close_all"] = "alert"
 
 
 class EngineConfig(Strict):
@@ -898,6 +902,14 @@ _RENAMED = {
     "exit_max_attempts": "ladder_max_attempts",
     "exit_retry_seconds": "ladder_step_seconds",
 }
+# Keys removed because their meaning changed: the error says what to write instead.
+_REPLACED = {
+    "halt_on_breach": (
+        "removed: a breach no longer pauses the automatic exits; use on_daily_loss = "
+        '"alert" (the default) or "close_all" (close every trade once), and on_total_risk '
+        "likewise"
+    ),
+}
 
 
 def _unknown_key(loc: list[str | int], value: Any) -> str:
@@ -905,6 +917,8 @@ def _unknown_key(loc: list[str | int], value: Any) -> str:
     name = str(loc[-1]) if loc else ""
     if name in _RENAMED:
         return f"renamed: use '{_RENAMED[name]}' (same meaning)"
+    if name in _REPLACED:
+        return _REPLACED[name]
     parent = _node_at(loc[:-1])
     allowed = list(parent.model.model_fields) if parent.model else []
     close = difflib.get_close_matches(name, allowed, n=1)

@@ -79,7 +79,10 @@ from engine.watchdog import ProtectionWatchdog, Unprotected, describe_back, desc
 log = logging.getLogger(__name__)
 
 EPS = 1e-9
-EXIT_FAILED_COOLDOWN_SECONDS = 60.0
+EXIT_FAILED_COOLDOWN_SECONDS = 60.0  # the default of [auto_stop.ladder] retry_after_seconds
+# A rule that fires while its exit cannot be sent (the trade paused, the engine disarmed, the kill
+# switch, alert_only) warns again at most this often while it stays fired (a constant, not a key).
+BLOCKED_SIGNAL_REPEAT_SECONDS = 300.0
 OPPORTUNITY_SCAN_SECONDS = 5.0
 POSITIONS_POLL_SECONDS = 5.0
 # How long a tick waits for the venue's positions before going on without them. The answer is
@@ -2593,10 +2596,15 @@ class Engine:
         trade_id: str | None = None,
         data: dict[str, Any] | None = None,
         subject: str | None = None,
+        throttle: bool = True,
     ) -> None:
+        """`throttle=False`: a change of state (reload, arm/disarm, kill switch, a risk close),
+        never held back by the alert cool-down."""
         if self.data_note and kind in _EXIT_ALERT_KINDS:
             message = f"{message} [{self.data_note}]"
-        await self.alerts.raise_(self.clock.now(), kind, severity, message, trade_id, data, subject)
+        await self.alerts.raise_(
+            self.clock.now(), kind, severity, message, trade_id, data, subject, throttle=throttle
+        )
         self._dirty = True
 
     async def _episode(
@@ -2750,19 +2758,13 @@ class Engine:
         for b in breaches:
             k = b.split(" ")[0]
             if k not in self._breaches:
+                self._breaches.add(k)  # this episode's action is taken once, here
                 await self._alert(
                     AlertKind.RISK_LIMIT, Severity.CRITICAL, f"risk limit: {b}", subject=f"risk:{k}"
                 )
-                if k == "daily" and r.halt_on_breach:
-                    await self._alert(
-                        AlertKind.RISK_LIMIT,
-                        Severity.CRITICAL,
-                        "max daily loss: halting — all automatic exits paused "
-                        "(resume with the kill-switch key)",
-                        subject="halt",
-                    )
-                    self.paused_all = True
-                    await self.store.set_state("paused_all", True, now)
+                policy = {"daily": r.on_daily_loss, "total": r.on_total_risk}.get(k, "alert")
+                if policy == "close_all":
+                    await self._risk_close_all(k, b, now)
         for k in self._breaches - kinds:
             await self._alert(
                 AlertKind.RISK_LIMIT,
@@ -2771,6 +2773,48 @@ class Engine:
                 subject=f"riskok:{k}",
             )
         self._breaches = kinds
+
+    async def _risk_close_all(self, kind: str, breach: str, now: float) -> None:
+        """[risk] on_daily_loss / on_total_risk = "close_all": close every supervised trade through
+        the normal exit path (journal first, the ladder), once per breach episode. The switches
+        still hold (a paused trade, the kill switch, disarmed, alert_only): those trades are named
+        in the alert, not closed. A breach never pauses the stops."""
+        key = "on_daily_loss" if kind == "daily" else "on_total_risk"
+        reason = ExitReason.RISK_DAILY_LOSS if kind == "daily" else ExitReason.RISK_TOTAL_RISK
+        closing: list[Trade] = []
+        held: list[str] = []
+        already: list[str] = []
+        for t in list(self.trades.values()):
+            if t.state != TradeState.OPEN or t.trade_id in self.exits:
+                already.append(t.trade_id)
+                continue
+            st = self.status.get(t.trade_id) or _Status()
+            blocked = self._auto_block_reason(t, st, now)
+            if blocked is not None:
+                held.append(f"{t.trade_id} ({blocked})")
+            else:
+                closing.append(t)
+        msg = (
+            f"risk limit: {breach} — [risk] {key} = \"close_all\": closing "
+            f"{len(closing)} trade(s)"
+            + (f": {', '.join(t.trade_id for t in closing)}" if closing else "")
+        )
+        if already:
+            msg += f"; already closing: {', '.join(already)}"
+        if held:
+            msg += f"; NOT closing {', '.join(held)}: close them yourself"
+        await self._alert(
+            AlertKind.RISK_LIMIT,
+            Severity.CRITICAL,
+            msg,
+            data={"breach": breach, "closing": [t.trade_id for t in closing], "held": held},
+            subject=f"risk_close_all:{kind}",
+            throttle=False,
+        )
+        for t in closing:
+            if t.trade_id in self.trades and t.state == TradeState.OPEN:
+                if t.trade_id not in self.exits:
+                    await self._begin_exit(t, reason, now, manual=False)
 
     async def _scan_opportunities(self, now: float) -> None:
         thr = self.config.signals.edge_threshold

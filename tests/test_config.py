@@ -497,7 +497,7 @@ def _varied_config() -> Config:
                 "trend": {},
             },
         },
-        "risk": {"max_open_positions": 3, "halt_on_breach": True},
+        "risk": {"max_open_positions": 3, "on_daily_loss": "close_all"},
         "sim": {"seed": -3, "speed": 1e-05, "start_price": 1e20},
         "ui": {"theme": "nord\u00e9\t\u0001"},
         "venues": {"kalshi": {"environment": "prod"}},
