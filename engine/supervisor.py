@@ -133,7 +133,11 @@ class _Status:
     problem: str | None = None
     eval_ts: float = 0.0
     next_time_trigger: float = math.inf
-    signalled: set[str] = field(default_factory=set)
+    # Rules whose blocked exit was alerted -> when (repeated every BLOCKED_SIGNAL_REPEAT_SECONDS).
+    signalled: dict[str, float] = field(default_factory=dict)
+    # The fired rule whose exit cannot be sent, and why in a word (the row: "max_loss FIRED —
+    # paused"); None when no rule fires or its exit goes out.
+    blocked: tuple[str, str] | None = None
     exit_blocked_until: float = 0.0
     last_sample_ts: float = -math.inf
     criteria: Criteria | None = None
@@ -1486,6 +1490,7 @@ class Engine:
         self._dirty = True
         fired = rules.first_fired(results)
         if fired is None or t.state != TradeState.OPEN:
+            st.blocked = None
             return q.ts
         await self._on_fired(t, st, fired, now)
         return q.ts
@@ -1606,17 +1611,31 @@ class Engine:
     async def _on_fired(self, t: Trade, st: _Status, fired: rules.RuleResult, now: float) -> None:
         blocked = self._auto_block_reason(t, st, now)
         if blocked is not None:
-            if fired.rule not in st.signalled:
-                st.signalled.add(fired.rule)
-                sev = Severity.WARNING if self.mode == Mode.ALERT_ONLY else Severity.INFO
+            # A stop that cannot act says so loudly (a warning with the rule and its numbers),
+            # again every BLOCKED_SIGNAL_REPEAT_SECONDS while it stays fired, and on its row. Only
+            # the cool-down after a failed ladder is news of its own (that was critical): info.
+            label = _block_label(blocked)
+            st.blocked = (fired.rule, label)
+            last = st.signalled.get(fired.rule)
+            if last is None or now - last >= BLOCKED_SIGNAL_REPEAT_SECONDS:
+                st.signalled[fired.rule] = now
+                sev = Severity.INFO if label == "cool-down" else Severity.WARNING
                 await self._alert(
                     AlertKind.EXIT_SIGNAL,
                     sev,
                     f"{t.trade_id}: {fired.describe()} — not closing: {blocked}",
                     t.trade_id,
-                    data={"rule": fired.rule, "value": fired.value, "threshold": fired.threshold},
+                    data={
+                        "rule": fired.rule,
+                        "value": fired.value,
+                        "threshold": fired.threshold,
+                        "blocked": label,
+                    },
+                    subject=f"signal:{t.trade_id}:{fired.rule}",
+                    throttle=last is None,  # a reminder is spaced by the engine, not the bus
                 )
             return
+        st.blocked = None
         await self._begin_exit(t, fired.rule, now, manual=False, fired=fired)
 
     def _auto_block_reason(self, t: Trade, st: _Status, now: float) -> str | None:
@@ -2812,9 +2831,10 @@ class Engine:
             throttle=False,
         )
         for t in closing:
-            if t.trade_id in self.trades and t.state == TradeState.OPEN:
-                if t.trade_id not in self.exits:
-                    await self._begin_exit(t, reason, now, manual=False)
+            # Still open and not closing (a quote may have started its exit meanwhile).
+            ok = t.trade_id in self.trades and t.state == TradeState.OPEN
+            if ok and t.trade_id not in self.exits:
+                await self._begin_exit(t, reason, now, manual=False)
 
     async def _scan_opportunities(self, now: float) -> None:
         thr = self.config.signals.edge_threshold
@@ -3228,7 +3248,11 @@ class Engine:
             drawdown=(t.peak_pnl - st.pnl) if st.pnl is not None else 0.0,
             opened_ts=t.opened_ts,
             held_seconds=max(now - t.opened_ts, 0.0),
-            nearest=near.describe() if near else "—",
+            nearest=f"{st.blocked[0]} FIRED — {st.blocked[1]}"
+            if st.blocked is not None
+            else near.describe()
+            if near
+            else "—",
             rules=tuple(
                 RuleView(r.rule, r.fired, r.value, r.threshold, r.distance, r.unit, r.describe())
                 for r in st.results
@@ -3244,6 +3268,7 @@ class Engine:
             time_value=time_value,
             tv_state=tv_state,
             unprotected=u.reason if (u := self.watchdog.current.get(t.trade_id)) else None,
+            blocked=st.blocked[1] if st.blocked is not None else None,
         )
 
     def badge(self) -> str:
@@ -3358,6 +3383,21 @@ def _open_problem(ev: OpenEvent, contract: Contract | None) -> str | None:
     if contract is not None and contract.is_binary != binary_side:
         return f"side {ev.side!r} does not fit a {contract.type} contract"
     return None
+
+
+_BLOCK_LABELS = {
+    "alert_only mode (close it yourself)": "alert_only",
+    "disarmed": "disarmed",
+    "all auto-stops paused (kill switch)": "kill switch",
+    "auto-stop paused for this trade": "paused",
+    "a recent exit failed; retrying after a cool-down": "cool-down",
+}
+
+
+def _block_label(reason: str) -> str:
+    """`Engine._auto_block_reason` in a word, for the trade's row; a venue's own reason (IB's
+    read-only session) is "venue"."""
+    return _BLOCK_LABELS.get(reason, "venue")
 
 
 def _utc_day(ts: float) -> str:

@@ -128,7 +128,7 @@ async def test_a_rule_that_fires_while_it_cannot_act_warns_and_shows_on_the_row(
     await h.quote(0.30, 0.32)  # -40 %: max_loss fires
     [sig] = h.of_kind("exit_signal")[-1:]
     assert sig.severity.value == "warning"
-    assert "max_loss FIRED -40.0% <= -30%" in sig.message and "not closing" in sig.message
+    assert "max_loss FIRED -40% <= -30%" in sig.message and "not closing" in sig.message
     [row] = h.engine.snapshot().trades
     assert row.nearest == f"max_loss FIRED — {how}"
     assert h.venue.submitted == []
@@ -147,7 +147,7 @@ async def test_the_warning_repeats_every_few_minutes_while_the_rule_stays_fired(
     await h.quote(0.29, 0.31)
     assert len(h.of_kind("exit_signal")) == n + 1
     again = h.of_kind("exit_signal")[-1]
-    assert again.severity.value == "warning" and "max_loss FIRED -42.0%" in again.message
+    assert again.severity.value == "warning" and "max_loss FIRED -42% <= -30%" in again.message
     # Back within the limit: the row no longer says FIRED.
     await h.quote(0.49, 0.51)
     [row] = h.engine.snapshot().trades
