@@ -119,6 +119,17 @@ class StrategyConfig(Strict):
         return {k: None if x is False else x for k, x in v.items()}  # false = rule off
 
 
+class LadderEndConfig(Strict):
+    """[auto_stop.ladder]: what an exhausted exit ladder does, on every venue (the ladder's steps
+    themselves are [auto_stop] ladder_*, or IB's own keys in [venues.ibkr])."""
+
+    # "retry": leave the trade open (critical alert) and start a new ladder after
+    # retry_after_seconds if the rule still fires. "cross": first send one last order at the most
+    # aggressive price the venue accepts (engine/exit_ladder.py cross_limit), then as "retry".
+    on_exhausted: Literal["retry", "cross"] = "retry"
+    retry_after_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
+
+
 class AutoStopConfig(Strict):
     mode: Mode = Field(default=Mode.DRY_RUN, strict=False)  # the enum is given as text
     armed: bool = True
@@ -127,6 +138,7 @@ class AutoStopConfig(Strict):
     ladder_step_seconds: Annotated[float, Field(gt=0)] = 2.0
     ladder_tick: Annotated[float, Field(ge=0, le=1000)] = 0.01
     ladder_floor: Annotated[float, Field(ge=0)] = 0.01
+    ladder: LadderEndConfig = Field(default_factory=LadderEndConfig)
     criteria: Criteria = Field(default_factory=Criteria)
     strategies: dict[str, StrategyConfig] = Field(default_factory=dict)
 
@@ -609,6 +621,8 @@ class Ladder:
     floor: float
     max_attempts: int
     step_seconds: float
+    on_exhausted: Literal["retry", "cross"] = "retry"  # [auto_stop.ladder], every venue
+    retry_after_seconds: float = 60.0
 
 
 class Config(Strict):
@@ -625,13 +639,26 @@ class Config(Strict):
 
     def ladder(self) -> Ladder:
         """The exit ladder of the configured venue: [auto_stop] ladder_*, or IB's own keys."""
+        end = self.auto_stop.ladder
         if self.engine.venue == "ibkr":
             ib = self.venues.ibkr
             return Ladder(
-                ib.price_increment, ib.min_price, ib.max_attempts, ib.attempt_timeout_seconds
+                ib.price_increment,
+                ib.min_price,
+                ib.max_attempts,
+                ib.attempt_timeout_seconds,
+                end.on_exhausted,
+                end.retry_after_seconds,
             )
         a = self.auto_stop
-        return Ladder(a.ladder_tick, a.ladder_floor, a.ladder_max_attempts, a.ladder_step_seconds)
+        return Ladder(
+            a.ladder_tick,
+            a.ladder_floor,
+            a.ladder_max_attempts,
+            a.ladder_step_seconds,
+            end.on_exhausted,
+            end.retry_after_seconds,
+        )
 
     def data_path(self) -> Path:
         """The data directory (journal, alert log), created on demand by the caller.

@@ -37,7 +37,7 @@ from engine.alerts import AlertBus, alert_from_row
 from engine.clock import Clock
 from engine.commands import REPLAY_ACTIONS, Command, CommandResult
 from engine.config import Config, ConfigError, Criteria, load_config
-from engine.exit_ladder import exit_limit
+from engine.exit_ladder import cross_limit, exit_limit
 from engine.market_hours import ExchangeHours
 from engine.models import (
     AlertKind,
@@ -1230,7 +1230,12 @@ class Engine:
                 st = self.status.get(tid)
                 if st is None:
                     continue
-                if stale or st.problem is not None or now >= st.next_time_trigger:
+                # The cool-down after an exhausted ladder is over: a new ladder if the rule
+                # still fires, without waiting for the next quote.
+                retry_due = 0.0 < st.exit_blocked_until <= now
+                if retry_due:
+                    st.exit_blocked_until = 0.0
+                if stale or st.problem is not None or now >= st.next_time_trigger or retry_due:
                     await self._evaluate(tid, now)
         for tid, ex in list(self.exits.items()):
             t = self.trades.get(tid)
@@ -1849,6 +1854,13 @@ class Engine:
     def _price_attempt(self, t: Trade, ex: _Exit, coid: str, q: Quote) -> float:
         """The limit of attempt `ex.attempts` (sent as `coid`) from the exit's ladder."""
         a = self.config.ladder()
+        if a.on_exhausted == "cross" and ex.attempts > a.max_attempts:
+            # The one order after an exhausted ladder: the most aggressive price the venue
+            # accepts, below the floor if need be (the floor is the ladder's, not this order's).
+            c = self.contracts.get(t.contract_id)
+            limit = cross_limit(t, q, c is not None and c.is_binary, a.tick, a.floor)
+            ex.limits[coid] = limit
+            return limit
         step = exit_limit(t, q, ex.attempts, a.tick, a.floor)
         ex.limits[coid] = step.limit
         if t.side != "short":
@@ -1934,6 +1946,20 @@ class Engine:
             await self.store.update_intent(
                 ex.intent_id, status="sent", attempts=ex.attempts, ts=now
             )
+            a = self.config.ladder()
+            if a.on_exhausted == "cross" and ex.attempts > a.max_attempts:
+                await self._alert(
+                    AlertKind.EXECUTION_FAILURE,
+                    Severity.CRITICAL,
+                    f"{t.trade_id}: LIMIT_REACHED: ladder exhausted after {a.max_attempts} "
+                    f"attempts — CROSSING: one last order at {limit:g}, the most aggressive price "
+                    f"{self.venue.name} accepts ([auto_stop.ladder] on_exhausted = \"cross\"); "
+                    "booked at the venue's fill",
+                    t.trade_id,
+                    data={"intent_id": ex.intent_id, "limit": limit, "attempt": ex.attempts},
+                    subject=f"cross:{ex.intent_id}",
+                    throttle=False,
+                )
         await self._send(t, ex, coid, mark, now)
 
     async def _send(self, t: Trade, ex: _Exit, coid: str, mark: float, now: float) -> None:
@@ -2034,6 +2060,10 @@ class Engine:
                 f"; MID_TOO_LOW: the mid {low:.4f} is below the floor {a.floor:g}, so the limit "
                 "stays at the floor and fills only if the book comes back"
             )
+        if ex.attempts == a.max_attempts and a.on_exhausted == "cross":
+            # Exhausted: the next attempt (the tick, a step later) is the one crossing order.
+            await self.store.book_result(trade=t, ts=now, order=order, fill=fill)
+            return
         if ex.attempts < a.max_attempts:
             await self.store.book_result(trade=t, ts=now, order=order, fill=fill)
             if ex.warned:
@@ -2056,13 +2086,15 @@ class Engine:
         self.exits.pop(t.trade_id, None)
         st = self.status.get(t.trade_id)
         if st is not None:
-            st.exit_blocked_until = now + EXIT_FAILED_COOLDOWN_SECONDS
+            st.exit_blocked_until = now + a.retry_after_seconds
             st.signalled.clear()
+        crossed = " and its crossing order" if ex.attempts > a.max_attempts else ""
         await self._alert(
             AlertKind.EXECUTION_FAILURE,
             Severity.CRITICAL,
-            f"{msg}: LIMIT_REACHED: ladder exhausted after {ex.attempts} attempts — trade left OPEN, "
-            "close it by hand",
+            f"{msg}: LIMIT_REACHED: ladder exhausted after {min(ex.attempts, a.max_attempts)} "
+            f"attempts{crossed} — trade left OPEN, close it by hand; a new ladder starts in "
+            f"{a.retry_after_seconds:g}s if the rule still fires",
             t.trade_id,
             data={"intent_id": ex.intent_id},
             subject=f"gaveup:{ex.intent_id}",

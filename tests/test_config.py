@@ -261,7 +261,7 @@ def test_missing_file_names_the_path_and_the_fix(
             "[auto_stop]\nfoo = 1\n",
             "c.toml, line 2: auto_stop.foo: unknown key; the keys allowed in [auto_stop] are: "
             "mode, armed, ladder_max_attempts, ladder_step_seconds, ladder_tick, ladder_floor, "
-            "criteria, strategies",
+            "ladder, criteria, strategies",
         ),
         (
             "[signals]\nvolatility_windows_minutes = [\n  5,\n  0,\n]\n",

@@ -164,7 +164,10 @@ def test_the_ladders_end_keys_parse_and_bad_values_are_refused() -> None:
     d = parse_config({})
     assert (d.ladder().on_exhausted, d.ladder().retry_after_seconds) == ("retry", 60.0)
     ib = parse_config(
-        {"engine": {"venue": "ibkr"}, "auto_stop": {"ladder": {"on_exhausted": "cross"}}}
+        {
+            "engine": {"venue": "ibkr"},
+            "auto_stop": {"mode": "alert_only", "ladder": {"on_exhausted": "cross"}},
+        }
     )
     assert ib.ladder().on_exhausted == "cross"  # for every venue, IB's ladder keys or not
     with pytest.raises(ConfigError) as e:
@@ -224,8 +227,7 @@ async def test_retry_after_seconds_sets_when_an_exhausted_ladder_starts_again(tm
         await h.quote(0.30, 0.32, ts=T0 + dt)
         await h.tick(dt)
     assert len(h.venue.submitted) == 3  # the cool-down runs to T0+12
-    await h.quote(0.30, 0.32, ts=T0 + 12)
-    await h.tick(12)
+    await h.tick(12)  # no new quote (the last, from T0+11, is fresh): the tick retries
     assert len(h.venue.submitted) == 4 and h.venue.submitted[-1].limit_price == pytest.approx(0.30)
     assert min(r.limit_price for r in h.venue.submitted) >= 0.20  # the floor holds
     await h.close()
