@@ -2581,7 +2581,9 @@ class Engine:
         every trade under the new switch (exit signals may be raised again)."""
         await self.store.set_state(key, value, now)
         await self._audit_command(now, cmd)
-        await self._alert(kind, Severity.WARNING, message, subject=key)
+        # Each switch is its own news: never held back by the alert cool-down (a quick
+        # disarm/arm must not leave "DISARMED" as the last word seen).
+        await self._alert(kind, Severity.WARNING, message, subject=key, throttle=False)
         self._clear_signals()
         await self._reevaluate_all(now)
 
@@ -2609,6 +2611,7 @@ class Engine:
                 Severity.CRITICAL,
                 "config reload failed, keeping the running config: " + "; ".join(e.lines),
                 subject="reload",
+                throttle=False,
             )
             return CommandResult(False, "reload failed: " + "; ".join(e.lines))
         old = self.config
@@ -2618,6 +2621,7 @@ class Engine:
             if getattr(old, s) != getattr(new, s)
         ]
         self.config = new
+        was = (self.mode, self.armed)
         self.mode = new.auto_stop.mode
         if new.auto_stop.armed != old.auto_stop.armed:
             self.armed = new.auto_stop.armed
@@ -2628,11 +2632,21 @@ class Engine:
             st.criteria = None
             st.signalled.clear()
         note = f"; restart to apply [{', '.join(restart_needed)}]" if restart_needed else ""
+        changed = []
+        if self.mode != was[0]:
+            changed.append(f"mode was {was[0].value}")
+        if self.armed != was[1]:
+            changed.append(f"now {'ARMED' if self.armed else 'DISARMED'}")
+        # Every reload is announced (never held back by the cool-down: four SIGHUPs 3 s apart are
+        # four alerts, and the last word seen is the state now); one that switched something warns.
         await self._alert(
             AlertKind.EXIT_SIGNAL,
-            Severity.INFO,
-            f"config reloaded: mode {self.mode.value}, {'armed' if self.armed else 'disarmed'}{note}",
+            Severity.WARNING if changed else Severity.INFO,
+            f"config reloaded: mode {self.mode.value}, {'armed' if self.armed else 'disarmed'}"
+            + (f" ({', '.join(changed)})" if changed else "")
+            + note,
             subject="reload",
+            throttle=False,
         )
         await self._reevaluate_all(now)
         return CommandResult(True, f"config reloaded{note}")

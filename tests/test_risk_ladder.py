@@ -302,3 +302,51 @@ async def test_arm_disarm_and_the_kill_switch_are_each_announced_within_the_cool
     kill = [a.message for a in h.alerts if a.message.startswith("kill switch")]
     assert [m.split(":")[0] for m in kill] == ["kill switch ON", "kill switch OFF", "kill switch ON"]
     await h.close()
+
+
+# --- replay scenarios -----------------------------------------------------------------------------
+
+
+async def test_replay_a_daily_loss_breach_with_close_all_closes_both_trades_once(tmp_path):
+    # risk_close_all.jsonl: t1 (YES 10) and t2 (YES 4) @ 0.50, no rule on, max daily loss $1.
+    # Bid 0.45 at 1001.5: daily -0.70, within. Bid 0.40 at 1002.5: -1.40, beyond: the tick at
+    # 1003 closes both at 0.40. The bids after (0.35, 0.30) close nothing more.
+    from tests.test_replay import assert_exit, exit_row, run_scenario
+
+    toml = '[risk]\nmax_daily_loss = 1.0\non_daily_loss = "close_all"\n'
+    run = await run_scenario("risk_close_all.jsonl", toml, tmp_path, trades=2)
+    assert len(run.exits) == 2
+    for tid, qty in (("t1", 10), ("t2", 4)):
+        row = exit_row(run, tid)
+        assert_exit(row, ts=1003.0, rule="risk_daily_loss", mark=0.40, qty=qty, entry=0.50)
+    [why] = [a for a in run.alerts("risk_limit") if "close_all" in a["message"]]
+    assert why["severity"] == "critical" and why["ts"] == 1003.0
+    assert "on_daily_loss" in why["message"]
+
+
+async def test_replay_an_exhausted_ladder_crosses_once_and_books_the_fill(tmp_path):
+    # ladder_cross.jsonl: YES 10 @ 0.50, max loss 30 %. Bid 0.30 from 1001.5 (-40 %). The paper
+    # broker fills 0.20 under the mark (0.10), so the two ladder steps (0.30, 0.25; floor 0.20)
+    # get nothing; the crossing order at 0.01 a step later fills at 0.10.
+    from tests.test_replay import exit_row, run_scenario
+
+    toml = """
+        [paper]
+        slippage = "fixed"
+        slippage_fixed = 0.20
+        [auto_stop]
+        ladder_max_attempts = 2
+        ladder_step_seconds = 1
+        ladder_tick = 0.05
+        ladder_floor = 0.20
+        [auto_stop.ladder]
+        on_exhausted = "cross"
+        [auto_stop.criteria]
+        max_loss_percent = 30
+    """
+    run = await run_scenario("ladder_cross.jsonl", toml, tmp_path)
+    row = exit_row(run, "t1")
+    assert row["rule"] == "max_loss"
+    assert row["pnl"] == pytest.approx(10 * (0.10 - 0.50))  # the venue's fill, not the limit
+    crit = [a for a in run.alerts("execution_failure") if a["severity"] == "critical"]
+    assert len(crit) == 1 and "CROSSING" in crit[0]["message"] and "at 0.01" in crit[0]["message"]
