@@ -15,6 +15,7 @@ from engine.exit_ladder import cross_limit
 from engine.models import Quote, Trade, TradeState
 from engine.supervisor import BLOCKED_SIGNAL_REPEAT_SECONDS
 from tests.engine_harness import CID, T0, config, standard
+from tests.kalshi_world import world as world  # the fixture (loopback Kalshi)
 
 # --- 1. a risk breach never switches the stops off --------------------------------------------
 
@@ -350,3 +351,42 @@ async def test_replay_an_exhausted_ladder_crosses_once_and_books_the_fill(tmp_pa
     assert row["pnl"] == pytest.approx(10 * (0.10 - 0.50))  # the venue's fill, not the limit
     crit = [a for a in run.alerts("execution_failure") if a["severity"] == "critical"]
     assert len(crit) == 1 and "CROSSING" in crit[0]["message"] and "at 0.01" in crit[0]["message"]
+
+
+# --- the cross at Kalshi (loopback server) ------------------------------------------------------
+
+
+async def test_at_kalshi_the_cross_is_one_ioc_sell_at_one_cent_booked_at_the_books_price(
+    world,
+) -> None:
+    """The quote says YES bid 0.30, but the only resting bids are at 0.12: the ladder's two IOC
+    sells (0.30, 0.29; floor 0.25) fill nothing; the cross, one IOC sell at 0.01, takes the 0.12
+    bids, and the trade is booked at 0.12 (the fill), not 0.01."""
+    from engine.runtime import build_runtime
+    from tests.kalshi_world import HELD, step
+
+    w = world
+    cfg = w.config(
+        ladder_tick=0.01,
+        ladder_step_seconds=1.0,
+        ladder_max_attempts=2,
+        ladder_floor=0.25,
+        ladder={"on_exhausted": "cross"},
+    )
+    rt = await build_runtime(cfg, None, clock=w.clock)
+    try:
+        [t] = rt.engine.trades.values()
+        w.book("0.30", "0.32")
+        w.kalshi.state.set_book(HELD, yes=[("0.12", "50")])
+        for _ in range(6):
+            await step(w, rt)
+        posts = w.kalshi.state.order_posts()
+        assert [p.body["price"] for p in posts] == ["0.3000", "0.2900", "0.0100"]
+        assert all(p.body["time_in_force"] == "immediate_or_cancel" for p in posts)
+        assert all(p.body["reduce_only"] is True for p in posts)
+        closed = await rt.store.get_trade(t.trade_id)
+        assert closed is not None and closed.state == TradeState.CLOSED
+        assert closed.exit_price == pytest.approx(0.12)
+        assert w.kalshi.state.positions[HELD]["position_fp"] == "0.00"
+    finally:
+        await rt.close()
