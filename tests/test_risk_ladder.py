@@ -390,3 +390,4 @@ async def test_at_kalshi_the_cross_is_one_ioc_sell_at_one_cent_booked_at_the_boo
         assert w.kalshi.state.positions[HELD]["position_fp"] == "0.00"
     finally:
         await rt.close()
+
