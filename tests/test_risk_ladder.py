@@ -160,7 +160,9 @@ async def test_the_warning_repeats_every_few_minutes_while_the_rule_stays_fired(
 
 
 def test_the_ladders_end_keys_parse_and_bad_values_are_refused() -> None:
-    cfg = parse_config({"auto_stop": {"ladder": {"on_exhausted": "cross", "retry_after_seconds": 5}}})
+    cfg = parse_config(
+        {"auto_stop": {"ladder": {"on_exhausted": "cross", "retry_after_seconds": 5}}}
+    )
     assert (cfg.ladder().on_exhausted, cfg.ladder().retry_after_seconds) == ("cross", 5.0)
     d = parse_config({})
     assert (d.ladder().on_exhausted, d.ladder().retry_after_seconds) == ("retry", 60.0)
@@ -301,7 +303,11 @@ async def test_arm_disarm_and_the_kill_switch_are_each_announced_within_the_cool
         h.at(10 + i)
         assert (await h.engine.command(Command(action))).ok
     kill = [a.message for a in h.alerts if a.message.startswith("kill switch")]
-    assert [m.split(":")[0] for m in kill] == ["kill switch ON", "kill switch OFF", "kill switch ON"]
+    assert [m.split(":")[0] for m in kill] == [
+        "kill switch ON",
+        "kill switch OFF",
+        "kill switch ON",
+    ]
     await h.close()
 
 
@@ -390,4 +396,3 @@ async def test_at_kalshi_the_cross_is_one_ioc_sell_at_one_cent_booked_at_the_boo
         assert w.kalshi.state.positions[HELD]["position_fp"] == "0.00"
     finally:
         await rt.close()
-
