@@ -1637,7 +1637,8 @@ class Engine:
                         "blocked": label,
                     },
                     subject=f"signal:{t.trade_id}:{fired.rule}",
-                    throttle=last is None,  # a reminder is spaced by the engine, not the bus
+                    # Spaced by the engine (per trade and rule), never swallowed by the bus.
+                    throttle=False,
                 )
             return
         st.blocked = None

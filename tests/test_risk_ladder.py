@@ -108,12 +108,13 @@ async def test_a_total_risk_breach_with_close_all_closes_every_trade(tmp_path):
 # --- 2. a stop that cannot act says so loudly ---------------------------------------------------
 
 
-async def _blocked(tmp_path: Path, how: str):
+async def _blocked(tmp_path: Path, how: str, cooldown: float = 0.0):
     cfg = config(
         auto_stop={
             "criteria": {"max_loss_percent": 30},
             **({"mode": "alert_only"} if how == "alert_only" else {}),
-        }
+        },
+        alerts={"cooldown_seconds": cooldown},
     )
     h = await standard(tmp_path, cfg)
     cmd = {"paused": Command("pause", "t1"), "disarmed": Command("disarm")}
@@ -136,8 +137,9 @@ async def test_a_rule_that_fires_while_it_cannot_act_warns_and_shows_on_the_row(
     await h.close()
 
 
-async def test_the_warning_repeats_every_few_minutes_while_the_rule_stays_fired(tmp_path):
-    h = await _blocked(tmp_path, "paused")
+@pytest.mark.parametrize("cooldown", [0.0, 900.0])  # the alert cool-down never swallows it
+async def test_the_warning_repeats_every_few_minutes_while_the_rule_stays_fired(tmp_path, cooldown):
+    h = await _blocked(tmp_path, "paused", cooldown)
     await h.quote(0.30, 0.32)
     n = len(h.of_kind("exit_signal"))
     for dt in range(10, int(BLOCKED_SIGNAL_REPEAT_SECONDS), 10):
