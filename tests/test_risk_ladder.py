@@ -5,6 +5,7 @@ change of state (reload, arm/disarm, kill switch) is announced past the alert co
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -398,3 +399,38 @@ async def test_at_kalshi_the_cross_is_one_ioc_sell_at_one_cent_booked_at_the_boo
         assert w.kalshi.state.positions[HELD]["position_fp"] == "0.00"
     finally:
         await rt.close()
+
+
+# --- check-config (the real command) ------------------------------------------------------------
+
+
+def test_check_config_refuses_halt_on_breach_with_exit_2_and_accepts_the_new_keys(
+    tmp_path,
+) -> None:
+    from tests.test_cli import Cli
+
+    cli = Cli(tmp_path)
+    cli.write_config("[risk]\nmax_daily_loss = 100\nhalt_on_breach = true\n")
+    proc = cli.run("--config", str(cli.config), "check-config")
+    assert proc.returncode == 2, proc.stderr
+    assert "line 5: risk.halt_on_breach: removed" in proc.stderr
+    assert "on_daily_loss" in proc.stderr
+    cli.write_config(
+        """
+        [risk]
+        max_daily_loss = 100
+        on_daily_loss = "close_all"
+        on_total_risk = "close_all"
+        [auto_stop.ladder]
+        on_exhausted = "cross"
+        retry_after_seconds = 15
+        """
+    )
+    out = cli.ok("--config", str(cli.config), "check-config")
+    shown = tomllib.loads(out)
+    assert shown["risk"]["on_daily_loss"] == shown["risk"]["on_total_risk"] == "close_all"
+    assert shown["auto_stop"]["ladder"] == {"on_exhausted": "cross", "retry_after_seconds": 15.0}
+    cli.write_config('[auto_stop.ladder]\non_exhausted = "market"\n')
+    proc = cli.run("--config", str(cli.config), "check-config")
+    assert proc.returncode == 2 and "auto_stop.ladder.on_exhausted" in proc.stderr
+    assert "expected one of: retry, cross" in proc.stderr
