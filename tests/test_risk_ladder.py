@@ -434,3 +434,18 @@ def test_check_config_refuses_halt_on_breach_with_exit_2_and_accepts_the_new_key
     proc = cli.run("--config", str(cli.config), "check-config")
     assert proc.returncode == 2 and "auto_stop.ladder.on_exhausted" in proc.stderr
     assert "expected one of: retry, cross" in proc.stderr
+
+
+async def test_the_screens_row_draws_a_blocked_stop_in_red_and_finds_it_by_search(tmp_path):
+    from tui.format import Palette
+    from tui.rows import TRADE_COLUMNS, trade_row
+
+    h = await _blocked(tmp_path, "kill switch")
+    await h.quote(0.30, 0.32)
+    [snap_row] = h.engine.snapshot().trades
+    row = trade_row(snap_row, Palette())
+    nearest = row.cells[[c.key for c in TRADE_COLUMNS].index("nearest")]
+    assert nearest == ("max_loss FIRED — kill switch", "bold white on red")
+    assert "paused" in row.search  # the state column: the kill switch pauses every trade
+    assert "max_loss fired" in row.search  # "/fired" lists the stops that cannot act
+    await h.close()

@@ -118,6 +118,8 @@ def trade_row(t: TradeRow, pal: Palette, with_tv: bool = False) -> Row:
         t.contract_id,
     )
     search = f"{t.trade_id} {t.contract_id} {t.side} {t.strategy} {state}".lower()
+    if t.blocked:  # "/fired" finds every stop that fired and cannot act
+        search += f" {t.nearest.lower()}"
     if with_tv:
         cells = (*cells[:7], tv_cell(t), *cells[7:])
         if t.tv_state:
