@@ -193,12 +193,14 @@ class AlertBus:
         data: Mapping[str, Any] | None = None,
         subject: str | None = None,
         every_channel: bool = False,
+        throttle: bool = True,
     ) -> Alert | None:
         """Raise an alert; returns None when the throttle held it back as a repeat.
-        `every_channel`: past every channel's filter (the engine stopping itself)."""
+        `every_channel`: past every channel's filter (the engine stopping itself).
+        `throttle=False`: never held back (a change of state: each one is its own news)."""
         key = (kind.value, subject if subject is not None else (trade_id or message))
         last = self._last.get(key)
-        if last is not None and ts - last < self.cooldown_seconds:
+        if throttle and last is not None and ts - last < self.cooldown_seconds:
             self._held[key] = self._held.get(key, 0) + 1
             return None
         self._last[key] = ts

@@ -119,6 +119,17 @@ class StrategyConfig(Strict):
         return {k: None if x is False else x for k, x in v.items()}  # false = rule off
 
 
+class LadderEndConfig(Strict):
+    """[auto_stop.ladder]: what an exhausted exit ladder does, on every venue (the ladder's steps
+    themselves are [auto_stop] ladder_*, or IB's own keys in [venues.ibkr])."""
+
+    # "retry": leave the trade open (critical alert) and start a new ladder after
+    # retry_after_seconds if the rule still fires. "cross": first send one last order at the most
+    # aggressive price the venue accepts (engine/exit_ladder.py cross_limit), then as "retry".
+    on_exhausted: Literal["retry", "cross"] = "retry"
+    retry_after_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
+
+
 class AutoStopConfig(Strict):
     mode: Mode = Field(default=Mode.DRY_RUN, strict=False)  # the enum is given as text
     armed: bool = True
@@ -127,6 +138,7 @@ class AutoStopConfig(Strict):
     ladder_step_seconds: Annotated[float, Field(gt=0)] = 2.0
     ladder_tick: Annotated[float, Field(ge=0, le=1000)] = 0.01
     ladder_floor: Annotated[float, Field(ge=0)] = 0.01
+    ladder: LadderEndConfig = Field(default_factory=LadderEndConfig)
     criteria: Criteria = Field(default_factory=Criteria)
     strategies: dict[str, StrategyConfig] = Field(default_factory=dict)
 
@@ -146,7 +158,11 @@ class RiskConfig(Strict):
     max_open_positions: Annotated[int, Field(ge=1)] | None = None
     max_total_risk: Pct | None = None  # dollars
     max_daily_loss: Pct | None = None  # dollars
-    halt_on_breach: bool = False
+    # What a breach of max_daily_loss / max_total_risk does besides its critical alert: "alert"
+    # only, or "close_all": close every supervised trade through the normal exit path, once per
+    # breach episode. A breach never pauses the stops (halt_on_breach did; it is refused now).
+    on_daily_loss: Literal["alert", "close_all"] = "alert"
+    on_total_risk: Literal["alert", "close_all"] = "alert"
 
 
 class EngineConfig(Strict):
@@ -605,6 +621,8 @@ class Ladder:
     floor: float
     max_attempts: int
     step_seconds: float
+    on_exhausted: Literal["retry", "cross"] = "retry"  # [auto_stop.ladder], every venue
+    retry_after_seconds: float = 60.0
 
 
 class Config(Strict):
@@ -621,13 +639,26 @@ class Config(Strict):
 
     def ladder(self) -> Ladder:
         """The exit ladder of the configured venue: [auto_stop] ladder_*, or IB's own keys."""
+        end = self.auto_stop.ladder
         if self.engine.venue == "ibkr":
             ib = self.venues.ibkr
             return Ladder(
-                ib.price_increment, ib.min_price, ib.max_attempts, ib.attempt_timeout_seconds
+                ib.price_increment,
+                ib.min_price,
+                ib.max_attempts,
+                ib.attempt_timeout_seconds,
+                end.on_exhausted,
+                end.retry_after_seconds,
             )
         a = self.auto_stop
-        return Ladder(a.ladder_tick, a.ladder_floor, a.ladder_max_attempts, a.ladder_step_seconds)
+        return Ladder(
+            a.ladder_tick,
+            a.ladder_floor,
+            a.ladder_max_attempts,
+            a.ladder_step_seconds,
+            end.on_exhausted,
+            end.retry_after_seconds,
+        )
 
     def data_path(self) -> Path:
         """The data directory (journal, alert log), created on demand by the caller.
@@ -898,6 +929,14 @@ _RENAMED = {
     "exit_max_attempts": "ladder_max_attempts",
     "exit_retry_seconds": "ladder_step_seconds",
 }
+# Keys removed because their meaning changed: the error says what to write instead.
+_REPLACED = {
+    "halt_on_breach": (
+        "removed: a breach no longer pauses the automatic exits; use on_daily_loss = "
+        '"alert" (the default) or "close_all" (close every trade once), and on_total_risk '
+        "likewise"
+    ),
+}
 
 
 def _unknown_key(loc: list[str | int], value: Any) -> str:
@@ -905,6 +944,8 @@ def _unknown_key(loc: list[str | int], value: Any) -> str:
     name = str(loc[-1]) if loc else ""
     if name in _RENAMED:
         return f"renamed: use '{_RENAMED[name]}' (same meaning)"
+    if name in _REPLACED:
+        return _REPLACED[name]
     parent = _node_at(loc[:-1])
     allowed = list(parent.model.model_fields) if parent.model else []
     close = difflib.get_close_matches(name, allowed, n=1)

@@ -37,6 +37,9 @@ class ExitReason(StrEnum):
     EXTERNAL = "external"
     SETTLED = "settled"
     CLOSE_ALL = "close_all"
+    # A risk limit breached with [risk] on_daily_loss / on_total_risk = "close_all".
+    RISK_DAILY_LOSS = "risk_daily_loss"
+    RISK_TOTAL_RISK = "risk_total_risk"
 
 
 class Mode(StrEnum):

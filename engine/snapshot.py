@@ -153,6 +153,9 @@ class TradeRow:
     # Why the engine is not protecting this trade right now (the watchdog: no evaluation on
     # fresh, valid data for longer than [engine] unprotected_after_seconds); None while it is.
     unprotected: str | None = None
+    # A rule fired but its exit cannot be sent: why, in a word ("paused", "disarmed", "kill
+    # switch", "alert_only"); `nearest` then reads "max_loss FIRED — paused". None otherwise.
+    blocked: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from engine.alerts import AlertBus, alert_from_row
 from engine.clock import Clock
 from engine.commands import REPLAY_ACTIONS, Command, CommandResult
 from engine.config import Config, ConfigError, Criteria, load_config
-from engine.exit_ladder import exit_limit
+from engine.exit_ladder import cross_limit, exit_limit
 from engine.market_hours import ExchangeHours
 from engine.models import (
     AlertKind,
@@ -79,7 +79,10 @@ from engine.watchdog import ProtectionWatchdog, Unprotected, describe_back, desc
 log = logging.getLogger(__name__)
 
 EPS = 1e-9
-EXIT_FAILED_COOLDOWN_SECONDS = 60.0
+EXIT_FAILED_COOLDOWN_SECONDS = 60.0  # the default of [auto_stop.ladder] retry_after_seconds
+# A rule that fires while its exit cannot be sent (the trade paused, the engine disarmed, the kill
+# switch, alert_only) warns again at most this often while it stays fired (a constant, not a key).
+BLOCKED_SIGNAL_REPEAT_SECONDS = 300.0
 OPPORTUNITY_SCAN_SECONDS = 5.0
 POSITIONS_POLL_SECONDS = 5.0
 # How long a tick waits for the venue's positions before going on without them. The answer is
@@ -130,7 +133,11 @@ class _Status:
     problem: str | None = None
     eval_ts: float = 0.0
     next_time_trigger: float = math.inf
-    signalled: set[str] = field(default_factory=set)
+    # Rules whose blocked exit was alerted -> when (repeated every BLOCKED_SIGNAL_REPEAT_SECONDS).
+    signalled: dict[str, float] = field(default_factory=dict)
+    # The fired rule whose exit cannot be sent, and why in a word (the row: "max_loss FIRED —
+    # paused"); None when no rule fires or its exit goes out.
+    blocked: tuple[str, str] | None = None
     exit_blocked_until: float = 0.0
     last_sample_ts: float = -math.inf
     criteria: Criteria | None = None
@@ -1223,7 +1230,12 @@ class Engine:
                 st = self.status.get(tid)
                 if st is None:
                     continue
-                if stale or st.problem is not None or now >= st.next_time_trigger:
+                # The cool-down after an exhausted ladder is over: a new ladder if the rule
+                # still fires, without waiting for the next quote.
+                retry_due = 0.0 < st.exit_blocked_until <= now
+                if retry_due:
+                    st.exit_blocked_until = 0.0
+                if stale or st.problem is not None or now >= st.next_time_trigger or retry_due:
                     await self._evaluate(tid, now)
         for tid, ex in list(self.exits.items()):
             t = self.trades.get(tid)
@@ -1483,6 +1495,7 @@ class Engine:
         self._dirty = True
         fired = rules.first_fired(results)
         if fired is None or t.state != TradeState.OPEN:
+            st.blocked = None
             return q.ts
         await self._on_fired(t, st, fired, now)
         return q.ts
@@ -1603,17 +1616,32 @@ class Engine:
     async def _on_fired(self, t: Trade, st: _Status, fired: rules.RuleResult, now: float) -> None:
         blocked = self._auto_block_reason(t, st, now)
         if blocked is not None:
-            if fired.rule not in st.signalled:
-                st.signalled.add(fired.rule)
-                sev = Severity.WARNING if self.mode == Mode.ALERT_ONLY else Severity.INFO
+            # A stop that cannot act says so loudly (a warning with the rule and its numbers),
+            # again every BLOCKED_SIGNAL_REPEAT_SECONDS while it stays fired, and on its row. Only
+            # the cool-down after a failed ladder is news of its own (that was critical): info.
+            label = _block_label(blocked)
+            st.blocked = (fired.rule, label)
+            last = st.signalled.get(fired.rule)
+            if last is None or now - last >= BLOCKED_SIGNAL_REPEAT_SECONDS:
+                st.signalled[fired.rule] = now
+                sev = Severity.INFO if label == "cool-down" else Severity.WARNING
                 await self._alert(
                     AlertKind.EXIT_SIGNAL,
                     sev,
                     f"{t.trade_id}: {fired.describe()} — not closing: {blocked}",
                     t.trade_id,
-                    data={"rule": fired.rule, "value": fired.value, "threshold": fired.threshold},
+                    data={
+                        "rule": fired.rule,
+                        "value": fired.value,
+                        "threshold": fired.threshold,
+                        "blocked": label,
+                    },
+                    subject=f"signal:{t.trade_id}:{fired.rule}",
+                    # Spaced by the engine (per trade and rule), never swallowed by the bus.
+                    throttle=False,
                 )
             return
+        st.blocked = None
         await self._begin_exit(t, fired.rule, now, manual=False, fired=fired)
 
     def _auto_block_reason(self, t: Trade, st: _Status, now: float) -> str | None:
@@ -1827,6 +1855,13 @@ class Engine:
     def _price_attempt(self, t: Trade, ex: _Exit, coid: str, q: Quote) -> float:
         """The limit of attempt `ex.attempts` (sent as `coid`) from the exit's ladder."""
         a = self.config.ladder()
+        if a.on_exhausted == "cross" and ex.attempts > a.max_attempts:
+            # The one order after an exhausted ladder: the most aggressive price the venue
+            # accepts, below the floor if need be (the floor is the ladder's, not this order's).
+            c = self.contracts.get(t.contract_id)
+            limit = cross_limit(t, q, c is not None and c.is_binary, a.tick, a.floor)
+            ex.limits[coid] = limit
+            return limit
         step = exit_limit(t, q, ex.attempts, a.tick, a.floor)
         ex.limits[coid] = step.limit
         if t.side != "short":
@@ -1912,6 +1947,20 @@ class Engine:
             await self.store.update_intent(
                 ex.intent_id, status="sent", attempts=ex.attempts, ts=now
             )
+            a = self.config.ladder()
+            if a.on_exhausted == "cross" and ex.attempts > a.max_attempts:
+                await self._alert(
+                    AlertKind.EXECUTION_FAILURE,
+                    Severity.CRITICAL,
+                    f"{t.trade_id}: LIMIT_REACHED: ladder exhausted after {a.max_attempts} "
+                    f"attempts — CROSSING: one last order at {limit:g}, the most aggressive price "
+                    f"{self.venue.name} accepts ([auto_stop.ladder] on_exhausted = \"cross\"); "
+                    "booked at the venue's fill",
+                    t.trade_id,
+                    data={"intent_id": ex.intent_id, "limit": limit, "attempt": ex.attempts},
+                    subject=f"cross:{ex.intent_id}",
+                    throttle=False,
+                )
         await self._send(t, ex, coid, mark, now)
 
     async def _send(self, t: Trade, ex: _Exit, coid: str, mark: float, now: float) -> None:
@@ -2012,6 +2061,10 @@ class Engine:
                 f"; MID_TOO_LOW: the mid {low:.4f} is below the floor {a.floor:g}, so the limit "
                 "stays at the floor and fills only if the book comes back"
             )
+        if ex.attempts == a.max_attempts and a.on_exhausted == "cross":
+            # Exhausted: the next attempt (the tick, a step later) is the one crossing order.
+            await self.store.book_result(trade=t, ts=now, order=order, fill=fill)
+            return
         if ex.attempts < a.max_attempts:
             await self.store.book_result(trade=t, ts=now, order=order, fill=fill)
             if ex.warned:
@@ -2034,13 +2087,15 @@ class Engine:
         self.exits.pop(t.trade_id, None)
         st = self.status.get(t.trade_id)
         if st is not None:
-            st.exit_blocked_until = now + EXIT_FAILED_COOLDOWN_SECONDS
+            st.exit_blocked_until = now + a.retry_after_seconds
             st.signalled.clear()
+        crossed = " and its crossing order" if ex.attempts > a.max_attempts else ""
         await self._alert(
             AlertKind.EXECUTION_FAILURE,
             Severity.CRITICAL,
-            f"{msg}: LIMIT_REACHED: ladder exhausted after {ex.attempts} attempts — trade left OPEN, "
-            "close it by hand",
+            f"{msg}: LIMIT_REACHED: ladder exhausted after {min(ex.attempts, a.max_attempts)} "
+            f"attempts{crossed} — trade left OPEN, close it by hand; a new ladder starts in "
+            f"{a.retry_after_seconds:g}s if the rule still fires",
             t.trade_id,
             data={"intent_id": ex.intent_id},
             subject=f"gaveup:{ex.intent_id}",
@@ -2527,7 +2582,9 @@ class Engine:
         every trade under the new switch (exit signals may be raised again)."""
         await self.store.set_state(key, value, now)
         await self._audit_command(now, cmd)
-        await self._alert(kind, Severity.WARNING, message, subject=key)
+        # Each switch is its own news: never held back by the alert cool-down (a quick
+        # disarm/arm must not leave "DISARMED" as the last word seen).
+        await self._alert(kind, Severity.WARNING, message, subject=key, throttle=False)
         self._clear_signals()
         await self._reevaluate_all(now)
 
@@ -2555,6 +2612,7 @@ class Engine:
                 Severity.CRITICAL,
                 "config reload failed, keeping the running config: " + "; ".join(e.lines),
                 subject="reload",
+                throttle=False,
             )
             return CommandResult(False, "reload failed: " + "; ".join(e.lines))
         old = self.config
@@ -2564,6 +2622,7 @@ class Engine:
             if getattr(old, s) != getattr(new, s)
         ]
         self.config = new
+        was = (self.mode, self.armed)
         self.mode = new.auto_stop.mode
         if new.auto_stop.armed != old.auto_stop.armed:
             self.armed = new.auto_stop.armed
@@ -2574,11 +2633,21 @@ class Engine:
             st.criteria = None
             st.signalled.clear()
         note = f"; restart to apply [{', '.join(restart_needed)}]" if restart_needed else ""
+        changed = []
+        if self.mode != was[0]:
+            changed.append(f"mode was {was[0].value}")
+        if self.armed != was[1]:
+            changed.append(f"now {'ARMED' if self.armed else 'DISARMED'}")
+        # Every reload is announced (never held back by the cool-down: four SIGHUPs 3 s apart are
+        # four alerts, and the last word seen is the state now); one that switched something warns.
         await self._alert(
             AlertKind.EXIT_SIGNAL,
-            Severity.INFO,
-            f"config reloaded: mode {self.mode.value}, {'armed' if self.armed else 'disarmed'}{note}",
+            Severity.WARNING if changed else Severity.INFO,
+            f"config reloaded: mode {self.mode.value}, {'armed' if self.armed else 'disarmed'}"
+            + (f" ({', '.join(changed)})" if changed else "")
+            + note,
             subject="reload",
+            throttle=False,
         )
         await self._reevaluate_all(now)
         return CommandResult(True, f"config reloaded{note}")
@@ -2593,10 +2662,15 @@ class Engine:
         trade_id: str | None = None,
         data: dict[str, Any] | None = None,
         subject: str | None = None,
+        throttle: bool = True,
     ) -> None:
+        """`throttle=False`: a change of state (reload, arm/disarm, kill switch, a risk close),
+        never held back by the alert cool-down."""
         if self.data_note and kind in _EXIT_ALERT_KINDS:
             message = f"{message} [{self.data_note}]"
-        await self.alerts.raise_(self.clock.now(), kind, severity, message, trade_id, data, subject)
+        await self.alerts.raise_(
+            self.clock.now(), kind, severity, message, trade_id, data, subject, throttle=throttle
+        )
         self._dirty = True
 
     async def _episode(
@@ -2750,19 +2824,13 @@ class Engine:
         for b in breaches:
             k = b.split(" ")[0]
             if k not in self._breaches:
+                self._breaches.add(k)  # this episode's action is taken once, here
                 await self._alert(
                     AlertKind.RISK_LIMIT, Severity.CRITICAL, f"risk limit: {b}", subject=f"risk:{k}"
                 )
-                if k == "daily" and r.halt_on_breach:
-                    await self._alert(
-                        AlertKind.RISK_LIMIT,
-                        Severity.CRITICAL,
-                        "max daily loss: halting — all automatic exits paused "
-                        "(resume with the kill-switch key)",
-                        subject="halt",
-                    )
-                    self.paused_all = True
-                    await self.store.set_state("paused_all", True, now)
+                policy = {"daily": r.on_daily_loss, "total": r.on_total_risk}.get(k, "alert")
+                if policy == "close_all":
+                    await self._risk_close_all(k, b, now)
         for k in self._breaches - kinds:
             await self._alert(
                 AlertKind.RISK_LIMIT,
@@ -2771,6 +2839,49 @@ class Engine:
                 subject=f"riskok:{k}",
             )
         self._breaches = kinds
+
+    async def _risk_close_all(self, kind: str, breach: str, now: float) -> None:
+        """[risk] on_daily_loss / on_total_risk = "close_all": close every supervised trade through
+        the normal exit path (journal first, the ladder), once per breach episode. The switches
+        still hold (a paused trade, the kill switch, disarmed, alert_only): those trades are named
+        in the alert, not closed. A breach never pauses the stops."""
+        key = "on_daily_loss" if kind == "daily" else "on_total_risk"
+        reason = ExitReason.RISK_DAILY_LOSS if kind == "daily" else ExitReason.RISK_TOTAL_RISK
+        closing: list[Trade] = []
+        held: list[str] = []
+        already: list[str] = []
+        for t in list(self.trades.values()):
+            if t.state != TradeState.OPEN or t.trade_id in self.exits:
+                already.append(t.trade_id)
+                continue
+            st = self.status.get(t.trade_id) or _Status()
+            blocked = self._auto_block_reason(t, st, now)
+            if blocked is not None:
+                held.append(f"{t.trade_id} ({blocked})")
+            else:
+                closing.append(t)
+        msg = (
+            f"risk limit: {breach} — [risk] {key} = \"close_all\": closing "
+            f"{len(closing)} trade(s)"
+            + (f": {', '.join(t.trade_id for t in closing)}" if closing else "")
+        )
+        if already:
+            msg += f"; already closing: {', '.join(already)}"
+        if held:
+            msg += f"; NOT closing {', '.join(held)}: close them yourself"
+        await self._alert(
+            AlertKind.RISK_LIMIT,
+            Severity.CRITICAL,
+            msg,
+            data={"breach": breach, "closing": [t.trade_id for t in closing], "held": held},
+            subject=f"risk_close_all:{kind}",
+            throttle=False,
+        )
+        for t in closing:
+            # Still open and not closing (a quote may have started its exit meanwhile).
+            ok = t.trade_id in self.trades and t.state == TradeState.OPEN
+            if ok and t.trade_id not in self.exits:
+                await self._begin_exit(t, reason, now, manual=False)
 
     async def _scan_opportunities(self, now: float) -> None:
         thr = self.config.signals.edge_threshold
@@ -3184,7 +3295,11 @@ class Engine:
             drawdown=(t.peak_pnl - st.pnl) if st.pnl is not None else 0.0,
             opened_ts=t.opened_ts,
             held_seconds=max(now - t.opened_ts, 0.0),
-            nearest=near.describe() if near else "—",
+            nearest=f"{st.blocked[0]} FIRED — {st.blocked[1]}"
+            if st.blocked is not None
+            else near.describe()
+            if near
+            else "—",
             rules=tuple(
                 RuleView(r.rule, r.fired, r.value, r.threshold, r.distance, r.unit, r.describe())
                 for r in st.results
@@ -3200,6 +3315,7 @@ class Engine:
             time_value=time_value,
             tv_state=tv_state,
             unprotected=u.reason if (u := self.watchdog.current.get(t.trade_id)) else None,
+            blocked=st.blocked[1] if st.blocked is not None else None,
         )
 
     def badge(self) -> str:
@@ -3314,6 +3430,21 @@ def _open_problem(ev: OpenEvent, contract: Contract | None) -> str | None:
     if contract is not None and contract.is_binary != binary_side:
         return f"side {ev.side!r} does not fit a {contract.type} contract"
     return None
+
+
+_BLOCK_LABELS = {
+    "alert_only mode (close it yourself)": "alert_only",
+    "disarmed": "disarmed",
+    "all auto-stops paused (kill switch)": "kill switch",
+    "auto-stop paused for this trade": "paused",
+    "a recent exit failed; retrying after a cool-down": "cool-down",
+}
+
+
+def _block_label(reason: str) -> str:
+    """`Engine._auto_block_reason` in a word, for the trade's row; a venue's own reason (IB's
+    read-only session) is "venue"."""
+    return _BLOCK_LABELS.get(reason, "venue")
 
 
 def _utc_day(ts: float) -> str:

@@ -261,7 +261,7 @@ def test_missing_file_names_the_path_and_the_fix(
             "[auto_stop]\nfoo = 1\n",
             "c.toml, line 2: auto_stop.foo: unknown key; the keys allowed in [auto_stop] are: "
             "mode, armed, ladder_max_attempts, ladder_step_seconds, ladder_tick, ladder_floor, "
-            "criteria, strategies",
+            "ladder, criteria, strategies",
         ),
         (
             "[signals]\nvolatility_windows_minutes = [\n  5,\n  0,\n]\n",
@@ -497,7 +497,7 @@ def _varied_config() -> Config:
                 "trend": {},
             },
         },
-        "risk": {"max_open_positions": 3, "halt_on_breach": True},
+        "risk": {"max_open_positions": 3, "on_daily_loss": "close_all"},
         "sim": {"seed": -3, "speed": 1e-05, "start_price": 1e20},
         "ui": {"theme": "nord\u00e9\t\u0001"},
         "venues": {"kalshi": {"environment": "prod"}},

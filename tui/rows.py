@@ -106,7 +106,11 @@ def trade_row(t: TradeRow, pal: Palette, with_tv: bool = False) -> Row:
         _signed(pal, t.pnl, fmt.money(t.pnl, signed=True)),
         _signed(pal, t.pnl_pct, fmt.pct(t.pnl_pct)),
         (state, STATE_STYLE.get(t.state, "")),
-        t.nearest if t.rules else ("no rules on", "yellow"),
+        (t.nearest, "bold white on red")
+        if t.blocked
+        else t.nearest
+        if t.rules
+        else ("no rules on", "yellow"),
         fmt.price(t.entry),
         _signed(pal, t.peak_pnl, fmt.money(t.peak_pnl, signed=True)),
         (fmt.money(t.drawdown), pal.down if t.drawdown > 0 else ""),
@@ -114,6 +118,8 @@ def trade_row(t: TradeRow, pal: Palette, with_tv: bool = False) -> Row:
         t.contract_id,
     )
     search = f"{t.trade_id} {t.contract_id} {t.side} {t.strategy} {state}".lower()
+    if t.blocked:  # "/fired" finds every stop that fired and cannot act
+        search += f" {t.nearest.lower()}"
     if with_tv:
         cells = (*cells[:7], tv_cell(t), *cells[7:])
         if t.tv_state:
