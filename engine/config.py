@@ -573,6 +573,9 @@ class IbkrConfig(Strict):
     reconnect_min_seconds: Annotated[float, Field(gt=0, le=600)] = 1.0
     reconnect_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     market_data_type: Literal["live", "frozen", "delayed", "delayed_frozen"] = "live"
+    # Delayed (15-20 min old) market data in live mode: refused at start unless true; then the
+    # header badge and every exit alert say "delayed data".
+    allow_delayed_data: bool = False
     # The market pane and strike table: this underlying's nearest expiry.
     underlying: Annotated[str, Field(min_length=1, max_length=20)] = "SPY"
     underlying_currency: str = "USD"
@@ -741,6 +744,19 @@ def _cross_checks(cfg: Config, text: str, where: str) -> list[str]:
             f'{at("auto_stop", "mode")}: "dry_run" is not available with engine.venue = '
             f'"{cfg.engine.venue}" (there is no simulated broker in front of a real account: its '
             'closes would be real orders); use "alert_only" to be told when a rule fires, or "live"'
+        )
+    ib = cfg.venues.ibkr
+    if (
+        cfg.engine.venue == "ibkr"
+        and cfg.auto_stop.mode is Mode.LIVE
+        and ib.market_data_type in ("delayed", "delayed_frozen")
+        and not ib.allow_delayed_data
+    ):
+        out.append(
+            f'{at("venues", "ibkr", "market_data_type")}: "{ib.market_data_type}" market data '
+            "is 15-20 minutes old and live mode would run rules and price orders on it; use "
+            '"live", or set [venues.ibkr] allow_delayed_data = true to accept it (the header '
+            'and every exit alert then say "delayed data")'
         )
     if cfg.engine.venue == "kalshi":
         k = cfg.venues.kalshi

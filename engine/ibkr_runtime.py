@@ -21,7 +21,7 @@ from typing import Any
 from engine.alerts import AlertBus
 from engine.clock import Clock
 from engine.config import Config
-from engine.models import Mode
+from engine.models import AlertKind, Mode, Severity
 from engine.runtime import Runtime
 from engine.store import Store
 from engine.supervisor import Engine
@@ -66,15 +66,46 @@ async def build_ibkr(
         is_ready=conn.is_ready,
         now=clock.now,
     )
-    feed = IbkrMarketFeed(conn, clock, ib_cfg, held=venue.held_contracts, close_of=hours.close_of)
+    feed = IbkrMarketFeed(
+        conn,
+        clock,
+        ib_cfg,
+        held=venue.held_contracts,
+        close_of=hours.close_of,
+        held_ib=venue.held_ib_contracts,
+    )
     engine = Engine(config, clock, store, venue, alerts=bus, config_path=config_path)
     engine_ref.append(engine)
+    conn.add_listener(venue)  # a new API session may no longer be read-only
+
+    def read_only_alert(text: str) -> None:  # once per read-only episode (the venue says when)
+        task = asyncio.ensure_future(
+            bus.raise_(
+                clock.now(),
+                AlertKind.EXECUTION_FAILURE,
+                Severity.CRITICAL,
+                text,
+                None,
+                None,
+                "ibkr:read_only",
+            )
+        )
+        engine_tasks.add(task)
+        task.add_done_callback(engine_tasks.discard)
+
+    engine_tasks: set[asyncio.Task[Any]] = set()
+    venue.on_alert = read_only_alert
     engine.market_hours = hours
     engine.symbol = ib_cfg.underlying
     engine.spot_source = "ibkr"  # the underlying's price comes from the gateway (market pane)
+    if ib_cfg.market_data_type in ("delayed", "delayed_frozen"):  # allowed (parse_config)
+        engine.data_note = "delayed data"
     engine.recorders.extend(recorders)
     if await conn.wait_connected(timeout=ib_cfg.connect_timeout_seconds):
-        await feed.step(engine)  # the held contracts first: positions are adopted onto them
+        try:
+            await feed.step(engine)  # the held contracts first: positions are adopted onto them
+        except Exception:  # never a start-up failure: the feed's task tries again at once
+            log.exception("IB: the first market data step failed; the feed goes on trying")
     else:
         log.warning("IB: %s not connected at start; the engine starts and keeps trying", conn.where)
     await engine.start()

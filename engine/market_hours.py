@@ -16,6 +16,7 @@ exchange's own time zone (as IB writes `lastTradeDateOrContractMonth`).
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 import threading
 import warnings
@@ -24,6 +25,8 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 # The time zones whose traders say "ET"/"CT" rather than EST/EDT (the label the market pane shows).
+log = logging.getLogger(__name__)
+
 _TZ_LABELS = {"America/New_York": "ET", "America/Chicago": "CT"}
 
 
@@ -59,6 +62,8 @@ class MarketHours:
         self._early: set[int] = set()  # session indexes closing early
         self._tz: _dt.tzinfo = _dt.UTC
         self._tz_label = "UTC"
+        self._regular_close = _dt.time(16, 0)  # local time of day; from the calendar once loaded
+        self._beyond: set[str] = set()  # expiries past the horizon already logged
 
     # ------------------------------------------------------------------ loading
 
@@ -99,6 +104,7 @@ class MarketHours:
             self._tz = tz if isinstance(tz, _dt.tzinfo) else ZoneInfo(str(tz))
             key = getattr(self._tz, "key", str(self._tz))
             self._tz_label = _TZ_LABELS.get(key, "")
+            self._regular_close = _regular_close(self._closes, self._early, self._tz)
             self._loaded = True
 
     def _check_range(self, ts: float) -> None:
@@ -144,12 +150,40 @@ class MarketHours:
     def close_of(self, expiry: str) -> float:
         """An option's last trading moment: the close of the session on day `expiry`
         ("YYYYMMDD", the exchange's date), early closes included. ValueError naming the date
-        when the exchange has no session that day (weekend, holiday) or outside the calendar."""
+        when the exchange has no session that day (weekend, holiday) inside the calendar.
+
+        An expiry past the calendar's last session (a LEAPS: the library knows about a year
+        ahead) is never an error: it is the expiry date's regular close (`regular_close_of`,
+        16:00 America/New_York for XNYS), with one log line per expiry saying so."""
         self._load()
-        i = self._by_day.get(expiry.strip())
-        if i is None:
-            raise ValueError(f"{self.calendar} has no session on {expiry} (no close to expire at)")
-        return self._closes[i]
+        day = expiry.strip()[:8]
+        i = self._by_day.get(day)
+        if i is not None:
+            return self._closes[i]
+        if self._days and day.isdigit() and len(day) == 8 and day > self._days[-1]:
+            ts = self.regular_close_of(day)
+            if day not in self._beyond:
+                self._beyond.add(day)
+                local = _dt.datetime.fromtimestamp(ts, self._tz)
+                log.info(
+                    "%s: expiry %s is past the calendar's last session (%s); its close is taken "
+                    "as the regular close, %s %s (holidays and early closes not known that far)",
+                    self.calendar,
+                    day,
+                    self._days[-1],
+                    local.strftime("%H:%M"),
+                    getattr(self._tz, "key", str(self._tz)),
+                )
+            return ts
+        raise ValueError(f"{self.calendar} has no session on {expiry} (no close to expire at)")
+
+    def regular_close_of(self, day: str) -> float:
+        """The regular close (the exchange's usual closing time of day, in its own time zone:
+        16:00 America/New_York for XNYS) on date `day` ("YYYYMMDD"), whatever the calendar
+        says of that day: the close of an expiry beyond the calendar's horizon."""
+        self._load()
+        date = _dt.datetime.strptime(day[:8], "%Y%m%d").date()
+        return _dt.datetime.combine(date, self._regular_close, tzinfo=self._tz).timestamp()
 
     def is_early_close(self, close_ts: float) -> bool:
         """Whether `close_ts` is the close of a session that closes early (e.g. 13:00 ET)."""
@@ -170,6 +204,17 @@ class MarketHours:
         if self.is_early_close(close_ts):
             text += " early close"
         return text
+
+
+def _regular_close(closes: list[float], early: set[int], tz: _dt.tzinfo) -> _dt.time:
+    """The most common local closing time of the sessions that do not close early."""
+    counts: dict[_dt.time, int] = {}
+    for i, ts in enumerate(closes[-260:], start=max(len(closes) - 260, 0)):
+        if i in early or not math.isfinite(ts):
+            continue
+        t = _dt.datetime.fromtimestamp(ts, tz).time()
+        counts[t] = counts.get(t, 0) + 1
+    return max(counts, key=lambda t: counts[t]) if counts else _dt.time(16, 0)
 
 
 def _iso(ts: float) -> str:

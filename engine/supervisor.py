@@ -105,6 +105,15 @@ SNAPSHOT_MAX_WAIT_SECONDS = (
 )
 HEARTBEAT_SECONDS = 2.0  # how often the engine's state is written for `status`
 FUTURE_TOLERANCE_SECONDS = 5.0  # how far ahead of our clock a venue timestamp may be  # the journal's WAL is checkpointed from the tick, never on an exit  # momentum / volatility score history kept for the window rules
+# Alerts about exits: they carry `Engine.data_note` ("delayed data") when there is one.
+_EXIT_ALERT_KINDS = frozenset(
+    {
+        AlertKind.EXIT_SIGNAL,
+        AlertKind.AUTO_STOP,
+        AlertKind.EXECUTION_FAILURE,
+        AlertKind.TRADE_CLOSED,
+    }
+)
 
 
 @dataclass(slots=True)
@@ -227,6 +236,13 @@ class Engine:
         # The exchange's hours (engine.market_hours.MarketHours) for options and stocks: TTC
         # counts to its next close. None on sim and Kalshi (the binary event's close).
         self.market_hours: ExchangeHours | None = None
+        # Quotes a market feed says cannot be trusted right now (IB's market data farm broken,
+        # TWS lost IB, fresh data not in yet after a recovery): contract id -> why. The data
+        # guard refuses them until the feed releases them (`hold_quotes` / `release_quotes`).
+        self.quote_holds: dict[str, str] = {}
+        # A note every exit alert and the header badge carry (IB in live mode on delayed
+        # market data: "delayed data"); empty when there is nothing to say.
+        self.data_note = ""
         self.spot_hist = signals.SpotHistory()
         self.vol = self._new_vol_tracker(config)
         self.momentum_deltas: dict[int, float | None] = {}
@@ -849,6 +865,23 @@ class Engine:
         await self._episode(f"source:{source}", text, None)
         self._dirty = True
 
+    def hold_quotes(self, contract_ids: Iterable[str], reason: str) -> None:
+        """A feed marks these contracts' quotes unusable at once (`reason` says why): no trade
+        on them is evaluated or sent an order until `release_quotes`."""
+        for cid in contract_ids:
+            self.quote_holds[cid] = reason
+            for tid in self.by_contract.get(cid, ()):
+                st = self.status.get(tid)
+                if st is not None and st.problem is None:
+                    st.problem = f"{cid}: {reason}"  # the next tick re-evaluates it
+        self._dirty = True
+
+    def release_quotes(self, contract_ids: Iterable[str]) -> None:
+        """The feed has fresh data for these contracts again."""
+        for cid in contract_ids:
+            self.quote_holds.pop(cid, None)
+        self._dirty = True
+
     async def source_ok(self, source: str) -> None:
         """`source` works again: ends its episode; the recovery is announced if it was alerted."""
         await self._recover(f"source:{source}")
@@ -1131,6 +1164,9 @@ class Engine:
         problem = quote_problem(q, c.is_binary)
         if problem is not None:
             return f"{t.contract_id}: {problem}"
+        hold = self.quote_holds.get(t.contract_id) if self.quote_holds else None
+        if hold is not None:
+            return f"{t.contract_id}: {hold}"
         assert q is not None
         age = now - q.ts
         if age > self.config.engine.max_quote_age_seconds:
@@ -1437,6 +1473,9 @@ class Engine:
     def _auto_block_reason(self, t: Trade, st: _Status, now: float) -> str | None:
         if self.mode == Mode.ALERT_ONLY:
             return "alert_only mode (close it yourself)"
+        venue_block = self._venue_blocked()
+        if venue_block is not None:
+            return venue_block
         if not self.armed:
             return "disarmed"
         if self.paused_all:
@@ -1450,9 +1489,18 @@ class Engine:
     def _may_send(self, ex: _Exit) -> bool:
         return self._why_not_sending(ex) is None
 
+    def _venue_blocked(self) -> str | None:
+        """The venue's own reason it cannot send any order now (IB's read-only API session),
+        if it has one (`Venue.sending_blocked`, optional)."""
+        blocked = getattr(self.venue, "sending_blocked", None)
+        return blocked() if blocked is not None else None
+
     def _why_not_sending(self, ex: _Exit) -> str | None:
         if self.mode == Mode.ALERT_ONLY:
             return "the mode is alert_only"
+        venue_block = self._venue_blocked()
+        if venue_block is not None:
+            return venue_block
         if ex.manual:
             return None
         t = self.trades.get(ex.trade_id)
@@ -2392,6 +2440,8 @@ class Engine:
         data: dict[str, Any] | None = None,
         subject: str | None = None,
     ) -> None:
+        if self.data_note and kind in _EXIT_ALERT_KINDS:
+            message = f"{message} [{self.data_note}]"
         await self.alerts.raise_(self.clock.now(), kind, severity, message, trade_id, data, subject)
         self._dirty = True
 
@@ -2998,7 +3048,12 @@ class Engine:
         )
 
     def badge(self) -> str:
-        """The mode badge the header shows: SIM, PAPER, LIVE or ALERT-ONLY."""
+        """The mode badge the header shows: SIM, PAPER, LIVE or ALERT-ONLY, followed by the
+        data note when there is one ("LIVE · DELAYED DATA")."""
+        badge = self._mode_badge()
+        return f"{badge} · {self.data_note.upper()}" if self.data_note else badge
+
+    def _mode_badge(self) -> str:
         if self.mode == Mode.ALERT_ONLY:
             return "ALERT-ONLY"
         if self.venue.name == "sim":
@@ -3009,7 +3064,7 @@ class Engine:
 
     def real_money(self) -> bool:
         """Whether arming lets the engine send real orders (asked to confirm in the UI)."""
-        return self.badge() == "LIVE"
+        return self._mode_badge() == "LIVE"
 
     async def trade_detail(self, trade_id: str) -> TradeDetail | None:
         """The detail screen's picture of one open trade (None once it is closed)."""

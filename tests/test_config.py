@@ -621,6 +621,22 @@ def test_spot_staleness_limit_is_within_the_engines() -> None:
     assert "spot.fallback: the fallback must differ from the primary" in line
 
 
+def test_delayed_ib_market_data_in_live_mode_is_refused_unless_allowed() -> None:
+    live = '[engine]\nvenue = "ibkr"\n[auto_stop]\nmode = "live"\n[venues.ibkr]\n'
+    for kind in ("delayed", "delayed_frozen"):
+        [line] = errors_in(live + f'market_data_type = "{kind}"\n')
+        assert line.startswith(f'c.toml, line 6: venues.ibkr.market_data_type: "{kind}"')
+        assert "[venues.ibkr] allow_delayed_data = true" in line
+        assert "\n" not in line
+    for ok in (
+        live + 'market_data_type = "delayed"\nallow_delayed_data = true\n',
+        live.replace('"live"', '"alert_only"') + 'market_data_type = "delayed"\n',
+        live + 'market_data_type = "live"\n',
+    ):
+        cfg = parse_config(tomllib.loads(ok), ok, "c.toml")
+        assert cfg.engine.venue == "ibkr"
+
+
 def test_the_ibkr_paper_example_config_loads() -> None:
     cfg = load_config(Path(__file__).resolve().parent.parent / "docs" / "ibkr-paper.toml")
     assert cfg.engine.venue == "ibkr" and cfg.venues.ibkr.port == 4002

@@ -105,6 +105,9 @@ class Recorder:
         self.problems: list[tuple[str, str]] = []
         self.oks: list[str] = []
         self.vix: list[tuple[float, float]] = []
+        self.data_note = ""  # as Engine.data_note
+        self.holds: dict[str, str] = {}  # contract id -> why its quotes are held (data guard)
+        self.hold_log: list[tuple[str, tuple[str, ...]]] = []  # ("hold"/"release", ids)
         self._changed = asyncio.Event()
 
     async def handle_safely(self, event: MarketEvent) -> None:
@@ -121,6 +124,17 @@ class Recorder:
 
     def vix_update(self, value: float, ts: float) -> None:
         self.vix.append((value, ts))
+        self._changed.set()
+
+    def hold_quotes(self, ids: list[str], reason: str) -> None:
+        self.holds.update(dict.fromkeys(ids, reason))
+        self.hold_log.append(("hold", tuple(ids)))
+        self._changed.set()
+
+    def release_quotes(self, ids: list[str]) -> None:
+        for cid in ids:
+            self.holds.pop(cid, None)
+        self.hold_log.append(("release", tuple(ids)))
         self._changed.set()
 
     def notify(self) -> None:
@@ -278,20 +292,31 @@ async def test_held_option_and_stock_quotes_with_greeks(h: Harness, gw: Gateway)
     assert h.engine.problems == []
 
 
-async def test_quiet_quotes_are_sent_again_every_refresh(h: Harness, gw: Gateway) -> None:
+async def test_a_quiet_ticker_is_never_stamped_fresh_again(h: Harness, gw: Gateway) -> None:
+    """The quote's time is when IB's last price/size tick of it arrived: a quiet (or silently
+    dead) line ages and the engine's staleness check sees it; IB repeating a price is a
+    confirmation; model greeks alone (computed from the underlying) confirm nothing."""
     h.holding[:] = [HELD_CALL]
     feed = h.start(vix=False)
     await gw.wait_for_mkt_data(CALL.con_id)
     gw.quote(CALL.con_id, bid=1.35, ask=1.45)
-    await h.until(lambda: (q := h.engine.quote(HELD_CALL.id)) and q.ask == 1.45)
+    q = await h.until(lambda: (q := h.engine.quote(HELD_CALL.id)) and q.ask == 1.45 and q)
+    t0 = h.clock.now()
+    assert q.ts == t0
     n = len(h.engine.quotes(HELD_CALL.id))
-    h.clock.advance(feed.refresh_seconds / 2)
-    await h.settle()
-    assert len(h.engine.quotes(HELD_CALL.id)) == n  # unchanged and recent: not again
-    h.clock.advance(feed.refresh_seconds / 2)
-    await h.until(lambda: len(h.engine.quotes(HELD_CALL.id)) == n + 1)
-    q = h.engine.quote(HELD_CALL.id)
-    assert q is not None and (q.bid, q.ask, q.ts) == (1.35, 1.45, h.clock.now())
+    for _ in range(3):  # 30 s of silence from IB
+        h.clock.advance(10 * feed.poll_seconds)
+        await h.settle()
+    assert all(q.ts == t0 for q in h.engine.quotes(HELD_CALL.id))
+    assert len(h.engine.quotes(HELD_CALL.id)) == n  # nothing new: nothing handed over
+
+    gw.option_computation(CALL.con_id, implied_vol=0.30, delta=0.41, und_price=148.0)
+    q = await h.until(lambda: (q := h.engine.quote(HELD_CALL.id)) and q.delta == 0.41 and q)
+    assert q.ts == t0  # new greeks, the same (old) prices: still 30 s old
+
+    gw.quote(CALL.con_id, bid=1.35)  # IB repeats the bid: a confirmation
+    q = await h.until(lambda: (q := h.engine.quote(HELD_CALL.id)) and q.ts > t0 and q)
+    assert (q.bid, q.ask, q.ts) == (1.35, 1.45, h.clock.now())
 
 
 async def test_combo_subscribes_its_legs_not_the_combo(h: Harness, gw: Gateway) -> None:
@@ -398,7 +423,7 @@ async def test_lines_limit_trims_the_strike_table_first(
 async def test_delayed_market_data(h: Harness, gw: Gateway) -> None:
     gw.state.no_market_data.update({CALL.con_id, AAPL.con_id})
     h.holding[:] = [HELD_CALL, STOCK]
-    h.start(vix=False, market_data_type="delayed")
+    h.start(vix=False, market_data_type="delayed", allow_delayed_data=True)
     req = await gw.wait_for_mkt_data(CALL.con_id)
     assert req.delayed  # 10167: delayed data instead of a refusal
     [mdt] = [r for r in gw.state.requests(IN_REQ_MARKET_DATA_TYPE) if r.client_id == 21]
@@ -417,6 +442,49 @@ async def test_delayed_market_data(h: Harness, gw: Gateway) -> None:
     ticker = h.conn.ib.ticker(h.feed._qualified[HELD_CALL.id]) if h.conn and h.feed else None
     assert ticker is not None and ticker.marketDataType == 3
     assert h.engine.problems == []
+    assert h.engine.data_note == "delayed data"  # allowed: the badge and exit alerts say so
+    assert h.engine.holds == {}
+
+
+async def test_delayed_market_data_not_allowed_is_held_never_used(h: Harness, gw: Gateway) -> None:
+    """Delayed data IB sends without `allow_delayed_data` (here: asked for in the config, as a
+    session in alert_only mode may; live mode refuses it at start) is held, never acted on."""
+    gw.state.no_market_data.add(CALL.con_id)
+    h.holding[:] = [HELD_CALL, STOCK]
+    h.start(vix=False, market_data_type="delayed")
+    await gw.wait_for_mkt_data(CALL.con_id)
+    gw.quote(CALL.con_id, bid=1.30, ask=1.50)
+    gw.quote(AAPL.con_id, bid=184.9, ask=185.1)  # live data for the stock
+    await h.until(lambda: h.engine.quote("AAPL"))
+    held = await h.until(lambda: h.engine.holds)
+    assert set(held) == {HELD_CALL.id}
+    assert "allow_delayed_data" in held[HELD_CALL.id]
+    [(source, text)] = h.engine.problems
+    assert source == "ibkr-delayed" and HELD_CALL.id in text and "allow_delayed_data" in text
+    assert h.engine.quotes(HELD_CALL.id) == []
+    assert h.engine.data_note == ""
+
+
+async def test_frozen_prices_are_shown_but_held_until_live_data_comes(
+    h: Harness, gw: Gateway
+) -> None:
+    """With "frozen" data IB re-sends the last prices before the close (market data type 2):
+    the screen may show them, nothing acts on them; once IB switches the line to live (the
+    open) and a live tick comes, the contract is released."""
+    h.holding[:] = [HELD_CALL]
+    h.start(vix=False, market_data_type="frozen")
+    await gw.wait_for_mkt_data(CALL.con_id)
+    gw.quote(CALL.con_id, bid=1.35, ask=1.45)
+    await h.until(lambda: h.engine.quote(HELD_CALL.id))
+    held = await h.until(lambda: h.engine.holds)
+    assert "frozen prices" in held[HELD_CALL.id]
+    gw.set_market_data_type(CALL.con_id, 1)  # the open: live data from now on
+    await h.settle()
+    assert HELD_CALL.id in h.engine.holds  # no live tick yet
+    gw.quote(CALL.con_id, bid=1.36, ask=1.46)
+    await h.until(lambda: HELD_CALL.id not in h.engine.holds)
+    q = h.engine.quote(HELD_CALL.id)
+    assert q is not None and (q.bid, q.ts) == (1.36, h.clock.now())
 
 
 # ---- the connection ----------------------------------------------------------------------------
@@ -458,7 +526,7 @@ async def test_one_gateway_unreachable_per_disconnect_and_one_recovery(
     await h.until(lambda: h.engine.oks == ["ibkr", "ibkr"])
 
 
-async def test_1101_resubscribes_and_waits_for_fresh_data_1102_keeps(
+async def test_1101_resubscribes_1100_holds_1102_asks_again_for_fresh_data(
     h: Harness, gw: Gateway
 ) -> None:
     h.holding[:] = [HELD_CALL]
@@ -473,22 +541,172 @@ async def test_1101_resubscribes_and_waits_for_fresh_data_1102_keeps(
     gw.send_error(1101, "Connectivity between IB and TWS has been restored- data lost.")
     await gw.wait_until(lambda: len(gw.state.requests(IN_REQ_MKT_DATA)) == requests + 2)
     n = len(h.engine.quotes(HELD_CALL.id))
-    h.clock.advance(feed.refresh_seconds)
+    h.clock.advance(10 * feed.poll_seconds)
     await h.settle()
     assert len(h.engine.quotes(HELD_CALL.id)) == n  # the old values are not re-stamped
     gw.quote(CALL.con_id, bid=1.36)
     await h.until(lambda: (q := h.engine.quote(HELD_CALL.id)) and q.bid == 1.36)
 
+    # 1100: every quote held at once; 1102 (data kept): the lines are asked again (a fresh
+    # snapshot), and the pre-outage values are never handed over as new
     gw.send_error(1100, "Connectivity between IB and Trader Workstation has been lost.")
     await h.until(lambda: h.engine.problems)
+    await h.until(lambda: HELD_CALL.id in h.engine.holds)
+    assert "1100" in h.engine.holds[HELD_CALL.id]
+    before = h.engine.quote(HELD_CALL.id)
+    n = len(h.engine.quotes(HELD_CALL.id))
+    del gw.state.quotes[CALL.con_id]  # nothing new on the line meanwhile
     gw.send_error(1102, "Connectivity between IB and TWS has been restored- data maintained.")
     await h.until(lambda: h.engine.oks)
+    await gw.wait_until(lambda: len(gw.state.requests(IN_REQ_MKT_DATA)) == requests + 4)
+    h.clock.advance(30.0)
     await h.settle()
-    assert len(gw.state.requests(IN_REQ_MKT_DATA)) == requests + 2  # kept, not requested again
-    n = len(h.engine.quotes(HELD_CALL.id))
-    h.clock.advance(feed.refresh_seconds)
-    await h.until(lambda: len(h.engine.quotes(HELD_CALL.id)) > n)  # data kept: refreshed
+    assert HELD_CALL.id in h.engine.holds  # no fresh tick yet: still held
+    assert len(h.engine.quotes(HELD_CALL.id)) == n  # the old values are not re-stamped
+    assert before is not None and h.engine.quote(HELD_CALL.id) == before
+    gw.quote(CALL.con_id, bid=1.37, ask=1.47)
+    q = await h.until(lambda: (q := h.engine.quote(HELD_CALL.id)) and q.bid == 1.37 and q)
+    assert q.ts == h.clock.now()
+    await h.until(lambda: HELD_CALL.id not in h.engine.holds)
     assert [p[1].split(":")[0] for p in h.engine.problems] == ["GATEWAY_UNREACHABLE"]
+
+
+# ---- IB's data farms ---------------------------------------------------------------------------
+
+
+async def test_2103_holds_every_quote_at_once_and_2104_waits_for_a_fresh_snapshot(
+    h: Harness, gw: Gateway
+) -> None:
+    h.holding[:] = [HELD_CALL]
+    h.start(vix=False)
+    await gw.wait_for_mkt_data(CALL.con_id)
+    gw.quote(CALL.con_id, bid=1.35, ask=1.45)
+    gw.quote(SPY.con_id, bid=152.2, ask=152.4, last=152.3)
+    await h.until(lambda: h.engine.quote(HELD_CALL.id) and h.engine.spots())
+    requests = len(gw.state.requests(IN_REQ_MKT_DATA))
+    assert h.conn is not None
+    lines = len(h.conn.lines)  # the call, SPY and the strike table
+
+    gw.farm_notice(2103, "usfarm")
+    held = await h.until(lambda: h.engine.holds)
+    assert {HELD_CALL.id, "SPY"} <= set(held)
+    assert "2103" in held[HELD_CALL.id] and "usfarm" in held[HELD_CALL.id]
+    [(source, text)] = h.engine.problems
+    assert source == "ibkr-data" and "2103" in text
+    n, spots = len(h.engine.quotes(HELD_CALL.id)), len(h.engine.spots())
+    gw.quote(CALL.con_id, bid=1.20, ask=1.30)  # whatever trickles in meanwhile is not used
+    await h.settle()
+    assert len(h.engine.quotes(HELD_CALL.id)) == n and len(h.engine.spots()) == spots
+
+    gw.farm_notice(2104, "usfarm")
+    await gw.wait_until(lambda: len(gw.state.requests(IN_REQ_MKT_DATA)) == requests + lines)
+    await h.until(lambda: HELD_CALL.id not in h.engine.holds)  # the snapshot's ticks
+    q = h.engine.quote(HELD_CALL.id)
+    assert q is not None and (q.bid, q.ask, q.ts) == (1.20, 1.30, h.clock.now())
+    await h.until(lambda: "SPY" not in h.engine.holds)
+    # the strike table's options have sent nothing since: still held
+    assert h.engine.holds and all(cid.startswith("SPY 2026") for cid in h.engine.holds)
+    assert h.engine.oks == ["ibkr-data"]
+
+
+async def test_2105_and_2157_are_alerted_and_do_not_stop_live_quotes(
+    h: Harness, gw: Gateway
+) -> None:
+    """HMDS (historical data) and sec-def farms carry no live quotes: each outage is one alert
+    saying what it stops, and one recovery; the quotes go on."""
+    h.holding[:] = [HELD_CALL]
+    h.start(vix=False)
+    await gw.wait_for_mkt_data(CALL.con_id)
+    gw.farm_notice(2105, "ushmds")
+    gw.farm_notice(2157, "secdefnj")
+    gw.quote(CALL.con_id, bid=1.35, ask=1.45)
+    await h.until(lambda: h.engine.quote(HELD_CALL.id))
+    problems = dict(await h.until(lambda: len(h.engine.problems) == 2 and h.engine.problems))
+    assert "historical data" in problems["ibkr-data:ushmds"]
+    assert "new contracts cannot be looked up" in problems["ibkr-data:secdefnj"]
+    assert h.engine.holds == {}
+    gw.farm_notice(2105, "ushmds")  # said again: no alert
+    gw.farm_notice(2106, "ushmds")
+    await h.until(lambda: h.engine.oks == ["ibkr-data:ushmds"])
+    assert len(h.engine.problems) == 2
+
+
+# ---- one contract never stops the others --------------------------------------------------------
+
+LEAPS_EXPIRY = "20281215"  # past the calendar below (and exchange_calendars' own ~1 year)
+LEAPS = option_contract(700101, "AAPL", LEAPS_EXPIRY, 200.0, "C")
+
+
+async def test_a_leaps_beyond_the_calendar_is_quoted_with_the_rest(
+    h: Harness, gw: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A LEAPS leg (and a LEAPS expiry in the underlying's chain) used to make every step fail:
+    no quote at all. Its close is the expiry date's regular close, 16:00 New York time."""
+    from engine.market_hours import MarketHours
+
+    caplog.set_level(logging.INFO, logger="engine.market_hours")
+    gw.state.add_contract_details(LEAPS)
+    gw.state.option_chains[0].expirations.append(LEAPS_EXPIRY)
+    hours = MarketHours("XNYS", start="2025-06-02", end="2027-06-30")
+    leaps = engine_option(LEAPS)
+    diagonal = Contract(
+        "AAPL d-1",
+        "AAPL",
+        "combo",
+        None,
+        default_close_of("20260116"),
+        multiplier=100.0,
+        legs=(Leg(leaps.id, 1), Leg(HELD_CALL.id, -1)),
+    )
+    h.holding[:] = [diagonal, HELD_PUT]
+    h.start(vix=False)
+    assert h.feed is not None
+    h.feed.close_of = hours.close_of
+    await gw.wait_for_mkt_data(LEAPS.con_id)
+    gw.quote(LEAPS.con_id, bid=30.0, ask=30.5)
+    gw.quote(PUT.con_id, bid=2.10, ask=2.20)
+    gw.quote(SPY.con_id, last=152.3)
+    await h.until(lambda: h.engine.quote(leaps.id) and h.engine.quote(HELD_PUT.id))
+    c = h.engine.contracts()[leaps.id]
+    assert c.close_ts == datetime(2028, 12, 15, 21, 0, tzinfo=UTC).timestamp()  # 16:00 EST
+    await h.until(lambda: h.feed is not None and h.feed.chain_expiry == "20260116")
+    assert h.engine.problems == []
+    notes = [r.getMessage() for r in caplog.records if LEAPS_EXPIRY in r.getMessage()]
+    assert len(notes) == 1 and "16:00 America/New_York" in notes[0]
+
+
+async def test_a_contract_that_cannot_be_handled_is_alerted_the_others_go_on(
+    h: Harness, gw: Gateway
+) -> None:
+    def close_of(expiry: str) -> float:
+        if expiry == LEAPS_EXPIRY:
+            raise ValueError(f"XNYS has no session on {expiry} (no close to expire at)")
+        return default_close_of(expiry)
+
+    gw.state.add_contract_details(LEAPS)
+    leaps_id = engine_option(LEAPS).id
+    diagonal = Contract(
+        "AAPL d-1",
+        "AAPL",
+        "combo",
+        None,
+        default_close_of("20260116"),
+        multiplier=100.0,
+        legs=(Leg(leaps_id, 1), Leg(HELD_CALL.id, -1)),
+    )
+    h.holding[:] = [diagonal, HELD_PUT]
+    h.start(vix=False)
+    assert h.feed is not None
+    h.feed.close_of = close_of
+    await gw.wait_for_mkt_data(PUT.con_id)
+    gw.quote(PUT.con_id, bid=2.10, ask=2.20)
+    await h.until(lambda: h.engine.quote(HELD_PUT.id))
+    [(source, text)] = await h.until(lambda: h.engine.problems)
+    assert source == f"ibkr:{leaps_id}"
+    assert leaps_id in text and "no session on 20281215" in text
+    h.clock.advance(5.0)
+    await h.settle()
+    assert len(h.engine.problems) == 1  # once, not every step
 
 
 # ---- the held set changes ------------------------------------------------------------------------

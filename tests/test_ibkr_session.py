@@ -256,8 +256,11 @@ async def test_a_dropped_connection_is_one_alert_then_data_resubscribes_and_reco
         await s.until(lambda: s.engine._last_opportunity_scan > 0, "the first positions poll")
         await w.gw.stop_listening(drop_connections=True)
         await s.until(lambda: s.conn.failures >= 2, "two failed reconnect attempts")
-        await s.until(
-            lambda: "old" in (s.engine.status[spread.trade_id].problem or ""), "stale quotes"
+        await s.until(  # held at once (the feed knows the data stopped), not only aged
+            lambda: (
+                "IB market data not flowing" in (s.engine.status[spread.trade_id].problem or "")
+            ),
+            "held quotes",
         )
         # a threshold that fires at the spread's time value (2.00): not on stale data
         res = await s.engine.command(

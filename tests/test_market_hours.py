@@ -78,6 +78,24 @@ def test_close_of_a_day_without_a_session_names_the_date(nyse: MarketHours, day:
         nyse.close_of(day)
 
 
+def test_an_expiry_past_the_calendar_is_its_regular_close_logged_once(
+    nyse: MarketHours, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A LEAPS expires after the calendar's last session (2027-06-30 here; the library's own
+    horizon is about a year ahead): the expiry date's regular close, 16:00 New York time
+    (winter and summer), one log line per expiry, never an error."""
+    caplog.set_level("INFO", logger="engine.market_hours")
+    assert nyse.close_of("20281215") == utc("2028-12-15 21:00")  # 16:00 EST
+    assert nyse.close_of("20280616") == utc("2028-06-16 20:00")  # 16:00 EDT
+    assert nyse.close_of("20281215") == utc("2028-12-15 21:00")
+    notes = [r.getMessage() for r in caplog.records if "20281215" in r.getMessage()]
+    assert len(notes) == 1
+    assert "regular close, 16:00 America/New_York" in notes[0]
+    # inside the calendar a day without a session is still an error naming the date
+    with pytest.raises(ValueError, match="20270101"):
+        nyse.close_of("20270101")
+
+
 def test_close_labels(nyse: MarketHours) -> None:
     assert nyse.close_label(utc("2026-11-25 21:00"), utc("2026-11-25 15:00")) == "16:00 ET"
     assert (

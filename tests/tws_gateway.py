@@ -104,6 +104,16 @@ DEFAULT_NOTICES: tuple[tuple[int, str], ...] = (
     (2158, "Sec-def data farm connection is OK:secdefnj"),
 )
 
+# TWS's data-farm notices (error events with reqId -1), by code; `{farm}` is the farm's name.
+FARM_NOTICES: dict[int, str] = {
+    2103: "Market data farm connection is broken:{farm}",
+    2104: "Market data farm connection is OK:{farm}",
+    2105: "HMDS data farm connection is broken:{farm}",
+    2106: "HMDS data farm connection is OK:{farm}",
+    2157: "Sec-def data farm connection is broken:{farm}",
+    2158: "Sec-def data farm connection is OK:{farm}",
+}
+
 
 # ---- the scenario's data ----------------------------------------------------------------------
 
@@ -1176,6 +1186,10 @@ class Gateway:
             if client_id is None or conn.client_id == client_id:
                 conn.error(req_id, code, message, advanced_json)
 
+    def farm_notice(self, code: int, farm: str) -> None:
+        """A data farm notice as TWS words it (`FARM_NOTICES`): 2103 usfarm broken, 2104 OK…"""
+        self.send_error(code, FARM_NOTICES[code].format(farm=farm))
+
     def _subscriptions(self, con_id: int) -> list[MktDataRequest]:
         return [
             r
@@ -1231,6 +1245,15 @@ class Gateway:
         for r in subs:
             t = _DELAYED[tick_type] if r.delayed else tick_type
             r.conn.send(enc_tick_price(r.req_id, t, price, size, 0))
+        return len(subs)
+
+    def set_market_data_type(self, con_id: int, data_type: int) -> int:
+        """IB switches the data a line carries (1 live, 2 frozen, 3 delayed, 4 delayed-frozen),
+        as TWS does at the open and the close for a client that asked for frozen data: a
+        marketDataType message to every subscriber of `con_id`."""
+        subs = self._subscriptions(con_id)
+        for r in subs:
+            r.conn.send(enc_market_data_type(r.req_id, data_type))
         return len(subs)
 
     def option_computation(
@@ -1867,6 +1890,10 @@ def _matches(have: GwContract, want: GwContract) -> bool:
     if want.strike and have.strike != want.strike:
         return False
     if want.right and have.right[:1] != want.right[:1]:
+        return False
+    if want.trading_class and have.trading_class != want.trading_class:
+        return False
+    if want.multiplier and have.multiplier and float(want.multiplier) != float(have.multiplier):
         return False
     return not (want.currency and have.currency != want.currency)
 

@@ -47,7 +47,7 @@ def header_text(snap: Snapshot | None, engine_error: str | None = None) -> Text:
     if snap is None:
         t.append(" starting… ", style="bold")
         return t
-    t.append(f" {snap.badge} ", style=BADGE_STYLE.get(snap.badge, "reverse"))
+    t.append(f" {snap.badge} ", style=BADGE_STYLE.get(snap.badge.split(" ")[0], "reverse"))
     t.append(" ")
     if snap.armed:
         t.append(" ARMED ", style="bold white on dark_green")

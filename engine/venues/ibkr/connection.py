@@ -172,6 +172,23 @@ class MarketDataLines:
             self.ib.cancelMktData(held)
         return True
 
+    def refresh(self, con_ids: list[int] | None = None) -> int:
+        """Cancel and request again the lines of `con_ids` (default: all) while connected: the
+        lines are alive but their values may be from before an outage (1102, a data farm
+        back), and a new subscription starts with a fresh snapshot of every field."""
+        if not self._ready():
+            return 0
+        n = 0
+        for con_id in con_ids if con_ids is not None else list(self._contracts):
+            contract = self._contracts.get(con_id)
+            if contract is None:
+                continue
+            if self.ib.ticker(contract) is not None:
+                self.ib.cancelMktData(contract)
+            self.ib.reqMktData(contract, "", False, False)
+            n += 1
+        return n
+
     def resubscribe(self) -> int:
         """Request every line again (the gateway lost them); returns how many."""
         if not self._ready():
@@ -228,8 +245,9 @@ class IbConnection:
         return self._state.connected
 
     def add_listener(self, listener: object) -> None:
-        """`listener` may have `on_state(connected, reason)` and `on_resubscribe()`; both are
-        called synchronously from the client's events (do not block)."""
+        """`listener` may have `on_state(connected, reason)`, `on_session()` (each successful
+        connect: a new API session) and `on_resubscribe()`; all are called synchronously from
+        the client's events (do not block)."""
         if listener not in self._listeners:
             self._listeners.append(listener)
 
@@ -353,6 +371,7 @@ class IbConnection:
         again = self.connects > 1
         self.lines.resubscribe()
         self._set_state(True, f"connected to {self.where}" + (" again" if again else ""))
+        self._notify("on_session")  # a new API session (its settings, e.g. read-only, anew)
         if again:
             self._notify("on_resubscribe")
 

@@ -1,6 +1,7 @@
 """Market data from Interactive Brokers into the engine: `IbkrMarketFeed`.
 
-What it sends (through `engine.handle_safely`), all stamped with the clock's time at receipt:
+What it sends (through `engine.handle_safely`), each stamped with the clock's time at which IB's
+last price or size tick of that contract arrived (never the time of our own hand-over):
 
 - a `ContractEvent` for each held contract (`held()`, from the venue: stocks, options, combos),
   for each leg of a held combo, and for each option of the strike table;
@@ -20,10 +21,25 @@ Choices worth knowing:
 - A price IB reports as nan or -1, or with a size of 0, is "no quote on that side": None, never a
   number. A ticker is quoted only once it has received data since it was (re)subscribed: after a
   reconnect or a 1101 the client's old values are not re-stamped as new.
-- A quote is handed over when it changed, and again every `refresh_seconds` while it did not
-  (as the Kalshi feed does): IB sends changes only, and a quiet market is not a stale one. The
-  spot and VIX are refreshed the same way. Nothing is sent while the connection is down (or TWS
-  has lost IB, 1100), so the engine's staleness check notices.
+- Freshness is IB's, not ours. A quote's `ts` is the time the last price/size tick of its
+  ticker arrived (a new price, or IB repeating one: a confirmation); model greeks alone do not
+  refresh it (IB recomputes them from the underlying, whatever the option's own line does). A
+  quote is handed over when its values or that time changed, never re-stamped: a quiet or
+  silently dead line ages, and the engine's staleness check (`max_quote_age_seconds`) sees it.
+  The spot and VIX carry their tick's time the same way.
+- Holds. When IB says its market data is not flowing (2103 a market data farm broken, 1100
+  TWS lost IB, the socket lost) every quote of this feed is marked unusable at once
+  (`engine.hold_quotes`, the data guard refuses them; one `source_problem("ibkr-data", …)`
+  alert). After the farm is back (2104 once no farm is broken) or 1102 (restored, data kept)
+  the lines are requested again (a fresh snapshot of every field) and each contract is
+  released (`engine.release_quotes`) only on its first tick of the new subscription, so
+  pre-outage values are never acted on. 2105 (HMDS, historical data) and 2157 (sec-def) do
+  not stop live quotes: they are alerted for what they do stop (the backfill, new contract
+  lookups).
+- One contract never stops the others: an error while qualifying, announcing or quoting one
+  contract (an expiry the market calendar cannot place, a venue contract that cannot be
+  converted) is caught at that contract, alerted once naming it
+  (`source_problem("ibkr:<id>", …)`), and the step goes on with the rest.
 - Lines (`max_market_data_lines`, shared through `IbConnection.lines`) go to the held contracts
   first, then the underlying, VIX, and the strike table, nearest strikes first: the strike table
   is trimmed first, and a log line (no alert) says so. Contracts no longer held and not in the
@@ -47,7 +63,7 @@ import datetime as dt
 import inspect
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from engine.clock import Clock
@@ -64,11 +80,21 @@ from engine.venues.ibkr.ids import (
     stock_id,
 )
 
-__all__ = ["SOURCE", "IbkrMarketFeed", "quote_from_ticker", "spot_from_ticker"]
+__all__ = ["DATA_SOURCE", "SOURCE", "IbkrMarketFeed", "quote_from_ticker", "spot_from_ticker"]
 
 log = logging.getLogger("engine.feeds.ibkr")
 
 SOURCE = "ibkr"
+DATA_SOURCE = "ibkr-data"  # the alert episode of IB's market data not flowing (farms, 1100)
+# 2103: a market data farm is broken (live quotes stop); 2105 HMDS and 2157 sec-def farms do not
+# carry live quotes: alerted for what they stop. 2104/2106/2158: that farm is OK again.
+FARM_BROKEN = {
+    2103: "live quotes held",
+    2105: "historical data (the backfill) unavailable",
+    2157: "new contracts cannot be looked up",
+}
+FARM_OK = frozenset({2104, 2106, 2158})
+FROZEN_TYPES = frozenset({2, 4})  # reqMarketDataType's frozen and delayed-frozen
 VIX_KEY = "index:VIX"
 RETRY_SECONDS = 60.0  # a contract that could not be qualified is asked about again after this
 BACKFILL_MINUTES = 30  # at least: the longest momentum window (and the config's volatility ones)
@@ -166,7 +192,16 @@ def _ib_contract(contract_id: str) -> IbContract | None:
         return None
     if p.sec_type == "STK":
         return Stock(p.symbol, "SMART", p.currency)
-    return Option(p.symbol, p.expiry, p.strike, p.right, "SMART", currency=p.currency)
+    return Option(
+        p.symbol,
+        p.expiry,
+        p.strike,
+        p.right,
+        "SMART",
+        multiplier=f"{p.multiplier:g}" if p.multiplier else "",
+        currency=p.currency,
+        tradingClass=p.trading_class,
+    )
 
 
 def _stop_if_cancelled() -> None:
@@ -194,7 +229,7 @@ class IbkrMarketFeed:
         held: Callable[[], Iterable[Contract]],
         close_of: Callable[[str], float] = default_close_of,
         *,
-        refresh_seconds: float = 2.0,
+        held_ib: Callable[[], Mapping[str, IbContract]] | None = None,
         poll_seconds: float = 1.0,
     ) -> None:
         self.conn = conn
@@ -202,7 +237,9 @@ class IbkrMarketFeed:
         self.config = config
         self.held = held
         self.close_of = close_of
-        self.refresh_seconds = refresh_seconds
+        # engine id -> the IB contract of a held position (its conId, trading class, multiplier):
+        # held contracts are qualified by conId, never re-guessed from their readable id
+        self.held_ib = held_ib
         self.poll_seconds = poll_seconds
         self.underlying_id = stock_id(config.underlying, config.underlying_currency)
         self.chain_expiry: str | None = None
@@ -229,6 +266,21 @@ class IbkrMarketFeed:
         self._backfill_task: asyncio.Task[None] | None = None
         self._backfill_failures = 0
         self._backfill_retry = -math.inf
+        self._tick_ts: dict[int, float] = {}  # conId -> when its last price/size tick came
+        self._farms: dict[str, str] = {}  # broken market data farms -> IB's message
+        self._conn_down: str | None = None  # why the data is not flowing (1100, socket lost)
+        self._refresh_due = False  # request every line again (a fresh snapshot) next step
+        self._held_ids: set[str] = set()  # ids held at the engine (hold_quotes)
+        self._hold_alerted: str | None = None  # the hold reason alerted (source "ibkr-data")
+        self._hold_applied: str | None = None  # the hold reason the engine was last told
+        self._other_farms: dict[str, str] = {}  # broken HMDS / sec-def farms -> alert text
+        self._other_alerted: set[str] = set()
+        self._failing: dict[str, str] = {}  # ids whose handling failed -> the error alerted
+        self._held_last: set[str] = set()  # the held ids of the last step
+        self.delayed: set[int] = set()  # conIds IB answers with delayed data (10167, type 3/4)
+        self._delayed_held: set[str] = set()  # ids held because their data is delayed
+        self._frozen_held: set[str] = set()  # ids held because IB sends frozen (closing) prices
+        self._live_tick: set[int] = set()  # conIds whose last tick was not a frozen one
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -288,40 +340,145 @@ class IbkrMarketFeed:
                 w.cancel()
 
     async def step(self, engine: _Sink) -> None:
-        """One round: the connection's episode, then (when connected) subscriptions and data."""
+        """One round: the connection's episode, holds, then (when connected) subscriptions and
+        data."""
         self._attach()
         await self._report_connection(engine)
+        await self._apply_hold(engine)
         if not self.conn.connected:
             return
+        if self._refresh_due and self.hold_reason is None:
+            self._refresh_due = False
+            n = self.conn.lines.refresh(list(self._mine))
+            self._fresh_start()
+            log.info("IB feed: %d market data lines requested again (fresh snapshot)", n)
         await self._sync(engine)
         await self._emit(engine)
+
+    @property
+    def hold_reason(self) -> str | None:
+        """Why IB's market data cannot be trusted now, or None."""
+        if self._conn_down is not None:
+            return f"IB market data not flowing ({self._conn_down})"
+        if self._farms:
+            farms = ", ".join(f"{msg}" for msg in self._farms.values())
+            return f"IB market data farm broken ({farms})"
+        return None
+
+    def _fresh_start(self) -> None:
+        """Values held so far are pre-outage: nothing is handed over until a tick comes."""
+        self._live.clear()
+        self._dirty.clear()
+        self._last.clear()
+        self._tick_ts.clear()
+
+    def _known_ids(self) -> set[str]:
+        return {*self._announced, *self._mine.values()}
+
+    async def _apply_hold(self, engine: _Sink) -> None:
+        """While the data is not flowing: every quote held at the engine at once (its data
+        guard re-checks every trade on them at its next tick), one alert."""
+        for farm, text in list(self._other_farms.items()):  # alerted, nothing held
+            if farm not in self._other_alerted:
+                self._other_alerted.add(farm)
+                await engine.source_problem(f"{DATA_SOURCE}:{farm}", text)
+        for farm in sorted(self._other_alerted - set(self._other_farms)):
+            self._other_alerted.discard(farm)
+            await engine.source_ok(f"{DATA_SOURCE}:{farm}")
+        reason = self.hold_reason
+        hold = getattr(engine, "hold_quotes", None)
+        if reason is None:
+            self._hold_applied = None
+            if self._hold_alerted is not None:  # (each contract stays held until its data)
+                self._hold_alerted = None
+                await engine.source_ok(DATA_SOURCE)
+            return
+        ids = self._known_ids()
+        if hold is not None and (ids - self._held_ids or reason != self._hold_applied):
+            self._hold_applied = reason
+            hold(sorted(ids), reason)
+            self._held_ids |= ids
+        if reason != self._hold_alerted and self._conn_down is None:
+            # (a lost connection or 1100 has its own GATEWAY_UNREACHABLE alert)
+            self._hold_alerted = reason
+            await engine.source_problem(
+                DATA_SOURCE,
+                f"{reason}: every IB quote is held (no rule acts, no order is sent on it) until "
+                "fresh data arrives",
+            )
 
     # --- connection events (called synchronously by the connection / the client) --------------
 
     def on_state(self, connected: bool, reason: str) -> None:
-        if not connected and self._down is None:
-            self._down = reason or "disconnected"
+        if not connected:
+            if not self.conn.ib.isConnected():
+                self._farms.clear()  # a new session reports its farms anew (2103 / 2104)
+                self._other_farms.clear()
+            if self._down is None:
+                self._down = reason or "disconnected"
+            if self._conn_down is None:
+                self._conn_down = reason or "disconnected"
+                self._fresh_start()
+        elif self._conn_down is not None:
+            self._conn_down = None
+            # back (a reconnect, 1101 or 1102): the lines are requested again and only data
+            # that arrives after that releases a contract
+            self._refresh_due = True
         self._wake.set()
 
     def on_resubscribe(self) -> None:
-        self._live.clear()
-        self._dirty.clear()
-        self._last.clear()
+        self._fresh_start()
+        self._refresh_due = False  # the connection has just requested every line again
         self._wake.set()
 
     def _on_pending(self, tickers: Iterable[Ticker]) -> None:
         woke = False
+        now = self.clock.now()
         for t in tickers:
             con_id = getattr(t.contract, "conId", 0)
             if con_id in self._mine:
-                self._live.add(con_id)
+                if t.ticks:  # a price or size tick (a new value or IB repeating one)
+                    self._tick_ts[con_id] = now
+                    self._live.add(con_id)
+                    if getattr(t, "marketDataType", 1) in FROZEN_TYPES:
+                        self._live_tick.discard(con_id)
+                    else:
+                        self._live_tick.add(con_id)
                 self._dirty.add(con_id)
                 woke = True
         if woke:
             self._wake.set()
 
     def _on_error(self, error: IbError) -> None:
-        if error.code not in (354, 10167, 10168, 10089, 10090):
+        code = error.code
+        if code in FARM_BROKEN:
+            farm = error.message.rsplit(":", 1)[-1].strip() or str(code)
+            if code == 2103:
+                if farm not in self._farms:
+                    self._farms[farm] = f"{code} {error.message}"
+                    self._fresh_start()
+            elif farm not in self._other_farms:
+                text = f"{code} {error.message}: {FARM_BROKEN[code]}; live quotes go on"
+                self._other_farms[farm] = text
+                log.warning("IB feed: %s", text)
+            self._wake.set()
+            return
+        if code in FARM_OK:
+            farm = error.message.rsplit(":", 1)[-1].strip()
+            self._other_farms.pop(farm, None)
+            if self._farms.pop(farm, None) is not None and not self._farms:
+                self._refresh_due = True  # values from before the outage: a fresh snapshot
+            self._wake.set()
+            return
+        if code == 1102:
+            self._refresh_due = True
+            self._wake.set()
+            return
+        if code in (10167, 10168):
+            con_id = getattr(error.contract, "conId", 0)
+            if con_id:
+                self.delayed.add(con_id)
+        if code not in (354, 10167, 10168, 10089, 10090):
             return
         con_id = getattr(error.contract, "conId", 0)
         what = self._mine.get(con_id, str(error.contract or error.req_id))
@@ -347,7 +504,14 @@ class IbkrMarketFeed:
 
     async def _sync(self, engine: _Sink) -> None:
         now = self.clock.now()
-        held = list(self.held())
+        try:
+            held = list(self.held())
+        except Exception as exc:  # the venue could not say: keep quoting what was held
+            await self._contract_failed(engine, "held positions", "listed", exc)
+            held = [c for c in self._announced.values() if c.id in self._held_last]
+        else:
+            await self._contract_ok(engine, "held positions")
+        self._held_last = {c.id for c in held}
         wanted: list[str] = []  # engine ids to quote, in order
         for c in held:
             await self._announce(engine, c, now)
@@ -360,9 +524,14 @@ class IbkrMarketFeed:
         for cid in wanted:  # legs of combos: their own contract for the engine
             q = self._qualified.get(cid)
             if q is not None and cid not in held_ids and cid not in self._announced:
-                leg = contract_from_ib(q, self.close_of)
+                try:
+                    leg = contract_from_ib(q, self.close_of)
+                except Exception as exc:
+                    await self._contract_failed(engine, cid, "announced", exc)
+                    continue
                 if leg is not None:
                     await self._announce(engine, leg, now)
+                    await self._contract_ok(engine, cid)
         await self._sync_underlying(now)
         self._maybe_backfill(engine, now)
         await self._sync_chain(engine, now)
@@ -388,10 +557,22 @@ class IbkrMarketFeed:
     async def _qualify(self, ids: list[str], now: float) -> None:
         """Qualify (conId and all) the contracts of engine ids not known yet."""
         todo: list[tuple[str, IbContract]] = []
+        held_ib: Mapping[str, IbContract] = {}
+        if self.held_ib is not None:
+            try:
+                held_ib = self.held_ib()
+            except Exception as exc:
+                self._log_once(f"held_ib:{exc}", "IB feed: held IB contracts unknown: %s", exc)
         for cid in ids:
             if self._retry.get(cid, -math.inf) > now:
                 continue
-            c = _ib_contract(cid)
+            pos = held_ib.get(cid)
+            # a held contract by its conId: trading class, multiplier and all, never ambiguous
+            c = (
+                IbContract(conId=pos.conId, exchange="SMART")
+                if pos is not None and getattr(pos, "conId", 0)
+                else _ib_contract(cid)
+            )
             if c is None:
                 self._log_once(f"unparsed:{cid}", "IB feed: %s is not a stock or option id", cid)
                 self._retry[cid] = math.inf
@@ -499,11 +680,20 @@ class IbkrMarketFeed:
         ticker = self.conn.ib.ticker(under)
         return spot_from_ticker(ticker) if ticker is not None else None
 
+    def _close(self, expiry: str) -> float:
+        """`close_of(expiry)`, or -inf (treated as closed) for an expiry it cannot place,
+        logged once: one odd expiry in a chain never stops the strike table."""
+        try:
+            return self.close_of(expiry)
+        except Exception as exc:
+            self._log_once(f"close:{expiry}", "IB feed: expiry %s left out: %s", expiry, exc)
+            return -math.inf
+
     async def _sync_chain(self, engine: _Sink, now: float) -> None:
         spot = self._underlying_price()
         if spot is None:
             return
-        expired = self.chain_expiry is not None and self.close_of(self.chain_expiry) <= now
+        expired = self.chain_expiry is not None and self._close(self.chain_expiry) <= now
         if not expired and self.chain_strikes:
             sel = self.chain_strikes
             q = len(sel) // 4
@@ -512,7 +702,7 @@ class IbkrMarketFeed:
         chain = await self._option_chain(now)
         if chain is None:
             return
-        expiries = sorted(e for e in chain.expirations if self.close_of(e) > now)
+        expiries = sorted(e for e in chain.expirations if self._close(e) > now)
         if not expiries:
             self._log_once("no-expiry", "IB feed: %s has no open expiry", self.config.underlying)
             return
@@ -524,7 +714,9 @@ class IbkrMarketFeed:
         options: list[tuple[str, IbContract]] = []
         for k in near:  # nearest first: the order in which lines are given
             for right in ("C", "P"):
-                cid = option_id(self.config.underlying, expiry, k, right)
+                cid = option_id(
+                    self.config.underlying, expiry, k, right, chain.tradingClass, chain.multiplier
+                )
                 if cid not in self._qualified and self._retry.get(cid, -math.inf) <= now:
                     options.append(
                         (
@@ -551,14 +743,21 @@ class IbkrMarketFeed:
         ids: list[str] = []
         for k in near:
             for right in ("C", "P"):
-                cid = option_id(self.config.underlying, expiry, k, right)
+                cid = option_id(
+                    self.config.underlying, expiry, k, right, chain.tradingClass, chain.multiplier
+                )
                 q = self._qualified.get(cid)
                 if q is None:
                     continue
+                if cid not in self._announced:
+                    try:
+                        c = contract_from_ib(q, self.close_of)
+                    except Exception as exc:
+                        await self._contract_failed(engine, cid, "announced", exc)
+                        continue
+                    if c is not None:
+                        await self._announce(engine, c, now)
                 ids.append(cid)
-                c = contract_from_ib(q, self.close_of)
-                if c is not None and cid not in self._announced:
-                    await self._announce(engine, c, now)
         if expiry != self.chain_expiry:
             log.info(
                 "IB feed: strike table %s %s, %d strikes around %.2f",
@@ -578,7 +777,7 @@ class IbkrMarketFeed:
             return None
         params = self._chain_params
         if params is not None and not any(
-            self.close_of(e) > now for p in params for e in p.expirations
+            self._close(e) > now for p in params for e in p.expirations
         ):
             params = None
         if params is None:
@@ -632,6 +831,8 @@ class IbkrMarketFeed:
     # --- data -------------------------------------------------------------------------------
 
     async def _emit(self, engine: _Sink) -> None:
+        if self.hold_reason is not None:
+            return  # nothing is handed over while the data is not flowing
         now = self.clock.now()
         if now >= self._next_pass:
             self._next_pass = now + self.poll_seconds
@@ -643,7 +844,8 @@ class IbkrMarketFeed:
         under = self._qualified.get(self.underlying_id)
         vix = self._qualified.get(VIX_KEY)
         batch: list[Quote] = []  # handed over together: a combo's legs move as one
-        spot: float | None = None
+        spot: tuple[float, float] | None = None
+        fresh: list[str] = []
         for con_id in con_ids:
             cid = self._mine.get(con_id)
             q_contract = self._qualified.get(cid) if cid is not None else None
@@ -652,41 +854,136 @@ class IbkrMarketFeed:
             ticker = ib.ticker(q_contract)
             if ticker is None:
                 continue
-            if vix is not None and con_id == vix.conId:
-                await self._vix(engine, ticker, now)
+            ts = self._tick_ts.get(con_id)
+            if ts is None:
                 continue
-            quote = quote_from_ticker(cid, ticker, now)
-            if quote is not None and self._due(cid, _quote_key(quote), now):
-                batch.append(quote)
-            if under is not None and con_id == under.conId:
-                price = spot_from_ticker(ticker)
-                if price is not None and self._due("spot:", (price,), now):
-                    spot = price
+            if getattr(ticker, "marketDataType", 1) in (3, 4):
+                self.delayed.add(con_id)
+            if con_id in self.delayed and await self._delayed(engine, cid):
+                continue  # delayed data not allowed: held, never handed over
+            if self._frozen(engine, cid, con_id, ticker):
+                pass  # frozen: handed over (the screen shows the closing prices), held
+            else:
+                fresh.append(cid)
+            try:
+                if vix is not None and con_id == vix.conId:
+                    await self._vix(engine, ticker, ts)
+                    continue
+                quote = quote_from_ticker(cid, ticker, ts)
+                if quote is not None and self._due(cid, (*_quote_key(quote), ts)):
+                    batch.append(quote)
+                if under is not None and con_id == under.conId:
+                    price = spot_from_ticker(ticker)
+                    if price is not None and self._due("spot:", (price, ts)):
+                        spot = (price, ts)
+            except Exception as exc:  # one contract's data never stops the others
+                await self._contract_failed(engine, cid, "quoted", exc)
+        self._release(engine, fresh)
         handle_quotes = getattr(engine, "handle_quotes", None)
         if batch and handle_quotes is not None:
             await handle_quotes(batch)
         else:
             for quote in batch:
-                await engine.handle_safely(QuoteEvent(now, quote))
+                await engine.handle_safely(QuoteEvent(quote.ts, quote))
         if spot is not None:
-            await engine.handle_safely(SpotEvent(now, self.config.underlying, spot))
+            await engine.handle_safely(SpotEvent(spot[1], self.config.underlying, spot[0]))
 
-    async def _vix(self, engine: _Sink, ticker: Ticker, now: float) -> None:
+    def _frozen(self, engine: _Sink, cid: str, con_id: int, ticker: Ticker) -> bool:
+        """IB sends frozen prices (market data type 2 or 4: the last ones before the close,
+        re-sent as they are): held at the engine until a tick of live data comes. True while
+        held."""
+        if getattr(ticker, "marketDataType", 1) in FROZEN_TYPES or (
+            cid in self._frozen_held and con_id not in self._live_tick
+        ):
+            if cid not in self._frozen_held:
+                self._frozen_held.add(cid)
+                hold = getattr(engine, "hold_quotes", None)
+                if hold is not None:
+                    hold([cid], "IB sends frozen prices (the last before the close), not live ones")
+            return True
+        if cid in self._frozen_held:
+            self._frozen_held.discard(cid)
+            release = getattr(engine, "release_quotes", None)
+            if release is not None and cid not in self._held_ids:
+                release([cid])
+        return False
+
+    async def _delayed(self, engine: _Sink, cid: str) -> bool:
+        """IB sends delayed (15-20 min old) data for `cid`. Not allowed: its quotes are held
+        (one alert naming the key to set); True. Allowed: the engine's data note says so."""
+        if self.config.allow_delayed_data:
+            if getattr(engine, "data_note", None) == "":
+                engine.data_note = "delayed data"  # type: ignore[attr-defined]
+            return False
+        if cid not in self._delayed_held:
+            self._delayed_held.add(cid)
+            reason = (
+                "IB sends delayed (15-20 min old) market data for it; set [venues.ibkr] "
+                "allow_delayed_data = true to act on delayed data"
+            )
+            hold = getattr(engine, "hold_quotes", None)
+            if hold is not None:
+                hold([cid], reason)
+            await engine.source_problem(f"{SOURCE}-delayed", f"{cid}: {reason}")
+        return True
+
+    def _release(self, engine: _Sink, fresh: list[str]) -> None:
+        """Contracts with a tick since the hold ended are usable again; a combo once all its
+        legs are."""
+        if not self._held_ids:
+            return
+        release = getattr(engine, "release_quotes", None)
+        done = [cid for cid in fresh if cid in self._held_ids]
+        self._held_ids.difference_update(done)
+        for c in self._announced.values():
+            legs_held = any(leg.contract_id in self._held_ids for leg in c.legs)
+            if c.id in self._held_ids and c.legs and not legs_held:
+                self._held_ids.discard(c.id)
+                done.append(c.id)
+        # ids no longer quoted by this feed (a position closed meanwhile) are let go too
+        quoted = set(self._mine.values()) | {c.id for c in self._announced.values() if c.legs}
+        gone = [cid for cid in self._held_ids if cid not in quoted]
+        self._held_ids.difference_update(gone)
+        done += gone
+        if done and release is not None:
+            release(done)
+
+    async def _vix(self, engine: _Sink, ticker: Ticker, ts: float) -> None:
         update = getattr(engine, "vix_update", None)
         value = spot_from_ticker(ticker)
-        if update is None or value is None or not self._due("vix:", (value,), now):
+        if update is None or value is None or not self._due("vix:", (value, ts)):
             return
-        result = update(value, now)
+        result = update(value, ts)
         if inspect.isawaitable(result):
             await result
 
-    def _due(self, key: str, value: tuple[object, ...], now: float) -> bool:
-        """True when `value` changed or was last handed over `refresh_seconds` ago."""
+    def _due(self, key: str, value: tuple[object, ...]) -> bool:
+        """True when `value` (the values and their tick time) changed since last handed over."""
         last = self._last.get(key)
-        if last is not None and last[0] == value and now - last[1] < self.refresh_seconds:
+        if last is not None and last[0] == value:
             return False
-        self._last[key] = (value, now)
+        self._last[key] = (value, 0.0)
         return True
+
+    async def _contract_failed(
+        self, engine: _Sink, cid: str, doing: str, exc: BaseException
+    ) -> None:
+        """One contract could not be handled: one alert naming it (per distinct error), the
+        step goes on with the others."""
+        text = f"{type(exc).__name__}: {exc}"
+        if self._failing.get(cid) == text:
+            return
+        self._failing[cid] = text
+        log.warning("IB feed: %s failed while %s: %s", cid, doing, text, exc_info=exc)
+        await engine.source_problem(
+            f"{SOURCE}:{cid}",
+            f"IB feed: {cid} cannot be {doing} ({text}); its trades are not supervised until "
+            "this is fixed, the other contracts go on",
+        )
+
+    async def _contract_ok(self, engine: _Sink, cid: str) -> None:
+        if self._failing.pop(cid, None) is not None:
+            await engine.source_ok(f"{SOURCE}:{cid}")
 
     def _log_once(self, key: str, msg: str, *args: object) -> None:
         if key not in self._logged:

@@ -3,7 +3,10 @@
 Ids are readable, stable across restarts and parse back into an IB contract (docs/ibkr.md):
 
 - stock `AAPL` (USD) or `SHOP.CAD`;
-- option `AAPL 20260116 150C` (symbol, expiry YYYYMMDD, strike `%g`, right);
+- option `AAPL 20260116 150C` (symbol, expiry YYYYMMDD, strike `%g`, right), followed by its
+  trading class when that is not the symbol (`SPX 20260116 5000C SPXW`, an adjusted
+  `AAPL 20260116 150C AAPL1`) and by its multiplier when that is not 100
+  (`XSP 20260116 500C x10`): two contracts IB tells apart never share an id;
 - combo `AAPL ic-1` (symbol and group name; its legs are on the engine `Contract`).
 
 The expiry's closing time comes from `close_of(expiry)`; the default is 16:00 New York time on
@@ -33,8 +36,10 @@ __all__ = [
 
 NEW_YORK = ZoneInfo("America/New_York")
 _OPTION = re.compile(
-    r"^(?P<sym>[A-Z0-9.\-/ ]+?) (?P<exp>\d{8}) (?P<strike>\d+(?:\.\d+)?)(?P<right>[CP])$"
+    r"^(?P<sym>[A-Z0-9.\-/ ]+?) (?P<exp>\d{8}) (?P<strike>\d+(?:\.\d+)?)(?P<right>[CP])"
+    r"(?: (?P<tc>[A-Z0-9][A-Z0-9.\-/]*))?(?: x(?P<mult>\d+(?:\.\d+)?))?$"
 )
+STANDARD_MULTIPLIER = 100.0
 _STOCK = re.compile(r"^(?P<sym>[A-Z0-9.\-/]+?)(?:\.(?P<ccy>[A-Z]{3}))?$")
 
 
@@ -48,11 +53,35 @@ def stock_id(symbol: str, currency: str = "USD") -> str:
     return symbol if currency in ("", "USD") else f"{symbol}.{currency}"
 
 
-def option_id(symbol: str, expiry: str, strike: float, right: str) -> str:
+def option_id(
+    symbol: str,
+    expiry: str,
+    strike: float,
+    right: str,
+    trading_class: str = "",
+    multiplier: float | str | None = None,
+) -> str:
+    """`AAPL 20260116 150C`; the trading class follows when it is not the symbol (SPXW,
+    an adjusted AAPL1), the multiplier (`x10`) when it is not 100."""
     r = right[:1].upper()
     if r not in ("C", "P"):
         raise ValueError(f"option right {right!r} is not C or P")
-    return f"{symbol} {expiry[:8]} {float(strike):g}{r}"
+    out = f"{symbol} {expiry[:8]} {float(strike):g}{r}"
+    tc = (trading_class or "").strip()
+    if tc and tc != symbol:
+        out += f" {tc}"
+    mult = _multiplier(multiplier)
+    if mult is not None and mult != STANDARD_MULTIPLIER:
+        out += f" x{mult:g}"
+    return out
+
+
+def _multiplier(value: float | str | None) -> float | None:
+    try:
+        mult = float(value) if value not in (None, "") else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return mult if mult is not None and math.isfinite(mult) and mult > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +94,24 @@ class ParsedId:
     expiry: str = ""
     strike: float = 0.0
     right: str = ""
+    trading_class: str = ""  # "" : the symbol's own class
+    multiplier: float = 0.0  # 0: the standard one (100 for options)
 
 
 def parse_id(contract_id: str) -> ParsedId | None:
     """The IB fields of a stock or option id; None for anything else (a combo, a binary)."""
     m = _OPTION.match(contract_id)
     if m:
-        return ParsedId("OPT", m["sym"], "USD", m["exp"], float(m["strike"]), m["right"])
+        return ParsedId(
+            "OPT",
+            m["sym"],
+            "USD",
+            m["exp"],
+            float(m["strike"]),
+            m["right"],
+            m["tc"] or "",
+            float(m["mult"]) if m["mult"] else 0.0,
+        )
     m = _STOCK.match(contract_id)
     if m:
         return ParsedId("STK", m["sym"], m["ccy"] or "USD")
@@ -92,7 +132,14 @@ def engine_id(ib_contract: object) -> str | None:
         strike = getattr(ib_contract, "strike", 0.0)
         if not expiry or not right:
             return None
-        return option_id(symbol, expiry, strike, right)
+        return option_id(
+            symbol,
+            expiry,
+            strike,
+            right,
+            getattr(ib_contract, "tradingClass", "") or "",
+            getattr(ib_contract, "multiplier", "") or None,
+        )
     return None
 
 

@@ -172,6 +172,10 @@ class IbkrVenue:
         self._exec_seen: set[int] = set()  # legs whose executions were asked for
         self._asked: dict[str, float] = {}  # client order id → quantity sent (this process)
         self._done: dict[str, OrderResult] = {}  # client order id → the final answer given
+        # The API session refused an order as read-only (321): nothing more is sent until a
+        # new connection (`on_session`). `on_alert(text)` raises the one alert of that episode.
+        self._read_only: str | None = None
+        self.on_alert: Callable[[str], object] | None = None
 
     # ---- connection --------------------------------------------------------------------------
 
@@ -244,7 +248,7 @@ class IbkrVenue:
                 grouping = self._grouping(ib)
         out: dict[str, Contract] = {}
         for leg in grouping.singles:
-            c = contract_from_ib(leg.ib_contract, self._close_of)
+            c = self._contract(leg)
             if c is not None:
                 out[c.id] = c
         combos = list(grouping.combos)
@@ -253,16 +257,46 @@ class IbkrVenue:
             if formed is not None:
                 combos.append(formed)
             for leg in back.legs:  # held, though not reported
-                c = contract_from_ib(leg.ib_contract, self._close_of)
+                c = self._contract(leg)
                 if c is not None:
                     out.setdefault(c.id, c)
         for combo in combos:
-            out[combo.contract_id] = combo.contract(self._close_of)
+            try:
+                out[combo.contract_id] = combo.contract(self._close_of)
+            except Exception as exc:  # one combo never hides the others
+                self._warn_once(
+                    f"contract:{combo.contract_id}:{exc}",
+                    f"ibkr {combo.contract_id}: no contract details ({type(exc).__name__}: {exc})",
+                )
             for leg, _ in combo.legs:
-                c = contract_from_ib(leg.ib_contract, self._close_of)
+                c = self._contract(leg)
                 if c is not None:
                     out.setdefault(c.id, c)
         return list(out.values())
+
+    def held_ib_contracts(self) -> dict[str, IbContract]:
+        """Engine id -> the IB contract of each held leg, as the positions carry it (conId,
+        trading class, multiplier): the market feed qualifies these by conId."""
+        grouping = self._last
+        out: dict[str, IbContract] = {}
+        legs = [*grouping.singles, *(leg for b in grouping.held_back for leg in b.legs)]
+        legs += [leg for combo in grouping.combos for leg, _ in combo.legs]
+        for leg in legs:
+            if leg.ib_contract is not None and leg.con_id:
+                out.setdefault(leg.contract_id, leg.ib_contract)
+        return out
+
+    def _contract(self, leg: HeldLeg) -> Contract | None:
+        """The engine contract of one held leg; None (warned once, naming it) when it cannot
+        be made: one odd contract never hides the others."""
+        try:
+            return contract_from_ib(leg.ib_contract, self._close_of)
+        except Exception as exc:
+            self._warn_once(
+                f"contract:{leg.contract_id}:{exc}",
+                f"ibkr {leg.contract_id}: no contract details ({type(exc).__name__}: {exc})",
+            )
+            return None
 
     def _held(self, ib: IB) -> list[HeldLeg]:
         out: list[HeldLeg] = []
@@ -366,6 +400,35 @@ class IbkrVenue:
             self._warned.add(key)
             log.warning("%s", message)
 
+    # ---- sending blocked ---------------------------------------------------------------------
+
+    def sending_blocked(self) -> str | None:
+        """Why no order can be sent now (the engine neither starts nor retries exits), or None."""
+        return self._read_only
+
+    def on_session(self) -> None:
+        """`IbConnection` listener: a new API session may no longer be read-only (a 1100/1102
+        blip within one session does not count)."""
+        if self._read_only is not None:
+            log.info("ibkr: connected again; orders will be tried again (was: %s)", self._read_only)
+            self._read_only = None
+
+    def _block_read_only(self, result: OrderResult, req: OrderRequest) -> None:
+        if self._read_only is not None:
+            return
+        self._read_only = (
+            "READ_ONLY: the TWS / IB Gateway API session is read-only (error 321 on order "
+            f"{req.client_order_id} for {req.contract_id}); no order is sent. Fix: in TWS "
+            "Configure → API → Settings untick 'Read-Only API' (IB Gateway: Configure → "
+            "Settings → API), then restart the engine or reconnect"
+        )
+        log.error("ibkr: %s", self._read_only)
+        if self.on_alert is not None:
+            try:
+                self.on_alert(self._read_only)
+            except Exception:
+                log.exception("ibkr: the read-only alert failed")
+
     # ---- submit ------------------------------------------------------------------------------
 
     async def submit(self, req: OrderRequest) -> OrderResult:
@@ -381,6 +444,8 @@ class IbkrVenue:
             return await self._report_known(ib, known, coid)
         if self._config.readonly:
             return _rejected(coid, "READ_ONLY: [venues.ibkr] readonly = true; nothing is sent")
+        if self._read_only is not None:
+            return _rejected(coid, self._read_only)
         if req.limit_price is None or not math.isfinite(req.limit_price):
             return _rejected(coid, "NO_LIMIT: IB exits are limit orders; no limit price given")
         limit = round(req.limit_price, 6)
@@ -421,7 +486,10 @@ class IbkrVenue:
                 limit,
                 trade.order.orderId,
             )
-            return await self._work(waker, ib, trade, coid, self._config.attempt_timeout_seconds)
+            result = await self._work(waker, ib, trade, coid, self._config.attempt_timeout_seconds)
+        if result.status == "rejected" and result.reason.startswith("READ_ONLY"):
+            self._block_read_only(result, req)
+        return result
 
     def _closing_target(
         self, grouping: Grouping, req: OrderRequest, qty: int
