@@ -137,6 +137,10 @@ class _Status:
     # end (Unix s; the adoption time until the first). See engine/watchdog.py.
     protected_ts: float = 0.0
     error: str | None = None  # the last evaluation raised (an internal fault of this trade)
+    # A rule fired while the venue said the exit must wait (`Engine._exit_hold`: the market is
+    # closed, other clients' orders): why, and the reason code already alerted for this trade.
+    exit_held: str | None = None
+    held_told: str | None = None
 
 
 @dataclass(slots=True)
@@ -158,6 +162,7 @@ class _Exit:
     # rest of its attempts are in the journal, and giving up is a critical alert of its own.
     warned: bool = False
     detached: bool = False  # its venue call runs in a task (`Engine._detach`)
+    held: str | None = None  # waiting, nothing sent, no attempt counted (`Engine._exit_hold`)
 
 
 class _BusyGate:
@@ -1468,6 +1473,26 @@ class Engine:
                     data={"rule": fired.rule, "value": fired.value, "threshold": fired.threshold},
                 )
             return
+        held = self._exit_hold(t)
+        if held is not None:
+            # The rule stays fired and no exit starts: no attempt is counted while the market
+            # is closed; the first evaluation on fresh data after it opens starts the exit.
+            st.exit_held = held
+            code = held.split(":", 1)[0]
+            if st.held_told != code:
+                st.held_told = code
+                self._dirty = True
+                await self._alert(
+                    AlertKind.EXIT_SIGNAL,
+                    Severity.WARNING,
+                    f"{t.trade_id}: {fired.describe()} — {_held_words(held)}: {held}; "
+                    "no order is sent before",
+                    t.trade_id,
+                    data={"rule": fired.rule, "value": fired.value, "held": held},
+                    subject=f"held:{t.trade_id}:{code}",
+                )
+            return
+        st.exit_held = st.held_told = None
         await self._begin_exit(t, fired.rule, now, manual=False, fired=fired)
 
     def _auto_block_reason(self, t: Trade, st: _Status, now: float) -> str | None:
@@ -1494,6 +1519,46 @@ class Engine:
         if it has one (`Venue.sending_blocked`, optional)."""
         blocked = getattr(self.venue, "sending_blocked", None)
         return blocked() if blocked is not None else None
+
+    def _exit_hold(self, t: Trade) -> str | None:
+        """The venue's reason an exit on this trade must wait now, sending nothing and counting
+        no attempt (`Venue.exit_hold`, optional: IB outside the contract's trading hours, or
+        other clients' working orders covering the position); None when an order may go out."""
+        hold = getattr(self.venue, "exit_hold", None)
+        if hold is None:
+            return None
+        try:
+            reason = hold(t.contract_id)
+        except Exception:
+            log.exception("the venue's exit_hold of %s failed; the exit goes on", t.contract_id)
+            return None
+        return reason if isinstance(reason, str) and reason else None
+
+    async def _exit_waits(self, t: Trade, ex: _Exit, held: str) -> None:
+        """An exit in progress (or resumed after a restart) waits: one alert per reason."""
+        code = held.split(":", 1)[0]
+        told = ex.held.split(":", 1)[0] if ex.held else None
+        ex.held = held
+        self._dirty = True
+        if told == code:
+            return
+        await self._alert(
+            AlertKind.EXIT_SIGNAL,
+            Severity.WARNING,
+            f"{t.trade_id}: exit ({ex.rule}) {_held_words(held)}: {held}; nothing is sent "
+            f"before, {ex.attempts} attempt(s) so far",
+            t.trade_id,
+            data={"intent_id": ex.intent_id, "held": held},
+            subject=f"held:{ex.intent_id}:{code}",
+        )
+
+    def _held_reason(self, t: Trade, st: _Status) -> str | None:
+        """What the screen and `status` say of a trade whose exit waits (None: it does not)."""
+        ex = self.exits.get(t.trade_id)
+        waiting = ex.held if ex is not None else st.exit_held
+        if waiting is None or (ex is None and not any(r.fired for r in st.results)):
+            return None
+        return self._exit_hold(t)
 
     def _why_not_sending(self, ex: _Exit) -> str | None:
         if self.mode == Mode.ALERT_ONLY:
@@ -1582,7 +1647,11 @@ class Engine:
         context = self._context(t, fired, now)
         c = self.contracts.get(t.contract_id)
         q = self.quotes.get(t.contract_id)
-        ready = self._data_problem(t, c, q, now) is None and self._why_not_sending(ex) is None
+        ready = (
+            self._data_problem(t, c, q, now) is None
+            and self._why_not_sending(ex) is None
+            and self._exit_hold(t) is None  # else the intent waits (_attempt_once)
+        )
         try:
             if ready:
                 # The common case, on the reaction path: intent and first order in one commit.
@@ -1735,6 +1804,11 @@ class Engine:
                 f"{t.trade_id}: exit ({ex.rule}) cancelled: {why}",
             )
             return
+        held = self._exit_hold(t)
+        if held is not None:
+            await self._exit_waits(t, ex, held)
+            return  # no order, no attempt counted; asked again at the next step
+        ex.held = None
         c = self.contracts.get(t.contract_id)
         q = self.quotes.get(t.contract_id)
         problem = self._data_problem(t, c, q, now)
@@ -2656,6 +2730,11 @@ class Engine:
             "bad_data": dict(self._bad),
             "unprotected": {u.trade_id: u.reason for u in self.watchdog.current.values()},
             "unprotected_after_seconds": self.watchdog.limit,
+            "exits_held": {  # exits waiting: the market closed, other clients' orders
+                tid: why
+                for tid, t in self.trades.items()
+                if (why := self._held_reason(t, self.status.get(tid) or _Status()))
+            },
         }
 
     def _health(self, now: float) -> list[SourceHealth]:
@@ -3002,6 +3081,7 @@ class Engine:
     def _trade_row(self, t: Trade, now: float) -> TradeRow:
         st = self.status.get(t.trade_id) or _Status()
         near = rules.nearest(st.results)
+        held = self._held_reason(t, st)
         c = self.contracts.get(t.contract_id)
         time_value: float | None = None
         tv_state: str | None = None
@@ -3029,13 +3109,13 @@ class Engine:
             drawdown=(t.peak_pnl - st.pnl) if st.pnl is not None else 0.0,
             opened_ts=t.opened_ts,
             held_seconds=max(now - t.opened_ts, 0.0),
-            nearest=near.describe() if near else "—",
+            nearest=_held_words(held) if held else (near.describe() if near else "—"),
             rules=tuple(
                 RuleView(r.rule, r.fired, r.value, r.threshold, r.distance, r.unit, r.describe())
                 for r in st.results
             ),
-            state=self._trade_state(t, st, now),
-            problem=st.problem,
+            state=_held_state(held) if held else self._trade_state(t, st, now),
+            problem=st.problem or held,
             strategy=t.strategy,
             paused=t.paused,
             proceeds=pricing.exit_value(t, st.mark, c.multiplier if c else t.multiplier)
@@ -3159,6 +3239,15 @@ def _open_problem(ev: OpenEvent, contract: Contract | None) -> str | None:
     if contract is not None and contract.is_binary != binary_side:
         return f"side {ev.side!r} does not fit a {contract.type} contract"
     return None
+
+
+def _held_words(held: str) -> str:
+    """The few words the trade table shows for an exit that waits (`Engine._exit_hold`)."""
+    return "exit due at the open" if held.startswith("MARKET_CLOSED") else "exit held"
+
+
+def _held_state(held: str) -> str:
+    return "mkt closed" if held.startswith("MARKET_CLOSED") else "exit held"
 
 
 def _utc_day(ts: float) -> str:

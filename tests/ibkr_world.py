@@ -312,6 +312,9 @@ class World:
                         "max_attempts": 3,
                         "attempt_timeout_seconds": 0.25,
                         "groups": [{"name": "v-1", "legs": [oid(160, "C"), oid(165, "C")]}],
+                        # the real clock at any hour: a market that never closes (the tests of
+                        # trading hours ask for XNYS on a clock of their own)
+                        "exchange_calendar": "24/7",
                         **(ibkr or {}),
                     }
                 },
