@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from engine.alerts import Alert
-from engine.clock import RealClock
+from engine.clock import Clock, RealClock
 from engine.config import Config, parse_config
 from engine.models import AlertKind, Trade
 from engine.runtime import Runtime, build_runtime
@@ -189,6 +189,24 @@ class Market:
                 await task
 
 
+class ShiftedClock:
+    """Real time, moved to another moment (`at`), and moved again by `jump_to`: a session at
+    any hour of the exchange's week, running at the real pace (the gateway, the client and the
+    engine all read it; ticks stamped by the feed carry it)."""
+
+    def __init__(self, at: float) -> None:
+        self.offset = at - time.time()
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def jump_to(self, ts: float) -> None:
+        self.offset = ts - time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
 @dataclass
 class Session:
     """A runtime from `build_runtime` and its `engine.run(feeds)` task."""
@@ -321,8 +339,8 @@ class World:
             }
         )
 
-    async def start(self, config: Config | None = None) -> Session:
-        rt = await build_runtime(config or self.config(), None, clock=RealClock())
+    async def start(self, config: Config | None = None, clock: Clock | None = None) -> Session:
+        rt = await build_runtime(config or self.config(), None, clock=clock or RealClock())
         task = asyncio.create_task(rt.engine.run(rt.feeds), name="engine-run")
         s = Session(rt, task)
         self.sessions.append(s)
