@@ -1534,9 +1534,26 @@ class Engine:
             return None
         return reason if isinstance(reason, str) and reason else None
 
-    async def _exit_waits(self, t: Trade, ex: _Exit, held: str) -> None:
-        """An exit in progress (or resumed after a restart) waits: one alert per reason."""
+    async def _exit_waits(self, t: Trade, ex: _Exit, held: str, now: float) -> None:
+        """An exit in progress (or resumed after a restart) waits for the open: one alert per
+        reason. Held for other clients' orders it is given up instead (the trade watched
+        again, its rule still fired, not started again while they work): those orders may
+        fill and end the position, which the positions poll then books as external."""
         code = held.split(":", 1)[0]
+        if code != "MARKET_CLOSED":
+            st = self.status.get(t.trade_id)
+            if st is not None:
+                st.exit_held, st.held_told = held, code
+            await self._reopen(
+                t,
+                now,
+                ex.intent_id,
+                AlertKind.EXIT_SIGNAL,
+                Severity.WARNING,
+                f"{t.trade_id}: exit ({ex.rule}) {_held_words(held)}, nothing more sent: {held}; "
+                "the trade is watched again and its exit starts once they are gone",
+            )
+            return
         told = ex.held.split(":", 1)[0] if ex.held else None
         ex.held = held
         self._dirty = True
@@ -1806,7 +1823,7 @@ class Engine:
             return
         held = self._exit_hold(t)
         if held is not None:
-            await self._exit_waits(t, ex, held)
+            await self._exit_waits(t, ex, held, now)
             return  # no order, no attempt counted; asked again at the next step
         ex.held = None
         c = self.contracts.get(t.contract_id)

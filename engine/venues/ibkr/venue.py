@@ -239,8 +239,10 @@ class IbkrVenue:
             for leg in grouping.singles
         ]
         out += [VenuePosition(c.contract_id, c.side, c.qty, c.entry) for c in grouping.combos]
-        if self._foreign_block:
+        try:  # other clients' working orders on what is held (`exit_hold`)
             await self._refresh_foreign(ib, grouping)
+        except Exception:  # never the positions' failure
+            log.exception("ibkr: reading other clients' working orders failed")
         # A combo held back while partly held, with no closing order of ours behind it, is
         # reported as last held in full: the engine would otherwise close its trade as external
         # on a transient state (legs updated one at a time) and adopt it again a moment later.
@@ -508,7 +510,7 @@ class IbkrVenue:
         ours: list[Trade] = []
         theirs: list[Trade] = []
         for t in _unique_trades(opened):
-            if t.isDone() or t.order.orderRef == coid or not _touches(t, con_ids):
+            if t.isDone() or (coid and t.order.orderRef == coid) or not _touches(t, con_ids):
                 continue
             if t.order.clientId == mine and t.order.orderId > 0:
                 ours.append(t)
@@ -553,22 +555,18 @@ class IbkrVenue:
         ours, theirs = self._working_on(ib, opened, legs, req.client_order_id)
         left = await self._cancel_all(ib, ours, "our own earlier")
         if left:
+            ref = left[0].order.orderRef or left[0].order.orderId
             raise VenueError(
-                f"{UNREACHABLE}: our working order {left[0].order.orderRef or left[0].order.orderId} "
-                f"on {cid} was not confirmed cancelled; nothing sent"
+                f"{UNREACHABLE}: our working order {ref} on {cid} was not confirmed cancelled; "
+                "nothing sent"
             )
         if not theirs:
             self._foreign_block.pop(cid, None)
             return qty
         mode = self._config.on_foreign_orders
-        text = "; ".join(_describe(t) for t in theirs)
         key = f"{cid}:" + ",".join(sorted(str(t.order.permId) for t in theirs))
         if mode == "hold":
-            reason = (
-                f"FOREIGN_ORDERS: {cid}: another client's working order would also close it "
-                f'({text}); on_foreign_orders = "hold": nothing is sent while it works. Fix: '
-                "cancel it in TWS (the exit then goes out), or set [venues.ibkr] on_foreign_orders"
-            )
+            reason = _foreign_reason(cid, mode, theirs)
             self._foreign_block[cid] = reason
             self._notice(f"hold:{key}", "critical", reason)
             return reason
@@ -580,58 +578,64 @@ class IbkrVenue:
             if not theirs:
                 self._foreign_block.pop(cid, None)
                 return qty
-            text = "; ".join(_describe(t) for t in theirs)
             self._notice(
                 f"cancel:{key}",
                 "critical",
                 f"ibkr {cid}: cannot cancel another client's working order from API client "
-                f"{mine} ({text}): IB lets only the client that placed an order cancel it "
-                "(TWS's own orders: client_id 0). Closing at most the position net of it; "
-                "cancel it in TWS",
+                f"{mine} ({_describe_all(theirs)}): IB lets only the client that placed an order "
+                "cancel it (TWS's own orders: client_id 0). Closing at most the position net of "
+                "it; cancel it in TWS",
             )
-        allowed = _net_allowed(units, legs, theirs)
-        send = min(qty, allowed)
+        send = min(qty, _net_allowed(units, legs, theirs))
         if mode == "warn":
             self._notice(
                 f"warn:{key}",
                 "warning",
                 f"ibkr {cid}: another client's working order would also close this position "
-                f"({text}); the supervisor closes at most {max(send, 0):g} of {qty:g} so the "
-                'account never ends the other way (on_foreign_orders = "warn")',
+                f"({_describe_all(theirs)}); the supervisor closes at most {max(send, 0):g} of "
+                f"{qty:g} so the account never ends the other way (on_foreign_orders = "
+                '"warn")',
             )
         if send <= 0:
-            reason = (
-                f"FOREIGN_ORDERS: {cid}: other clients' working orders already cover the "
-                f"position ({text}); nothing is sent (it would flip the position). Fix: cancel "
-                "them in TWS, or let them fill"
-            )
+            reason = _foreign_reason(cid, mode, theirs)
             self._foreign_block[cid] = reason
             return reason
         self._foreign_block.pop(cid, None)
         return send
 
     async def _refresh_foreign(self, ib: IB, grouping: Grouping) -> None:
-        """Exits waiting for other clients' orders: asked again (at each positions poll); an
-        exit whose orders are gone (filled or cancelled) may go out again."""
+        """At each positions poll: which held positions other clients' working orders hold
+        back (`exit_hold`: nothing is sent, no attempt counted): with "hold" any such order,
+        else orders covering the whole position (with "cancel", those this client cannot
+        cancel). An exit whose orders are gone (filled, cancelled) may go out again."""
         try:
             opened = await self._all_open_orders(ib)
         except VenueError as exc:
             log.info("ibkr: open orders not read (%s); exits held for them stay held", exc)
             return
-        for cid in list(self._foreign_block):
+        mine = ib.client.clientId
+        mode = self._config.on_foreign_orders
+        blocks: dict[str, str] = {}
+        ids = [leg.contract_id for leg in grouping.singles]
+        ids += [c.contract_id for c in grouping.combos]
+        for cid in ids:
             held = self._held_legs(grouping, cid)
             if held is None:
-                del self._foreign_block[cid]
                 continue
             units, legs = held
             _, theirs = self._working_on(ib, opened, legs, "")
-            if self._config.on_foreign_orders == "hold":
-                blocked = bool(theirs)
-            else:
-                blocked = _net_allowed(units, legs, theirs) <= 0
-            if not blocked:
-                log.info("ibkr %s: the other client's working orders are gone; exits go out", cid)
-                del self._foreign_block[cid]
+            if mode == "cancel":
+                theirs = [t for t in theirs if t.order.clientId != mine]
+            if theirs and (mode == "hold" or _net_allowed(units, legs, theirs) <= 0):
+                blocks[cid] = self._foreign_block.get(cid) or _foreign_reason(cid, mode, theirs)
+                key = f"{cid}:" + ",".join(sorted(str(t.order.permId) for t in theirs))
+                # once per set of orders: critical when nothing will close it ("hold", or
+                # orders "cancel" cannot cancel), a warning when they close it themselves
+                severity = "warning" if mode == "warn" else "critical"
+                self._notice(f"{mode}:{key}", severity, blocks[cid])
+        for cid in set(self._foreign_block) - set(blocks):
+            log.info("ibkr %s: the other clients' working orders are gone; exits go out", cid)
+        self._foreign_block = blocks
 
     def _notice(self, subject: str, severity: str, text: str) -> None:
         if subject in self._noticed:
@@ -997,6 +1001,32 @@ def _net_allowed(units: float, legs: list[tuple[int, float, float]], theirs: lis
         covered = sum(_closing_qty(t, con_id, position) for t in theirs)
         allowed = min(allowed, math.floor((abs(position) - covered) / ratio + EPS))
     return max(int(allowed), 0)
+
+
+def _foreign_reason(cid: str, mode: str, theirs: list[Trade]) -> str:
+    """Why an exit on `cid` is held for other clients' working orders (`exit_hold`)."""
+    text = _describe_all(theirs)
+    if mode == "hold":
+        return (
+            f"FOREIGN_ORDERS: {cid}: another client's working order would also close it "
+            f'({text}); on_foreign_orders = "hold": nothing is sent while it works. Fix: '
+            "cancel it in TWS (the exit then goes out), or set [venues.ibkr] on_foreign_orders"
+        )
+    why = (
+        " that this API client may not cancel (IB lets only the client that placed an order "
+        "cancel it; TWS's own orders: client_id 0)"
+        if mode == "cancel"
+        else ""
+    )
+    return (
+        f"FOREIGN_ORDERS: {cid}: other clients' working orders{why} already cover the "
+        f"position ({text}); nothing is sent (it would flip the position). Fix: cancel them in "
+        "TWS, or let them fill"
+    )
+
+
+def _describe_all(trades: Iterable[Trade]) -> str:
+    return "; ".join(_describe(t) for t in trades)
 
 
 def _describe(trade: Trade) -> str:
