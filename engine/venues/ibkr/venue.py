@@ -27,6 +27,15 @@ Outcomes:
 - idempotency: an orderRef the client already knows (an order of this session, or one loaded
   from TWS at connect) is never placed again: `submit` reports that order instead.
 
+Before sending: `exit_hold(contract)` (also asked by the engine before it starts or retries an
+exit) says MARKET_CLOSED outside the exchange's session (`hours`, engine/market_hours.py, at
+`now()`; a stock's extended hours too with `exit_outside_rth`, sent `outsideRth`), or
+FOREIGN_ORDERS while other clients' working orders hold the position back. Every close first
+reads `reqAllOpenOrders`: our own other working orders on the contract are cancelled; other
+clients' closing orders as `on_foreign_orders` says (warn: at most the position net of them;
+cancel: cancelled where IB lets this client, else as warn; hold: nothing sent). A close never
+flips the position. The same read at each positions poll keeps `exit_hold` current.
+
 `lookup` asks TWS for all open orders, completed orders and today's executions, cancels the
 order if it is still working (the engine wants a final answer), and returns its result, or None
 when IB has never seen the orderRef.
