@@ -25,7 +25,7 @@ import contextlib
 import datetime as dt
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,6 +257,23 @@ class Session:
             if loop.time() > deadline:
                 raise AssertionError(f"not within {timeout:g}s: {what or predicate}")
             await asyncio.sleep(0.01)
+
+    async def until_async(
+        self, predicate: Callable[[], Awaitable[Any]], what: str = "", timeout: float = DEADLINE
+    ) -> Any:
+        """`until` for a coroutine predicate (e.g. a journal read)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            value = await predicate()
+            if value:
+                return value
+            if self.task.done():
+                self.task.result()
+                raise AssertionError(f"the engine stopped while waiting for {what}")
+            if loop.time() > deadline:
+                raise AssertionError(f"not within {timeout:g}s: {what or predicate}")
+            await asyncio.sleep(0.05)
 
     async def close(self) -> None:
         """Stop the engine (orders still working are answered first) and close the runtime."""

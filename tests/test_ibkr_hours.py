@@ -10,8 +10,12 @@ and jumped past the open or the close); the market calendar is XNYS, as in produ
 
 from __future__ import annotations
 
+import json
 import time
 
+import pytest
+
+from engine import cli
 from engine.commands import Command
 from engine.market_hours import MarketHours
 from engine.models import AlertKind, TradeState
@@ -84,7 +88,9 @@ def _due_alerts(s: Session, trade_id: str) -> list[str]:
     ]
 
 
-async def test_a_rule_firing_while_closed_sends_nothing_until_the_open(world: World) -> None:
+async def test_a_rule_firing_while_closed_sends_nothing_until_the_open(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
     w = world
     opens = _next_open()
     clock = _on_clock(w, opens - 600)  # 09:20 ET: the options market is closed
@@ -107,8 +113,19 @@ async def test_a_rule_firing_while_closed_sends_nothing_until_the_open(world: Wo
         row = _row(s, SINGLE)
         assert (row.state, row.nearest) == ("mkt closed", "exit due at the open")
         assert row.problem is not None and row.problem.startswith("MARKET_CLOSED: XNYS")
-        hb = s.engine._heartbeat(clock.now())
-        assert hb["exits_held"].keys() == {single.trade_id}
+        # `trade-supervisor status` next to the running engine says it too
+        async def heartbeat_says() -> bool:
+            hb = await s.engine.store.get_state("heartbeat") or {}
+            return single.trade_id in (hb.get("exits_held") or {})
+
+        await s.until_async(heartbeat_says, "the heartbeat lists the held exit")
+        capsys.readouterr()
+        assert await cli._status(s.engine.config, False) == 0
+        out = capsys.readouterr().out
+        assert f"{single.trade_id}" in out and "exit due at the open: MARKET_CLOSED" in out
+        assert await cli._status(s.engine.config, True) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["exits_held"][single.trade_id].startswith("MARKET_CLOSED: XNYS is closed")
         # the spread's rule does not fire: it shows as usual
         assert _row(s, "SPY v-1").nearest != "exit due at the open"
         # the open: stale quotes first (the clock jumped), then a fresh one closes it
