@@ -113,6 +113,7 @@ async def test_a_rule_firing_while_closed_sends_nothing_until_the_open(
         row = _row(s, SINGLE)
         assert (row.state, row.nearest) == ("mkt closed", "exit due at the open")
         assert row.problem is not None and row.problem.startswith("MARKET_CLOSED: XNYS")
+
         # `trade-supervisor status` next to the running engine says it too
         async def heartbeat_says() -> bool:
             hb = await s.engine.store.get_state("heartbeat") or {}
