@@ -3131,7 +3131,11 @@ class Engine:
                 RuleView(r.rule, r.fired, r.value, r.threshold, r.distance, r.unit, r.describe())
                 for r in st.results
             ),
-            state=_held_state(held) if held else self._trade_state(t, st, now),
+            state=(
+                _held_state(held)  # the watchdog's verdict stays first
+                if held and t.trade_id not in self.watchdog.current
+                else self._trade_state(t, st, now)
+            ),
             problem=st.problem or held,
             strategy=t.strategy,
             paused=t.paused,
