@@ -171,3 +171,46 @@ async def test_cancel_cannot_cancel_another_api_clients_order_and_says_so(world:
         ]
         assert "API client 5" in critical.message and "may not cancel" in critical.message
     await s.close()
+
+
+# ---- the arithmetic: what another order would close, what may still be sent ------------------
+
+
+def _trade(contract: object, action: str, qty: float, filled: float = 0.0) -> object:
+    from engine.venues.ibkr.ib import LimitOrder, Trade, ib_lib
+
+    order = LimitOrder(action, qty, 1.0)
+    return Trade(contract, order, ib_lib.OrderStatus(status="Submitted", filled=filled))
+
+
+def test_the_position_net_of_other_orders_never_flips_a_leg() -> None:
+    from engine.venues.ibkr.ib import ComboLeg
+    from engine.venues.ibkr.ib import Contract as IbContract
+    from engine.venues.ibkr.venue import _closing_qty, _net_allowed
+
+    c160, c165 = IbContract(conId=160, secType="OPT"), IbContract(conId=165, secType="OPT")
+    # +2 160C / -2 165C held as 2 units of a spread
+    legs = [(160, 2.0, 1.0), (165, -2.0, 1.0)]
+    assert _net_allowed(2, legs, []) == 2
+    # a SELL of the long leg closes it; a BUY of it would add (not counted)
+    assert _closing_qty(_trade(c160, "SELL", 1), 160, 2.0) == 1  # type: ignore[arg-type]
+    assert _closing_qty(_trade(c160, "BUY", 1), 160, 2.0) == 0  # type: ignore[arg-type]
+    assert _net_allowed(2, legs, [_trade(c160, "SELL", 1)]) == 1  # type: ignore[list-item]
+    # a BUY of the short leg, partly filled already: 1 of 2 left working
+    assert _net_allowed(2, legs, [_trade(c165, "BUY", 2, filled=1)]) == 1  # type: ignore[list-item]
+    # a BAG sold (the spread closed by someone else): each leg reversed, times its ratio
+    bag = IbContract(
+        secType="BAG",
+        comboLegs=[
+            ComboLeg(conId=160, ratio=1, action="BUY"),
+            ComboLeg(conId=165, ratio=1, action="SELL"),
+        ],
+    )
+    sold = _trade(bag, "SELL", 2)
+    assert _closing_qty(sold, 160, 2.0) == 2 and _closing_qty(sold, 165, -2.0) == 2  # type: ignore[arg-type]
+    assert _net_allowed(2, legs, [sold]) == 0  # type: ignore[list-item]
+    assert _net_allowed(2, legs, [_trade(bag, "BUY", 2)]) == 2  # type: ignore[list-item]
+    # more working than held: nothing, never negative
+    assert _net_allowed(1, [(150, 1.0, 1.0)], [_trade(c160, "SELL", 5)]) == 1  # type: ignore[list-item]
+    c150 = IbContract(conId=150, secType="OPT")
+    assert _net_allowed(1, [(150, 1.0, 1.0)], [_trade(c150, "SELL", 5)]) == 0  # type: ignore[list-item]
