@@ -1940,6 +1940,13 @@ class Engine:
         if not failed:
             await self.store.book_result(trade=t, ts=now, order=order, fill=fill)
             return
+        if res.status == "rejected" and res.reason.startswith(_HOLD_CODES):
+            # The venue held it back unsent (the market closed, other clients' orders found at
+            # the last moment): no ladder failure; the exit waits or is given up as for a hold
+            # known before (`_exit_waits`).
+            await self.store.book_result(trade=t, ts=now, order=order, fill=fill)
+            await self._exit_waits(t, ex, self._exit_hold(t) or res.reason, now)
+            return
         limit = ex.limits.get(coid)
         a = self.config.ladder()
         msg = (
@@ -3260,6 +3267,10 @@ def _open_problem(ev: OpenEvent, contract: Contract | None) -> str | None:
     if contract is not None and contract.is_binary != binary_side:
         return f"side {ev.side!r} does not fit a {contract.type} contract"
     return None
+
+
+# Reasons a venue gives for an order it held back unsent (`Venue.exit_hold`): not a failure.
+_HOLD_CODES = ("MARKET_CLOSED", "FOREIGN_ORDERS")
 
 
 def _held_words(held: str) -> str:

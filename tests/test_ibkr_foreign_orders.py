@@ -71,6 +71,7 @@ async def test_a_tws_order_covering_the_position_is_not_doubled_and_its_fill_is_
         await _ticks(s, 1.5)  # the rule fires on every quote, the ladder steps every 0.25 s
         assert _ours(w) == []  # never a second SELL on top of the TWS one
         assert len(_foreign_alerts(s)) == told  # said once, not per tick
+        assert not [a for a in s.alerts() if "exit attempt" in a.message]  # no ladder failure
         assert not [a for a in s.alerts() if "LIMIT_REACHED" in a.message]
         row = _row(s)
         assert row.state == "exit held" and row.nearest == "exit held"
@@ -82,6 +83,26 @@ async def test_a_tws_order_covering_the_position_is_not_doubled_and_its_fill_is_
     assert _ours(w) == []
     pos = w.gw.state.position_of(C150.con_id)
     assert pos is not None and pos.position == 0
+    await s.close()
+
+
+async def test_a_tws_order_placed_just_before_the_rule_fires_is_found_by_the_close_itself(
+    world: World,
+) -> None:
+    w = world
+    s = await w.start()
+    async with w.market.ticking():
+        await s.until(lambda: len(s.trades()) == 2, "adopted")
+        await s.until(lambda: s.engine._last_positions_poll > 0, "the first positions poll")
+        tws = w.gw.state.add_foreign_order(C150, "SELL", 1, 9.80)  # between two polls
+        tid = await _fire(s)
+        await s.until(lambda: _row(s).state == "exit held", "the exit held")
+        await _ticks(s, 1.0)
+        assert _ours(w) == []
+        assert tid not in s.engine.exits and tid in s.engine.trades  # given up, watched again
+        # the close's own look found it: one rejection journaled, no ladder failure alerted
+        assert not [a for a in s.alerts() if "exit attempt" in a.message]
+        assert [a for a in s.alerts() if str(tws.perm_id) in a.message]
     await s.close()
 
 
