@@ -138,7 +138,7 @@ class _Status:
     protected_ts: float = 0.0
     error: str | None = None  # the last evaluation raised (an internal fault of this trade)
     # A rule fired while the venue said the exit must wait (`Engine._exit_hold`: the market is
-    # closed, other clients' orders): why, and the reason code already alerted for this trade.
+    # closed, other clients' orders): why, and the reason already alerted for this trade.
     exit_held: str | None = None
     held_told: str | None = None
 
@@ -1479,8 +1479,8 @@ class Engine:
             # is closed; the first evaluation on fresh data after it opens starts the exit.
             st.exit_held = held
             code = held.split(":", 1)[0]
-            if st.held_told != code:
-                st.held_told = code
+            if st.held_told != held:  # once per reason (the open it waits for, the orders)
+                st.held_told = held
                 self._dirty = True
                 await self._alert(
                     AlertKind.EXIT_SIGNAL,
@@ -1543,7 +1543,7 @@ class Engine:
         if code != "MARKET_CLOSED":
             st = self.status.get(t.trade_id)
             if st is not None:
-                st.exit_held, st.held_told = held, code
+                st.exit_held = st.held_told = held
             await self._reopen(
                 t,
                 now,
@@ -1554,10 +1554,9 @@ class Engine:
                 "the trade is watched again and its exit starts once they are gone",
             )
             return
-        told = ex.held.split(":", 1)[0] if ex.held else None
-        ex.held = held
+        told, ex.held = ex.held, held
         self._dirty = True
-        if told == code:
+        if told == held:
             return
         await self._alert(
             AlertKind.EXIT_SIGNAL,

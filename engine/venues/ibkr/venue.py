@@ -480,7 +480,8 @@ class IbkrVenue:
         try:
             if hours.is_open(now) or (outside and hours.extended_open(now)):
                 return None
-            when = hours.close_label(hours.next_open(now), now)
+            # with its weekday always ("Tue 09:30 ET"): the same words all night (one alert)
+            when = hours.close_label(hours.next_open(now), math.nan)
         except ValueError as exc:
             self._warn_once(f"hours:{exc}", f"ibkr: trading hours not known ({exc}); exits go out")
             return None
