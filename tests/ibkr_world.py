@@ -14,7 +14,9 @@ the model's greeks; the spread's time value is 3.10 − 1.10 = 2.00 and the sing
 and runs `engine.run(feeds)` as a task (the IB feed needs its own loop: it listens to the
 client's ticker events); a test then waits for conditions with deadlines (`Session.until`).
 
-Everything runs on the real clock: the exit ladder's `attempt_timeout_seconds` is 0.25 s, the
+Everything runs at the real pace on the world's clock (`World.clock`, a `ShiftedClock` one hour
+into the latest XNYS session, so exits may go out whatever the hour the tests run at; the
+trading-hours tests move it): the exit ladder's `attempt_timeout_seconds` is 0.25 s, the
 engine ticks every 0.05 s, reconnect backoff is 0.05–0.2 s.
 """
 
@@ -33,7 +35,7 @@ from typing import Any
 import pytest
 
 from engine.alerts import Alert
-from engine.clock import Clock, RealClock
+from engine.clock import Clock
 from engine.config import Config, parse_config
 from engine.models import AlertKind, Trade
 from engine.runtime import Runtime, build_runtime
@@ -74,6 +76,19 @@ def expiry() -> str:
             return text
         day += dt.timedelta(days=1)
     raise AssertionError("no XNYS session in the 30 days after today + 30")
+
+
+def in_session() -> float:
+    """A moment one hour into the latest XNYS session that opened (today's at 10:30 ET when
+    it is open now or opens within the hour; else the last trading day's)."""
+    from engine.market_hours import MarketHours
+
+    hours = MarketHours("XNYS")
+    now = time.time()
+    opens = hours.next_open(now - 7 * 86400)
+    while (nxt := hours.next_open(opens)) <= now + 3600:
+        opens = nxt
+    return opens + 3600
 
 
 def later_expiry() -> str:
@@ -306,6 +321,9 @@ class World:
     gw: Gateway
     data: Path
     market: Market
+    # The world's time: the real pace, inside an XNYS session whatever the hour the tests run
+    # at (no exit goes out while the market is closed); the gateway's bars end on it.
+    clock: ShiftedClock = field(default_factory=lambda: ShiftedClock(in_session()))
     sessions: list[Session] = field(default_factory=list)
 
     def config(
@@ -347,9 +365,6 @@ class World:
                         "max_attempts": 3,
                         "attempt_timeout_seconds": 0.25,
                         "groups": [{"name": "v-1", "legs": [oid(160, "C"), oid(165, "C")]}],
-                        # the real clock at any hour: a market that never closes (the tests of
-                        # trading hours ask for XNYS on a clock of their own)
-                        "exchange_calendar": "24/7",
                         **(ibkr or {}),
                     }
                 },
@@ -357,7 +372,7 @@ class World:
         )
 
     async def start(self, config: Config | None = None, clock: Clock | None = None) -> Session:
-        rt = await build_runtime(config or self.config(), None, clock=clock or RealClock())
+        rt = await build_runtime(config or self.config(), None, clock=clock or self.clock)
         task = asyncio.create_task(rt.engine.run(rt.feeds), name="engine-run")
         s = Session(rt, task)
         self.sessions.append(s)
@@ -381,14 +396,16 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         st.add_position(C165, -2, 120.0, market_price=1.10)
         st.add_position(C150, 1, 900.0, market_price=9.50)
         # SPY's last hour of minute bars (for the backfill): 157.00 rising to 157.98
-        minute = int(time.time()) // 60 * 60
+        clock = ShiftedClock(in_session())
+        st.now = clock.now  # the end of a historical request for "now"
+        minute = int(clock.now()) // 60 * 60
         st.minute_bars[SPY.con_id] = [
             (minute - 60 * (60 - k), 157.0, 158.0, 157.0, round(157.0 + k / 60, 2))
             for k in range(60)
         ]
         market = Market(gw)
         market.push()
-        w = World(gw, tmp_path / "data", market)
+        w = World(gw, tmp_path / "data", market, clock)
         try:
             yield w
         finally:
