@@ -512,21 +512,24 @@ class IbkrVenue:
 
     def _working_on(
         self, ib: IB, opened: Iterable[Trade], legs: list[tuple[int, float, float]], coid: str
-    ) -> tuple[list[Trade], list[Trade]]:
-        """(our own other working orders on these legs, other clients' working orders that
-        would close part of them). Ours: this client id with an API order id."""
+    ) -> tuple[list[Trade], list[Trade], list[Trade]]:
+        """Working orders on these legs: (our own left over from before: to cancel; other
+        clients' that would close part of them; our own of another exit this process is
+        working right now: left alone, counted against the position). Ours: this client id
+        with an API order id."""
         mine = ib.client.clientId
         con_ids = {c for c, _, _ in legs}
-        ours: list[Trade] = []
+        stale: list[Trade] = []
         theirs: list[Trade] = []
+        busy: list[Trade] = []
         for t in _unique_trades(opened):
             if t.isDone() or (coid and t.order.orderRef == coid) or not _touches(t, con_ids):
                 continue
             if t.order.clientId == mine and t.order.orderId > 0:
-                ours.append(t)
+                (busy if t.order.orderRef in self._asked else stale).append(t)
             elif any(_closing_qty(t, c, p) > EPS for c, p, _ in legs):
                 theirs.append(t)
-        return ours, theirs
+        return stale, theirs, busy
 
     async def _cancel_all(self, ib: IB, trades: list[Trade], what: str) -> list[Trade]:
         """Cancel working orders and wait for the confirmations; those still working."""
@@ -562,7 +565,7 @@ class IbkrVenue:
             return qty
         units, legs = held
         opened = await self._all_open_orders(ib)
-        ours, theirs = self._working_on(ib, opened, legs, req.client_order_id)
+        ours, theirs, busy = self._working_on(ib, opened, legs, req.client_order_id)
         left = await self._cancel_all(ib, ours, "our own earlier")
         if left:
             ref = left[0].order.orderRef or left[0].order.orderId
@@ -572,7 +575,17 @@ class IbkrVenue:
             )
         if not theirs:
             self._foreign_block.pop(cid, None)
-            return qty
+            if not busy:
+                return qty
+            # another trade's exit on the same contract is working: together never more
+            # than held
+            send = min(qty, _net_allowed(units, legs, busy))
+            if send > 0:
+                return send
+            return (
+                f"POSITION_MISMATCH: {cid}: our own order {busy[0].order.orderRef} still works "
+                "on all of it; not sent (it would open a position)"
+            )
         mode = self._config.on_foreign_orders
         key = f"{cid}:" + ",".join(sorted(str(t.order.permId) for t in theirs))
         if mode == "hold":
@@ -596,7 +609,7 @@ class IbkrVenue:
                 "cancel it (TWS's own orders: client_id 0). Closing at most the position net of "
                 "it; cancel it in TWS",
             )
-        send = min(qty, _net_allowed(units, legs, theirs))
+        send = min(qty, _net_allowed(units, legs, theirs + busy))
         if mode == "warn":
             self._notice(
                 f"warn:{key}",
@@ -633,7 +646,7 @@ class IbkrVenue:
             if held is None:
                 continue
             units, legs = held
-            _, theirs = self._working_on(ib, opened, legs, "")
+            _, theirs, _ = self._working_on(ib, opened, legs, "")
             if mode == "cancel":
                 theirs = [t for t in theirs if t.order.clientId != mine]
             if theirs and (mode == "hold" or _net_allowed(units, legs, theirs) <= 0):
