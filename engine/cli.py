@@ -275,6 +275,8 @@ async def _status(config: Config, as_json: bool) -> int:
         "bad_rows": [b.data() for b in bad],
     }
     info["unprotected"] = _unprotected_now(info, hb, trades)
+    # exits waiting (IB's market closed: "exit due at the open"; other clients' orders)
+    info["exits_held"] = hb.get("exits_held") or {} if info["running"] else {}
     if as_json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
@@ -294,6 +296,9 @@ async def _status(config: Config, as_json: bool) -> int:
             print(f"  BAD DATA {k}: {v}")
     for line in _protection_lines(info, hb, len(trades)):
         print(line)
+    for tid, why in sorted(info["exits_held"].items()):
+        words = "exit due at the open" if why.startswith("MARKET_CLOSED") else "exit held"
+        print(f"  {tid:<24} {words}: {why}")
     print(f"open trades: {len(trades)}")
     if bad:
         print(f"bad rows (not supervised): {len(bad)}")

@@ -605,6 +605,15 @@ class IbkrConfig(Strict):
     price_increment: Annotated[float, Field(gt=0, le=1000)] = 0.05
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     attempt_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 5.0
+    # Outside the exchange's regular hours no exit is sent ("exit due at the open"). true: a
+    # stock's exit goes out in IB's extended hours too (04:00-20:00 ET, `outsideRth`); options
+    # always wait for the regular session (docs/ibkr.md, "Trading hours").
+    exit_outside_rth: bool = False
+    # Working orders of other clients (TWS itself, another API client) that would also close a
+    # position: "warn" (alert once; close at most the position net of them), "cancel" (cancel
+    # those this client may cancel, then close; the rest as "warn"), "hold" (close nothing
+    # while they work; a critical alert). Our own older orders on it are always cancelled.
+    on_foreign_orders: Literal["warn", "cancel", "hold"] = "warn"
     groups: list[IbkrGroupConfig] = Field(default_factory=list)
 
 

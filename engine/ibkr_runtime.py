@@ -65,6 +65,7 @@ async def build_ibkr(
         close_of=hours.close_of,
         is_ready=conn.is_ready,
         now=clock.now,
+        hours=hours,  # no exit goes out while the contract's market is closed
     )
     feed = IbkrMarketFeed(
         conn,
@@ -93,8 +94,17 @@ async def build_ibkr(
         engine_tasks.add(task)
         task.add_done_callback(engine_tasks.discard)
 
+    def foreign_alert(subject: str, severity: str, text: str) -> None:  # once per subject
+        sev = Severity.CRITICAL if severity == "critical" else Severity.WARNING
+        task = asyncio.ensure_future(
+            bus.raise_(clock.now(), AlertKind.EXECUTION_FAILURE, sev, text, None, None, subject)
+        )
+        engine_tasks.add(task)
+        task.add_done_callback(engine_tasks.discard)
+
     engine_tasks: set[asyncio.Task[Any]] = set()
     venue.on_alert = read_only_alert
+    venue.on_notice = foreign_alert
     engine.market_hours = hours
     engine.symbol = ib_cfg.underlying
     engine.spot_source = "ibkr"  # the underlying's price comes from the gateway (market pane)

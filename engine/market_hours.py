@@ -147,6 +147,29 @@ class MarketHours:
             raise ValueError(f"{self.calendar}: no session closes after {_iso(ts)}")
         return self._closes[i]
 
+    def next_open(self, ts: float) -> float:
+        """The open of the first session opening after `ts` (the time an exit waiting for the
+        open goes out); ValueError past the calendar's last session."""
+        self._load()
+        self._check_range(ts)
+        i = bisect_right(self._opens, ts)
+        if i >= len(self._opens):
+            raise ValueError(f"{self.calendar}: no session opens after {_iso(ts)}")
+        return self._opens[i]
+
+    def extended_open(self, ts: float) -> bool:
+        """Whether `ts` is within a US stock's extended hours on a session day: from 04:00
+        local time to 4 hours after the session's close (20:00, 17:00 after an early close);
+        IB's outside-RTH window for US stocks. The regular session counts too."""
+        self._load()
+        self._check_range(ts)
+        local = _dt.datetime.fromtimestamp(ts, self._tz)
+        i = self._by_day.get(local.strftime("%Y%m%d"))
+        if i is None:
+            return False
+        start = _dt.datetime.combine(local.date(), _dt.time(4, 0), tzinfo=self._tz).timestamp()
+        return start <= ts < self._closes[i] + 4 * 3600.0
+
     def close_of(self, expiry: str) -> float:
         """An option's last trading moment: the close of the session on day `expiry`
         ("YYYYMMDD", the exchange's date), early closes included. ValueError naming the date

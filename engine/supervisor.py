@@ -147,6 +147,10 @@ class _Status:
     # end (Unix s; the adoption time until the first). See engine/watchdog.py.
     protected_ts: float = 0.0
     error: str | None = None  # the last evaluation raised (an internal fault of this trade)
+    # A rule fired while the venue said the exit must wait (`Engine._exit_hold`: the market is
+    # closed, other clients' orders): why, and the reason already alerted for this trade.
+    exit_held: str | None = None
+    held_told: str | None = None
 
 
 @dataclass(slots=True)
@@ -168,6 +172,7 @@ class _Exit:
     # rest of its attempts are in the journal, and giving up is a critical alert of its own.
     warned: bool = False
     detached: bool = False  # its venue call runs in a task (`Engine._detach`)
+    held: str | None = None  # waiting, nothing sent, no attempt counted (`Engine._exit_hold`)
 
 
 class _BusyGate:
@@ -1642,6 +1647,26 @@ class Engine:
                 )
             return
         st.blocked = None
+        held = self._exit_hold(t)
+        if held is not None:
+            # The rule stays fired and no exit starts: no attempt is counted while the market
+            # is closed; the first evaluation on fresh data after it opens starts the exit.
+            st.exit_held = held
+            code = held.split(":", 1)[0]
+            if st.held_told != held:  # once per reason (the open it waits for, the orders)
+                st.held_told = held
+                self._dirty = True
+                await self._alert(
+                    AlertKind.EXIT_SIGNAL,
+                    Severity.WARNING,
+                    f"{t.trade_id}: {fired.describe()} — {_held_words(held)}: {held}; "
+                    "no order is sent before",
+                    t.trade_id,
+                    data={"rule": fired.rule, "value": fired.value, "held": held},
+                    subject=f"held:{t.trade_id}:{code}",
+                )
+            return
+        st.exit_held = st.held_told = None
         await self._begin_exit(t, fired.rule, now, manual=False, fired=fired)
 
     def _auto_block_reason(self, t: Trade, st: _Status, now: float) -> str | None:
@@ -1668,6 +1693,62 @@ class Engine:
         if it has one (`Venue.sending_blocked`, optional)."""
         blocked = getattr(self.venue, "sending_blocked", None)
         return blocked() if blocked is not None else None
+
+    def _exit_hold(self, t: Trade) -> str | None:
+        """The venue's reason an exit on this trade must wait now, sending nothing and counting
+        no attempt (`Venue.exit_hold`, optional: IB outside the contract's trading hours, or
+        other clients' working orders covering the position); None when an order may go out."""
+        hold = getattr(self.venue, "exit_hold", None)
+        if hold is None:
+            return None
+        try:
+            reason = hold(t.contract_id)
+        except Exception:
+            log.exception("the venue's exit_hold of %s failed; the exit goes on", t.contract_id)
+            return None
+        return reason if isinstance(reason, str) and reason else None
+
+    async def _exit_waits(self, t: Trade, ex: _Exit, held: str, now: float) -> None:
+        """An exit in progress (or resumed after a restart) waits for the open: one alert per
+        reason. Held for other clients' orders it is given up instead (the trade watched
+        again, its rule still fired, not started again while they work): those orders may
+        fill and end the position, which the positions poll then books as external."""
+        code = held.split(":", 1)[0]
+        if code != "MARKET_CLOSED":
+            st = self.status.get(t.trade_id)
+            if st is not None:
+                st.exit_held = st.held_told = held
+            await self._reopen(
+                t,
+                now,
+                ex.intent_id,
+                AlertKind.EXIT_SIGNAL,
+                Severity.WARNING,
+                f"{t.trade_id}: exit ({ex.rule}) {_held_words(held)}, nothing more sent: {held}; "
+                "the trade is watched again and its exit starts once they are gone",
+            )
+            return
+        told, ex.held = ex.held, held
+        self._dirty = True
+        if told == held:
+            return
+        await self._alert(
+            AlertKind.EXIT_SIGNAL,
+            Severity.WARNING,
+            f"{t.trade_id}: exit ({ex.rule}) {_held_words(held)}: {held}; nothing is sent "
+            f"before, {ex.attempts} attempt(s) so far",
+            t.trade_id,
+            data={"intent_id": ex.intent_id, "held": held},
+            subject=f"held:{ex.intent_id}:{code}",
+        )
+
+    def _held_reason(self, t: Trade, st: _Status) -> str | None:
+        """What the screen and `status` say of a trade whose exit waits (None: it does not)."""
+        ex = self.exits.get(t.trade_id)
+        waiting = ex.held if ex is not None else st.exit_held
+        if waiting is None or (ex is None and not any(r.fired for r in st.results)):
+            return None
+        return self._exit_hold(t)
 
     def _why_not_sending(self, ex: _Exit) -> str | None:
         if self.mode == Mode.ALERT_ONLY:
@@ -1756,7 +1837,11 @@ class Engine:
         context = self._context(t, fired, now)
         c = self.contracts.get(t.contract_id)
         q = self.quotes.get(t.contract_id)
-        ready = self._data_problem(t, c, q, now) is None and self._why_not_sending(ex) is None
+        ready = (
+            self._data_problem(t, c, q, now) is None
+            and self._why_not_sending(ex) is None
+            and self._exit_hold(t) is None  # else the intent waits (_attempt_once)
+        )
         try:
             if ready:
                 # The common case, on the reaction path: intent and first order in one commit.
@@ -1920,6 +2005,11 @@ class Engine:
                 f"{t.trade_id}: exit ({ex.rule}) cancelled: {why}",
             )
             return
+        held = self._exit_hold(t)
+        if held is not None:
+            await self._exit_waits(t, ex, held, now)
+            return  # no order, no attempt counted; asked again at the next step
+        ex.held = None
         c = self.contracts.get(t.contract_id)
         q = self.quotes.get(t.contract_id)
         problem = self._data_problem(t, c, q, now)
@@ -2047,6 +2137,13 @@ class Engine:
         self._dirty = True
         if not failed:
             await self.store.book_result(trade=t, ts=now, order=order, fill=fill)
+            return
+        if res.status == "rejected" and res.reason.startswith(_HOLD_CODES):
+            # The venue held it back unsent (the market closed, other clients' orders found at
+            # the last moment): no ladder failure; the exit waits or is given up as for a hold
+            # known before (`_exit_waits`).
+            await self.store.book_result(trade=t, ts=now, order=order, fill=fill)
+            await self._exit_waits(t, ex, self._exit_hold(t) or res.reason, now)
             return
         limit = ex.limits.get(coid)
         a = self.config.ladder()
@@ -2922,6 +3019,11 @@ class Engine:
             "bad_data": dict(self._bad),
             "unprotected": {u.trade_id: u.reason for u in self.watchdog.current.values()},
             "unprotected_after_seconds": self.watchdog.limit,
+            "exits_held": {  # exits waiting: the market closed, other clients' orders
+                tid: why
+                for tid, t in self.trades.items()
+                if (why := self._held_reason(t, self.status.get(tid) or _Status()))
+            },
         }
 
     def _health(self, now: float) -> list[SourceHealth]:
@@ -3268,6 +3370,7 @@ class Engine:
     def _trade_row(self, t: Trade, now: float) -> TradeRow:
         st = self.status.get(t.trade_id) or _Status()
         near = rules.nearest(st.results)
+        held = self._held_reason(t, st)
         c = self.contracts.get(t.contract_id)
         time_value: float | None = None
         tv_state: str | None = None
@@ -3295,7 +3398,9 @@ class Engine:
             drawdown=(t.peak_pnl - st.pnl) if st.pnl is not None else 0.0,
             opened_ts=t.opened_ts,
             held_seconds=max(now - t.opened_ts, 0.0),
-            nearest=f"{st.blocked[0]} FIRED — {st.blocked[1]}"
+            nearest=_held_words(held)
+            if held
+            else f"{st.blocked[0]} FIRED — {st.blocked[1]}"
             if st.blocked is not None
             else near.describe()
             if near
@@ -3304,8 +3409,12 @@ class Engine:
                 RuleView(r.rule, r.fired, r.value, r.threshold, r.distance, r.unit, r.describe())
                 for r in st.results
             ),
-            state=self._trade_state(t, st, now),
-            problem=st.problem,
+            state=(
+                _held_state(held)  # the watchdog's verdict stays first
+                if held and t.trade_id not in self.watchdog.current
+                else self._trade_state(t, st, now)
+            ),
+            problem=st.problem or held,
             strategy=t.strategy,
             paused=t.paused,
             proceeds=pricing.exit_value(t, st.mark, c.multiplier if c else t.multiplier)
@@ -3445,6 +3554,19 @@ def _block_label(reason: str) -> str:
     """`Engine._auto_block_reason` in a word, for the trade's row; a venue's own reason (IB's
     read-only session) is "venue"."""
     return _BLOCK_LABELS.get(reason, "venue")
+
+
+# Reasons a venue gives for an order it held back unsent (`Venue.exit_hold`): not a failure.
+_HOLD_CODES = ("MARKET_CLOSED", "FOREIGN_ORDERS")
+
+
+def _held_words(held: str) -> str:
+    """The few words the trade table shows for an exit that waits (`Engine._exit_hold`)."""
+    return "exit due at the open" if held.startswith("MARKET_CLOSED") else "exit held"
+
+
+def _held_state(held: str) -> str:
+    return "mkt closed" if held.startswith("MARKET_CLOSED") else "exit held"
 
 
 def _utc_day(ts: float) -> str:

@@ -14,7 +14,9 @@ the model's greeks; the spread's time value is 3.10 − 1.10 = 2.00 and the sing
 and runs `engine.run(feeds)` as a task (the IB feed needs its own loop: it listens to the
 client's ticker events); a test then waits for conditions with deadlines (`Session.until`).
 
-Everything runs on the real clock: the exit ladder's `attempt_timeout_seconds` is 0.25 s, the
+Everything runs at the real pace on the world's clock (`World.clock`, a `ShiftedClock` one hour
+into the latest XNYS session, so exits may go out whatever the hour the tests run at; the
+trading-hours tests move it): the exit ladder's `attempt_timeout_seconds` is 0.25 s, the
 engine ticks every 0.05 s, reconnect backoff is 0.05–0.2 s.
 """
 
@@ -25,7 +27,7 @@ import contextlib
 import datetime as dt
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from typing import Any
 import pytest
 
 from engine.alerts import Alert
-from engine.clock import RealClock
+from engine.clock import Clock
 from engine.config import Config, parse_config
 from engine.models import AlertKind, Trade
 from engine.runtime import Runtime, build_runtime
@@ -74,6 +76,19 @@ def expiry() -> str:
             return text
         day += dt.timedelta(days=1)
     raise AssertionError("no XNYS session in the 30 days after today + 30")
+
+
+def in_session() -> float:
+    """A moment one hour into the latest XNYS session that opened (today's at 10:30 ET when
+    it is open now or opens within the hour; else the last trading day's)."""
+    from engine.market_hours import MarketHours
+
+    hours = MarketHours("XNYS")
+    now = time.time()
+    opens = hours.next_open(now - 7 * 86400)
+    while (nxt := hours.next_open(opens)) <= now + 3600:
+        opens = nxt
+    return opens + 3600
 
 
 def later_expiry() -> str:
@@ -189,6 +204,24 @@ class Market:
                 await task
 
 
+class ShiftedClock:
+    """Real time, moved to another moment (`at`), and moved again by `jump_to`: a session at
+    any hour of the exchange's week, running at the real pace (the gateway, the client and the
+    engine all read it; ticks stamped by the feed carry it)."""
+
+    def __init__(self, at: float) -> None:
+        self.offset = at - time.time()
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def jump_to(self, ts: float) -> None:
+        self.offset = ts - time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
 @dataclass
 class Session:
     """A runtime from `build_runtime` and its `engine.run(feeds)` task."""
@@ -240,6 +273,23 @@ class Session:
                 raise AssertionError(f"not within {timeout:g}s: {what or predicate}")
             await asyncio.sleep(0.01)
 
+    async def until_async(
+        self, predicate: Callable[[], Awaitable[Any]], what: str = "", timeout: float = DEADLINE
+    ) -> Any:
+        """`until` for a coroutine predicate (e.g. a journal read)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            value = await predicate()
+            if value:
+                return value
+            if self.task.done():
+                self.task.result()
+                raise AssertionError(f"the engine stopped while waiting for {what}")
+            if loop.time() > deadline:
+                raise AssertionError(f"not within {timeout:g}s: {what or predicate}")
+            await asyncio.sleep(0.05)
+
     async def close(self) -> None:
         """Stop the engine (orders still working are answered first) and close the runtime."""
         if self.closed:
@@ -271,6 +321,9 @@ class World:
     gw: Gateway
     data: Path
     market: Market
+    # The world's time: the real pace, inside an XNYS session whatever the hour the tests run
+    # at (no exit goes out while the market is closed); the gateway's bars end on it.
+    clock: ShiftedClock = field(default_factory=lambda: ShiftedClock(in_session()))
     sessions: list[Session] = field(default_factory=list)
 
     def config(
@@ -318,8 +371,8 @@ class World:
             }
         )
 
-    async def start(self, config: Config | None = None) -> Session:
-        rt = await build_runtime(config or self.config(), None, clock=RealClock())
+    async def start(self, config: Config | None = None, clock: Clock | None = None) -> Session:
+        rt = await build_runtime(config or self.config(), None, clock=clock or self.clock)
         task = asyncio.create_task(rt.engine.run(rt.feeds), name="engine-run")
         s = Session(rt, task)
         self.sessions.append(s)
@@ -343,14 +396,16 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         st.add_position(C165, -2, 120.0, market_price=1.10)
         st.add_position(C150, 1, 900.0, market_price=9.50)
         # SPY's last hour of minute bars (for the backfill): 157.00 rising to 157.98
-        minute = int(time.time()) // 60 * 60
+        clock = ShiftedClock(in_session())
+        st.now = clock.now  # the end of a historical request for "now"
+        minute = int(clock.now()) // 60 * 60
         st.minute_bars[SPY.con_id] = [
             (minute - 60 * (60 - k), 157.0, 158.0, 157.0, round(157.0 + k / 60, 2))
             for k in range(60)
         ]
         market = Market(gw)
         market.push()
-        w = World(gw, tmp_path / "data", market)
+        w = World(gw, tmp_path / "data", market, clock)
         try:
             yield w
         finally:

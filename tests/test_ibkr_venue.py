@@ -511,3 +511,38 @@ def test_venue_has_the_protocol(session_free_venue: Callable[[], IbkrVenue]) -> 
 @pytest.fixture
 def session_free_venue(tmp_path: Path) -> Callable[[], IbkrVenue]:
     return lambda: IbkrVenue(lambda: None, IbkrConfig(), tmp_path)
+
+
+# ---- other working orders on the position --------------------------------------------------------
+
+
+async def test_our_own_order_left_over_from_before_is_cancelled_before_a_close(
+    gw: Gateway, venue: IbkrVenue
+) -> None:
+    """A SELL 3 of ours still working from an earlier session (this client id, an orderRef no
+    exit of this process sent) would flip +3 to -3 with the new close: it is cancelled first."""
+    old = gw.state.add_foreign_order(
+        CALL, "SELL", 3, 1.80, client_id=CLIENT_ID, order_id=90, order_ref="x-before"
+    )
+    gw.state.queue_outcome(Fill(price=1.42))
+    res = await venue.submit(sell(CALL_ID, 3, 1.40, "x-now"))
+    assert (res.status, res.filled_qty) == ("filled", 3)
+    assert old.status == "Cancelled"
+    assert gw.state.position_of(CALL.con_id).position == 0
+
+
+async def test_another_exit_working_on_the_same_contract_is_counted_not_cancelled(
+    gw: Gateway, venue: IbkrVenue
+) -> None:
+    """Two trades on +3 of one call close at once (2 + 2): the second sends only the 1 not
+    already being sold, and leaves the first one's order alone."""
+    gw.state.queue_outcome(Rest(), Fill(price=1.45))
+    first = asyncio.create_task(venue.submit(sell(CALL_ID, 2, 1.60, "x-a")))
+    await gw.wait_for_order()
+    second = await venue.submit(sell(CALL_ID, 2, 1.45, "x-b"))
+    assert (second.status, second.filled_qty) == ("filled", 1)
+    a, b = gw.state.orders
+    assert (a.order_ref, a.total_quantity, b.order_ref, b.total_quantity) == ("x-a", 2, "x-b", 1)
+    res = await first
+    assert res.reason == "CANCELLED: not filled within 0.2s, the rest cancelled"  # its own
+    assert gw.state.position_of(CALL.con_id).position == 2

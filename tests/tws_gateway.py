@@ -491,6 +491,42 @@ class GatewayState:
         self.option_chains.append(chain)
         return chain
 
+    def add_foreign_order(
+        self,
+        contract: GwContract,
+        action: str,
+        quantity: float,
+        limit: float,
+        *,
+        client_id: int = 0,
+        order_id: int = 0,
+        order_ref: str = "",
+        tif: str = "GTC",
+    ) -> GwOrder:
+        """A working limit order placed by someone else: by hand in TWS (client id 0, order id
+        0: "unbound" until client 0 asks reqOpenOrders), or by another API client (its client
+        id and order id). reqAllOpenOrders lists it to every client, as TWS does; only its
+        owner (client 0 for TWS's own, once bound) may cancel it."""
+        order = GwOrder(
+            order_id=order_id,
+            client_id=client_id,
+            perm_id=next(self._perm_ids),
+            contract=contract,
+            action=action,
+            total_quantity=quantity,
+            order_type="LMT",
+            lmt_price=limit,
+            aux_price=None,
+            tif=tif,
+            account=self.account,
+            order_ref=order_ref,
+            transmit=True,
+            outside_rth=False,
+            status="Submitted",
+        )
+        self.orders.append(order)
+        return order
+
     def queue_outcome(self, *outcomes: Outcome) -> None:
         self.outcomes.extend(outcomes)
 
@@ -1468,6 +1504,14 @@ class Gateway:
     def _on_req_open_orders(self, conn: _Connection, f: list[str]) -> None:
         # reqOpenOrders (5): this client's working orders; reqAllOpenOrders (16): everyone's
         every = _int(f[0]) == IN_REQ_ALL_OPEN_ORDERS
+        if not every and conn.client_id == 0:
+            # client 0's reqOpenOrders binds TWS's own working orders: they get an API order id
+            # ("Use negative numbers to bind automatic orders", TWS's default)
+            bound = [o.order_id for o in self.state.orders if o.client_id == 0 and o.order_id < 0]
+            for order in self.state.orders:
+                if order.client_id == 0 and order.order_id == 0 and order.is_open:
+                    order.order_id = min([0, *bound]) - 1
+                    bound.append(order.order_id)
         for order in self.state.orders:
             if order.is_open and (every or order.client_id == conn.client_id):
                 conn.send(enc_open_order(conn.version, order))

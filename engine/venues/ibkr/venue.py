@@ -27,6 +27,15 @@ Outcomes:
 - idempotency: an orderRef the client already knows (an order of this session, or one loaded
   from TWS at connect) is never placed again: `submit` reports that order instead.
 
+Before sending: `exit_hold(contract)` (also asked by the engine before it starts or retries an
+exit) says MARKET_CLOSED outside the exchange's session (`hours`, engine/market_hours.py, at
+`now()`; a stock's extended hours too with `exit_outside_rth`, sent `outsideRth`), or
+FOREIGN_ORDERS while other clients' working orders hold the position back. Every close first
+reads `reqAllOpenOrders`: our own other working orders on the contract are cancelled; other
+clients' closing orders as `on_foreign_orders` says (warn: at most the position net of them;
+cancel: cancelled where IB lets this client, else as warn; hold: nothing sent). A close never
+flips the position. The same read at each positions poll keeps `exit_hold` current.
+
 `lookup` asks TWS for all open orders, completed orders and today's executions, cancels the
 order if it is still working (the engine wants a final answer), and returns its result, or None
 when IB has never seen the orderRef.
@@ -154,6 +163,7 @@ class IbkrVenue:
         request_timeout_seconds: float = 10.0,
         now: Callable[[], float] | None = None,
         partial_grace_seconds: float = PARTIAL_GRACE_SECONDS,
+        hours: Any | None = None,
     ) -> None:
         self._provider = ib_provider
         self._config = config
@@ -176,6 +186,17 @@ class IbkrVenue:
         # new connection (`on_session`). `on_alert(text)` raises the one alert of that episode.
         self._read_only: str | None = None
         self.on_alert: Callable[[str], object] | None = None
+        # The exchange's hours (engine.market_hours.MarketHours, asked at `now()`): no exit
+        # goes out while the contract cannot trade (`exit_hold`). None: always open.
+        self._hours = hours
+        # Exits that wait for other clients' working orders: contract id -> why (`exit_hold`);
+        # re-checked at every positions poll until they are gone.
+        self._foreign_block: dict[str, str] = {}
+        self._noticed: set[str] = set()
+        # `on_notice(subject, severity, text)`: an alert about other clients' orders, once per
+        # subject ("warning" or "critical").
+        self.on_notice: Callable[[str, str, str], object] | None = None
+        self._orders_lock: asyncio.Lock | None = None  # one reqAllOpenOrders at a time
 
     # ---- connection --------------------------------------------------------------------------
 
@@ -227,6 +248,10 @@ class IbkrVenue:
             for leg in grouping.singles
         ]
         out += [VenuePosition(c.contract_id, c.side, c.qty, c.entry) for c in grouping.combos]
+        try:  # other clients' working orders on what is held (`exit_hold`)
+            await self._refresh_foreign(ib, grouping)
+        except Exception:  # never the positions' failure
+            log.exception("ibkr: reading other clients' working orders failed")
         # A combo held back while partly held, with no closing order of ours behind it, is
         # reported as last held in full: the engine would otherwise close its trade as external
         # on a transient state (legs updated one at a time) and adopt it again a moment later.
@@ -429,6 +454,223 @@ class IbkrVenue:
             except Exception:
                 log.exception("ibkr: the read-only alert failed")
 
+    # ---- trading hours and other clients' orders -------------------------------------------
+
+    def exit_hold(self, contract_id: str) -> str | None:
+        """Why an exit on `contract_id` must wait now, sending nothing (the engine keeps the
+        rule fired or the exit waiting, counts no attempt, and asks again): MARKET_CLOSED
+        outside the contract's trading hours; FOREIGN_ORDERS while other clients' working
+        orders cover the position (with on_foreign_orders = "hold": while any works on it).
+        None: an order may go out."""
+        return self._market_closed(contract_id) or self._foreign_block.get(contract_id)
+
+    def _is_stock(self, contract_id: str) -> bool:
+        leg = self._last.single(contract_id)
+        return leg is not None and leg.ib_contract is not None and leg.ib_contract.secType == "STK"
+
+    def _market_closed(self, contract_id: str) -> str | None:
+        """MARKET_CLOSED and when it opens, while the exchange's session (a stock's extended
+        hours too with exit_outside_rth) is not on at `now()`; None when it is, or when the
+        hours are unknown (never a reason to stop closing: logged once)."""
+        hours = self._hours
+        if hours is None:
+            return None
+        now = self._now()
+        outside = self._config.exit_outside_rth and self._is_stock(contract_id)
+        try:
+            if hours.is_open(now) or (outside and hours.extended_open(now)):
+                return None
+            # with its weekday always ("Tue 09:30 ET"): the same words all night (one alert)
+            when = hours.close_label(hours.next_open(now), math.nan)
+        except ValueError as exc:
+            self._warn_once(f"hours:{exc}", f"ibkr: trading hours not known ({exc}); exits go out")
+            return None
+        where = getattr(hours, "calendar", "the exchange")
+        session = "outside its regular and extended hours" if outside else "closed"
+        return f"MARKET_CLOSED: {where} is {session}; exit due at the open ({when})"
+
+    async def _all_open_orders(self, ib: IB) -> list[Trade]:
+        """Every working order of the account, whichever client placed it (TWS's own orders
+        too, with orderId 0 until client 0 binds them): reqAllOpenOrders, one at a time
+        (ib_async keeps one answer list for it)."""
+        if self._orders_lock is None:
+            self._orders_lock = asyncio.Lock()
+        async with self._orders_lock:
+            return list(await self._request(ib.reqAllOpenOrdersAsync(), "reqAllOpenOrders"))
+
+    def _held_legs(
+        self, grouping: Grouping, contract_id: str
+    ) -> tuple[float, list[tuple[int, float, float]]] | None:
+        """(units held, [(leg conId, leg position signed, ratio)]) of a held position."""
+        combo = grouping.combo(contract_id)
+        if combo is not None:
+            return combo.qty, [(leg.con_id, leg.position, abs(r)) for leg, r in combo.legs]
+        leg = grouping.single(contract_id)
+        if leg is None:
+            return None
+        return abs(leg.position), [(leg.con_id, leg.position, 1.0)]
+
+    def _working_on(
+        self, ib: IB, opened: Iterable[Trade], legs: list[tuple[int, float, float]], coid: str
+    ) -> tuple[list[Trade], list[Trade], list[Trade]]:
+        """Working orders on these legs: (our own left over from before: to cancel; other
+        clients' that would close part of them; our own of another exit this process is
+        working right now: left alone, counted against the position). Ours: this client id
+        with an API order id."""
+        mine = ib.client.clientId
+        con_ids = {c for c, _, _ in legs}
+        stale: list[Trade] = []
+        theirs: list[Trade] = []
+        busy: list[Trade] = []
+        for t in _unique_trades(opened):
+            if t.isDone() or (coid and t.order.orderRef == coid) or not _touches(t, con_ids):
+                continue
+            if t.order.clientId == mine and t.order.orderId > 0:
+                (busy if t.order.orderRef in self._asked else stale).append(t)
+            elif any(_closing_qty(t, c, p) > EPS for c, p, _ in legs):
+                theirs.append(t)
+        return stale, theirs, busy
+
+    async def _cancel_all(self, ib: IB, trades: list[Trade], what: str) -> list[Trade]:
+        """Cancel working orders and wait for the confirmations; those still working."""
+        if not trades:
+            return []
+        with _Waker(self, ib) as waker:
+            for t in trades:
+                log.info(
+                    "ibkr: cancelling %s order %s (permId %s)",
+                    what,
+                    t.order.orderId,
+                    t.order.permId,
+                )
+                ib.cancelOrder(t.order)
+            try:
+                await waker.until(lambda: all(t.isDone() for t in trades), self._confirm_timeout)
+            except _Lost:
+                raise VenueError(
+                    f"{UNREACHABLE}: connection lost cancelling {what} orders"
+                ) from None
+        return [t for t in trades if not t.isDone()]
+
+    async def _foreign_check(
+        self, ib: IB, grouping: Grouping, req: OrderRequest, qty: int
+    ) -> int | str:
+        """Before a close: our own other working orders on the position are cancelled; other
+        clients' orders that would also close it are handled as on_foreign_orders says. The
+        quantity that may be sent (never more than the position net of the orders still
+        working: a close never flips it), or why nothing is sent."""
+        cid = req.contract_id
+        held = self._held_legs(grouping, cid)
+        if held is None:
+            return qty
+        units, legs = held
+        opened = await self._all_open_orders(ib)
+        ours, theirs, busy = self._working_on(ib, opened, legs, req.client_order_id)
+        left = await self._cancel_all(ib, ours, "our own earlier")
+        if left:
+            ref = left[0].order.orderRef or left[0].order.orderId
+            raise VenueError(
+                f"{UNREACHABLE}: our working order {ref} on {cid} was not confirmed cancelled; "
+                "nothing sent"
+            )
+        if not theirs:
+            self._foreign_block.pop(cid, None)
+            if not busy:
+                return qty
+            # another trade's exit on the same contract is working: together never more
+            # than held
+            send = min(qty, _net_allowed(units, legs, busy))
+            if send > 0:
+                return send
+            return (
+                f"POSITION_MISMATCH: {cid}: our own order {busy[0].order.orderRef} still works "
+                "on all of it; not sent (it would open a position)"
+            )
+        mode = self._config.on_foreign_orders
+        key = f"{cid}:" + ",".join(sorted(str(t.order.permId) for t in theirs))
+        if mode == "hold":
+            reason = _foreign_reason(cid, mode, theirs)
+            self._foreign_block[cid] = reason
+            self._notice(f"hold:{key}", "critical", reason)
+            return reason
+        if mode == "cancel":
+            mine = ib.client.clientId
+            theirs = await self._cancel_all(
+                ib, [t for t in theirs if t.order.clientId == mine], "another client's"
+            ) + [t for t in theirs if t.order.clientId != mine]
+            if not theirs:
+                self._foreign_block.pop(cid, None)
+                return qty
+            self._notice(
+                f"cancel:{key}",
+                "critical",
+                f"ibkr {cid}: cannot cancel another client's working order from API client "
+                f"{mine} ({_describe_all(theirs)}): IB lets only the client that placed an order "
+                "cancel it (TWS's own orders: client_id 0). Closing at most the position net of "
+                "it; cancel it in TWS",
+            )
+        send = min(qty, _net_allowed(units, legs, theirs + busy))
+        if mode == "warn":
+            self._notice(
+                f"warn:{key}",
+                "warning",
+                f"ibkr {cid}: another client's working order would also close this position "
+                f"({_describe_all(theirs)}); the supervisor closes at most {max(send, 0):g} of "
+                f"{qty:g} so the account never ends the other way (on_foreign_orders = "
+                '"warn")',
+            )
+        if send <= 0:
+            reason = _foreign_reason(cid, mode, theirs)
+            self._foreign_block[cid] = reason
+            return reason
+        self._foreign_block.pop(cid, None)
+        return send
+
+    async def _refresh_foreign(self, ib: IB, grouping: Grouping) -> None:
+        """At each positions poll: which held positions other clients' working orders hold
+        back (`exit_hold`: nothing is sent, no attempt counted): with "hold" any such order,
+        else orders covering the whole position (with "cancel", those this client cannot
+        cancel). An exit whose orders are gone (filled, cancelled) may go out again."""
+        try:
+            opened = await self._all_open_orders(ib)
+        except VenueError as exc:
+            log.info("ibkr: open orders not read (%s); exits held for them stay held", exc)
+            return
+        mine = ib.client.clientId
+        mode = self._config.on_foreign_orders
+        blocks: dict[str, str] = {}
+        ids = [leg.contract_id for leg in grouping.singles]
+        ids += [c.contract_id for c in grouping.combos]
+        for cid in ids:
+            held = self._held_legs(grouping, cid)
+            if held is None:
+                continue
+            units, legs = held
+            _, theirs, _ = self._working_on(ib, opened, legs, "")
+            if mode == "cancel":
+                theirs = [t for t in theirs if t.order.clientId != mine]
+            if theirs and (mode == "hold" or _net_allowed(units, legs, theirs) <= 0):
+                blocks[cid] = self._foreign_block.get(cid) or _foreign_reason(cid, mode, theirs)
+                key = f"{cid}:" + ",".join(sorted(str(t.order.permId) for t in theirs))
+                # once per set of orders: critical when nothing will close it ("hold", or
+                # orders "cancel" cannot cancel), a warning when they close it themselves
+                severity = "warning" if mode == "warn" else "critical"
+                self._notice(f"{mode}:{key}", severity, blocks[cid])
+        for cid in set(self._foreign_block) - set(blocks):
+            log.info("ibkr %s: the other clients' working orders are gone; exits go out", cid)
+        self._foreign_block = blocks
+
+    def _notice(self, subject: str, severity: str, text: str) -> None:
+        if subject in self._noticed:
+            return
+        self._noticed.add(subject)
+        log.warning("ibkr: %s", text)
+        if self.on_notice is not None:
+            try:
+                self.on_notice(f"ibkr:foreign:{subject}", severity, text)
+            except Exception:
+                log.exception("ibkr: the foreign-order alert failed")
+
     # ---- submit ------------------------------------------------------------------------------
 
     async def submit(self, req: OrderRequest) -> OrderResult:
@@ -463,6 +705,13 @@ class IbkrVenue:
         if isinstance(target, str):
             return _rejected(coid, target)
         contract, action = target
+        closed = self._market_closed(req.contract_id)
+        if closed is not None:
+            return _rejected(coid, closed)
+        allowed = await self._foreign_check(ib, grouping, req, qty)
+        if isinstance(allowed, str):
+            return _rejected(coid, allowed)
+        qty = allowed
         order = LimitOrder(
             action,
             qty,
@@ -470,6 +719,8 @@ class IbkrVenue:
             orderRef=coid,
             tif="DAY",
             account=self._account(ib),
+            # a stock's exit may go out in extended hours (exit_outside_rth); options never
+            outsideRth=self._config.exit_outside_rth and self._is_stock(req.contract_id),
         )
         self._asked[coid] = float(qty)
         if contract.secType == "BAG":
@@ -582,7 +833,7 @@ class IbkrVenue:
         ib = self._ib()
         with _Waker(self, ib) as waker:
             try:
-                opened = await self._request(ib.reqAllOpenOrdersAsync(), "reqAllOpenOrders")
+                opened = await self._all_open_orders(ib)
                 # what IB lists as working (an order only this client remembers as pending,
                 # that IB does not list, is not one IB has)
                 working = [t for t in opened if t.order.orderRef == coid and not t.isDone()]
@@ -730,6 +981,82 @@ def _refusal(trade: Trade, final: bool = False) -> tuple[int, str] | None:
         if final or code in _REFUSING_WARNINGS:
             return code, _LOG_PREFIX.sub("", entry.message)
     return None
+
+
+def _touches(trade: Trade, con_ids: set[int]) -> bool:
+    c = trade.contract
+    if c.secType == "BAG":
+        return any(cl.conId in con_ids for cl in c.comboLegs or [])
+    return c.conId in con_ids
+
+
+def _working_qty(trade: Trade) -> float:
+    """What is left of a working order (its orderStatus: an order of another client has no
+    executions at this client)."""
+    total = float(trade.order.totalQuantity or 0)
+    filled = float(trade.orderStatus.filled or 0)
+    return max(total - filled, 0.0)
+
+
+def _closing_qty(trade: Trade, con_id: int, position: float) -> float:
+    """How much of the held leg `con_id` (signed `position`) a working order would close."""
+    rem = _working_qty(trade)
+    if rem <= EPS or not position:
+        return 0.0
+    sells = trade.order.action.upper() == "SELL"
+    c = trade.contract
+    if c.secType != "BAG":
+        return rem if c.conId == con_id and sells == (position > 0) else 0.0
+    out = 0.0
+    for cl in c.comboLegs or []:
+        if cl.conId != con_id:
+            continue
+        leg_sells = (cl.action.upper() == "SELL") != sells  # a sold BAG reverses its legs
+        if leg_sells == (position > 0):
+            out += rem * cl.ratio
+    return out
+
+
+def _net_allowed(units: float, legs: list[tuple[int, float, float]], theirs: list[Trade]) -> int:
+    """Units of the position that may be closed without the other orders flipping a leg."""
+    allowed = units
+    for con_id, position, ratio in legs:
+        covered = sum(_closing_qty(t, con_id, position) for t in theirs)
+        allowed = min(allowed, math.floor((abs(position) - covered) / ratio + EPS))
+    return max(int(allowed), 0)
+
+
+def _foreign_reason(cid: str, mode: str, theirs: list[Trade]) -> str:
+    """Why an exit on `cid` is held for other clients' working orders (`exit_hold`)."""
+    text = _describe_all(theirs)
+    if mode == "hold":
+        return (
+            f"FOREIGN_ORDERS: {cid}: another client's working order would also close it "
+            f'({text}); on_foreign_orders = "hold": nothing is sent while it works. Fix: '
+            "cancel it in TWS (the exit then goes out), or set [venues.ibkr] on_foreign_orders"
+        )
+    why = (
+        " that this API client may not cancel (IB lets only the client that placed an order "
+        "cancel it; TWS's own orders: client_id 0)"
+        if mode == "cancel"
+        else ""
+    )
+    return (
+        f"FOREIGN_ORDERS: {cid}: other clients' working orders{why} already cover the "
+        f"position ({text}); nothing is sent (it would flip the position). Fix: cancel them in "
+        "TWS, or let them fill"
+    )
+
+
+def _describe_all(trades: Iterable[Trade]) -> str:
+    return "; ".join(_describe(t) for t in trades)
+
+
+def _describe(trade: Trade) -> str:
+    o = trade.order
+    who = "TWS" if o.clientId == 0 else f"API client {o.clientId}"
+    price = f" @ {o.lmtPrice:g}" if o.lmtPrice and abs(o.lmtPrice) < _UNSET else ""
+    return f"{o.action} {_working_qty(trade):g} {o.orderType}{price} of {who}, permId {o.permId}"
 
 
 def _unacknowledged(trade: Trade) -> bool:
