@@ -22,6 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from engine import private_files
 from engine.models import AlertKind, Severity
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,8 @@ class JsonlChannel:
 
     def __init__(self, path: Path, filter: AlertFilter | None = None) -> None:
         self.filter = filter
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = path.open("a", encoding="utf-8")
+        private_files.make_dir(path.parent)
+        self._fh = private_files.open_append(path, encoding="utf-8")
 
     async def deliver(self, alert: Alert) -> None:
         self._fh.write(json.dumps(alert.to_json(), allow_nan=False) + "\n")

@@ -16,13 +16,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from engine.config import Config, ConfigError, load_config, resolve_config_path
+from engine.config import (
+    Config,
+    ConfigError,
+    config_warnings,
+    load_config,
+    resolve_config_path,
+)
 from engine.store import JOURNAL_FILENAME, Store, StoreError
 from engine.trade_rows import BadRow, RowContext, trade_problem
 
@@ -169,6 +176,9 @@ def _check_config(config: Config, path: Path | None) -> int:
     from tui.app import ui_config_problems
 
     problems = ui_config_problems(config, str(path or "config"))
+    problems += _start_problems(config)
+    for w in config_warnings(config):
+        print(f"warning: {w}", file=sys.stderr)
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return EXIT_CONFIG
@@ -176,6 +186,65 @@ def _check_config(config: Config, path: Path | None) -> int:
     print(f"# effective config, from {src}; secrets are hidden")
     print(config.redacted_toml(), end="")
     return EXIT_OK
+
+
+def _start_problems(config: Config) -> list[str]:
+    """What would stop the engine from starting that can be known without the network: the
+    Kalshi key file (its permissions, that it parses), the journal (a file that is not one, a
+    newer schema), the alert log, and an engine already running on this data_dir. The
+    data_dir itself is checked before (`Config.data_dir_problem`). Warnings are printed here."""
+    from engine import private_files
+
+    out: list[str] = []
+    if config.engine.venue == "kalshi":
+        from engine.runtime import _kalshi_signer
+
+        try:
+            _kalshi_signer(config)
+        except ConfigError as e:
+            out += e.lines
+    journal = _journal(config)
+    pid = Store(journal).engine_pid()
+    if pid is not None:
+        out.append(
+            f"engine.data_dir = {str(config.data_path())!r}: another trade-supervisor (pid {pid}) "
+            "is running on this journal, so the engine would refuse to start; stop it first, "
+            f"or use another data_dir (to apply this config to the running one: kill -HUP {pid})"
+        )
+    elif journal.exists():
+        problem = asyncio.run(_journal_problem(journal))
+        if problem is not None:
+            out.append(f"engine.data_dir: {problem}")
+    for loose in private_files.loose(config.data_path()):
+        print(
+            f"warning: {loose}: readable by other users; the engine makes it private (0600) "
+            "at its next start",
+            file=sys.stderr,
+        )
+    log = config.alert_log_path()
+    if config.alerts.log_file and log.exists():
+        if not log.is_file():
+            out.append(
+                f"alerts.log_file = {config.alerts.log_file!r}: {log} is not a regular file; "
+                "move it aside or set another log_file"
+            )
+        elif not os.access(log, os.W_OK):
+            out.append(
+                f"alerts.log_file = {config.alerts.log_file!r}: {log} is not writable; "
+                "fix its permissions or set another log_file"
+            )
+    return out
+
+
+async def _journal_problem(path: Path) -> str | None:
+    """Why the journal at `path` cannot be opened by the engine (not ours, newer), or None."""
+    store = Store(path)
+    try:
+        await store.open(readonly=True)
+    except StoreError as e:
+        return str(e)
+    await store.close()
+    return None
 
 
 def _run(config: Config, path: Path | None, headless: bool) -> int:

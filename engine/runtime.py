@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
+import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import private_files
 from engine.alert_channels import attach_channels
 from engine.alerts import AlertBus
 from engine.clock import Clock, RealClock, ScaledClock
@@ -33,6 +35,8 @@ from engine.venues.paper import PaperVenue
 # away), so the events that closed meanwhile settle the trades on them; a longer gap starts a
 # fresh simulated session, and trades left on the old events are reported.
 RESUME_SIM_WITHIN_SECONDS = 7 * 86400.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,7 +128,9 @@ async def build_runtime(
         problem = config.data_dir_problem()
         if problem is not None:
             raise ConfigError([problem])
-        data.mkdir(parents=True, exist_ok=True)
+        private_files.make_dir(data)
+        for p in private_files.tighten_all(data):
+            log.warning("%s was readable by other users: made private (0600)", p)
         store = Store(db_path or data / JOURNAL_FILENAME)
         await store.open()
     except BaseException:

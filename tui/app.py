@@ -29,6 +29,7 @@ from textual.screen import Screen
 from textual.theme import BUILTIN_THEMES
 from textual.widgets import DataTable, Footer, Input, Static
 
+from engine import private_files
 from engine.alerts import AlertFilter, Verdict
 from engine.commands import Command, CommandResult
 from engine.config import UI_KEY_IDS, Config, ConfigError, parse_quiet_hours
@@ -660,7 +661,9 @@ def _log_to_file(config: Config) -> Path:
     """Send log records to `data_dir/trade-supervisor.log`: the screen owns the terminal."""
     root = logging.getLogger()
     path = config.data_path() / "trade-supervisor.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_files.make_dir(path.parent)
+    private_files.create(path)
+    private_files.tighten(path)
     if root.handlers:
         return path  # already set up (by a test or an embedding program)
     handler = logging.FileHandler(path, encoding="utf-8")
