@@ -19,11 +19,15 @@ from engine.store import Store
 KEY_ID = "key-id-SECRET-0b7e"
 
 
-def _run(root: Path, config: str, *args: str, umask: int = 0o022) -> subprocess.CompletedProcess[str]:
+def _run(
+    root: Path, config: str, *args: str, umask: int = 0o022
+) -> subprocess.CompletedProcess[str]:
     cfg = root / "cfg.toml"
     cfg.write_text(f'[engine]\ndata_dir = "{root / "data"}"\n' + config, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KALSHI_")}
-    env.update(HOME=str(root / "home"), XDG_CONFIG_HOME=str(root / "x"), XDG_DATA_HOME=str(root / "y"))
+    env.update(
+        HOME=str(root / "home"), XDG_CONFIG_HOME=str(root / "x"), XDG_DATA_HOME=str(root / "y")
+    )
     return subprocess.run(
         [sys.executable, "-m", "engine.cli", "--config", str(cfg), *(args or ("check-config",))],
         cwd=root,
@@ -54,10 +58,7 @@ def _kalshi_config(root: Path, key: Path) -> str:
 
 def _run_kalshi(root: Path, key: Path) -> subprocess.CompletedProcess[str]:
     cfg = root / "cfg.toml"
-    text = (
-        f'[engine]\nvenue = "kalshi"\ndata_dir = "{root / "data"}"\n'
-        + _kalshi_config(root, key)
-    )
+    text = f'[engine]\nvenue = "kalshi"\ndata_dir = "{root / "data"}"\n' + _kalshi_config(root, key)
     cfg.write_text(text, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KALSHI_")}
     return subprocess.run(
