@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -31,6 +32,7 @@ from engine.config import (
     resolve_config_path,
 )
 from engine.store import JOURNAL_FILENAME, Store, StoreError
+from engine.text import shown
 from engine.trade_rows import BadRow, RowContext, trade_problem
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
@@ -127,6 +129,22 @@ def _parser_with(common: argparse.ArgumentParser) -> type[argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; a reader that goes away (`... | head`) ends it quietly, exit 0."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        _stdout_to_devnull()  # what is still buffered would fail again at exit
+        return EXIT_OK
+
+
+def _stdout_to_devnull() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config, path = _load(args.config)
@@ -276,6 +294,18 @@ def _fmt_age(age: Any) -> str:
     return "never" if age is None else f"{age:.0f}s"
 
 
+def _fmt_secs(seconds: float) -> str:
+    """An age: "0.4s", "12s", "3m05s", "2h10m" (a sub-second age keeps its tenth)."""
+    if seconds < 10:
+        return f"{max(seconds, 0.0):.1f}s"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
 def _unprotected_now(info: dict[str, Any], hb: dict[str, Any], trades: list[Any]) -> dict[str, str]:
     """The open trades nobody is protecting right now, by trade id, with the reason: the
     engine's own watchdog while it runs and answers; every open trade when it is not running
@@ -299,7 +329,7 @@ def _protection_lines(info: dict[str, Any], hb: dict[str, Any], n_open: int) -> 
     if not bad:
         return [f"protection: all {n_open} open trades protected"]
     lines = [f"UNPROTECTED: {len(bad)} of {n_open} open trades"]
-    lines += [f"  {tid:<24} {why}" for tid, why in sorted(bad.items())]
+    lines += [f"  {shown(tid):<24} {shown(why)}" for tid, why in sorted(bad.items())]
     return lines
 
 
@@ -355,22 +385,29 @@ async def _status(config: Config, as_json: bool) -> int:
             f"{'ARMED' if hb.get('armed') else 'disarmed'}{', ALL PAUSED' if hb.get('paused_all') else ''}"
         )
         for name, a in (hb.get("sources") or {}).items():
+            # The age as the heartbeat saw it, plus the heartbeat's own age: its age now.
+            now_age = a + age if isinstance(a, int | float) and age is not None else a
             print(
-                f"  {name:<20} "
-                + (f"last update {a:.0f}s ago" if a is not None else "no update time")
+                f"  {shown(name):<20} "
+                + (
+                    f"last update {_fmt_secs(now_age)} ago"
+                    if isinstance(now_age, int | float)
+                    else "no update yet"
+                )
             )
         for k, v in (hb.get("bad_data") or {}).items():
-            print(f"  BAD DATA {k}: {v}")
+            print(f"  BAD DATA {shown(str(k))}: {shown(str(v))}")
     for line in _protection_lines(info, hb, len(trades)):
         print(line)
     print(f"open trades: {len(trades)}")
     if bad:
         print(f"bad rows (not supervised): {len(bad)}")
         for b in bad:
-            print(f"  {b.message()}")
+            print(f"  {shown(b.message())}")
     for t in trades:
         print(
-            f"  {t.trade_id:<24} {t.side:<5} {t.qty:>8g} {t.contract_id:<28} @ {t.entry_price:.4f}"
+            f"  {shown(t.trade_id):<24} {t.side:<5} {t.qty:>8g} {shown(t.contract_id):<28} "
+            f"@ {t.entry_price:.4f}"
             f"{'  paused' if t.paused else ''}{'  closing' if str(t.state) == 'closing' else ''}"
         )
     return EXIT_OK
@@ -402,15 +439,19 @@ async def _trades(config: Config, args: argparse.Namespace) -> int:
         else:
             for t in rows:
                 if isinstance(t, BadRow):
-                    print(f"{t.shown_id:<24} BAD: {t.problem} (row {t.rowid}; fix: {t.fix})")
+                    print(
+                        f"{shown(t.shown_id):<24} BAD: {shown(t.problem)} (row {t.rowid}; "
+                        f"fix: {t.fix})"
+                    )
                     continue
                 exit_part = (
-                    f" -> {t.exit_price:.4f} {t.exit_reason} P&L {t.realized_pnl:+.2f}"
+                    f" -> {t.exit_price:.4f} {shown(t.exit_reason)} P&L {t.realized_pnl:+.2f}"
                     if t.exit_price is not None and t.realized_pnl is not None
-                    else (f" -> {t.exit_reason}" if t.exit_reason else "")
+                    else (f" -> {shown(t.exit_reason)}" if t.exit_reason else "")
                 )
                 print(
-                    f"{t.trade_id:<24} {t.state!s:<7} {t.side:<5} {t.qty:>8g} {t.contract_id:<28} "
+                    f"{shown(t.trade_id):<24} {t.state!s:<7} {t.side:<5} {t.qty:>8g} "
+                    f"{shown(t.contract_id):<28} "
                     f"@ {t.entry_price:.4f}{exit_part}"
                 )
             print(

@@ -102,10 +102,19 @@ _FIRES_AT_OR_BELOW = frozenset({"max_loss", "ttc_cutoff", "min_time_value"})
 # --- helpers -------------------------------------------------------------------------------------
 
 
+def fmt_dollars(x: float) -> str:
+    """Dollars with cents at least and up to six decimals, never rounded into the threshold's
+    look: 0.05 -> "0.05", 0.1 -> "0.10", 0.09996 -> "0.09996"."""
+    n = f"{x:,.6f}".rstrip("0")
+    whole, _, frac = n.partition(".")
+    return f"{whole}.{frac:0<2}"
+
+
 def _fmt(x: float, unit: str) -> str:
-    n = f"{x:.0f}" if abs(x) >= 1000 else f"{x:.4g}"
     if unit == "$":
+        n = fmt_dollars(x)
         return f"-${n[1:]}" if n.startswith("-") else f"${n}"
+    n = f"{x:.0f}" if abs(x) >= 1000 else f"{x:.4g}"
     if unit in ("%", "s"):
         return f"{n}{unit}"
     return f"{n} {unit}"

@@ -2198,6 +2198,7 @@ class Engine:
         self, positions: list[VenuePosition], asked_at: int, now: float
     ) -> None:
         await self._recover("venue")
+        self._venue_answer_ts = now  # the venue's age in the health list (status, header)
         moved = {c for c, seq in self._touched.items() if seq > asked_at}
         self._touched = {c: seq for c, seq in self._touched.items() if seq > asked_at}
         for cid in [c for c, ts in self._settled.items() if now - ts > SETTLED_MEMORY_SECONDS]:
@@ -2836,7 +2837,9 @@ class Engine:
                 q_age is None or q_age > self.config.engine.max_quote_age_seconds,
             )
         )
-        out.append(SourceHealth(f"venue {self.venue.name}", None, None, "venue" in self._bad))
+        v_ts: float | None = getattr(self, "_venue_answer_ts", None)  # its last positions answer
+        v_age = now - v_ts if v_ts is not None else None
+        out.append(SourceHealth(f"venue {self.venue.name}", v_ts, v_age, "venue" in self._bad))
         return out
 
     # ------------------------------------------------------------------ snapshot
