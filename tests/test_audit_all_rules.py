@@ -9,8 +9,6 @@ import pytest
 from engine.rules import RULE_ORDER
 from tests.engine_harness import config, standard
 
-pytestmark = pytest.mark.asyncio
-
 
 async def _exit_context(h) -> dict:  # type: ignore[no-untyped-def]
     rows = await h.store.audit_for_trade("t1")
@@ -73,3 +71,18 @@ async def test_an_option_exit_audit_has_its_time_value(tmp_path: Path) -> None:
     tv = {r["rule"]: r for r in ctx["all_rules"]}["min_time_value"]
     assert (tv["on"], tv["value"], tv["unit"]) == (False, pytest.approx(1.55), "$")
     await h.close()
+
+
+def test_qty_holds_the_open_rest_after_a_partial_close_as_the_schema_says() -> None:
+    # docs/trades-schema.md: qty is the quantity still open; once closed, the opened size.
+    from engine.models import Trade
+    from engine.pricing import apply_fill, close_record
+
+    t = Trade("t1", "C", "yes", 10.0, 0.40, 1.0e9, fees=0.10)
+    apply_fill(t, 4.0, 0.50, 0.02)
+    assert (t.qty, t.closed_qty) == (6.0, 4.0)
+    assert t.realized_pnl == pytest.approx(4 * 0.10 - 0.10 - 0.02)  # net of every fee
+    apply_fill(t, 6.0, 0.60, 0.0)
+    assert t.exit_price == pytest.approx((4 * 0.50 + 6 * 0.60) / 10)  # the average fill
+    close_record(t, None, "profit_target", 1.0e9 + 60)
+    assert (t.qty, t.closed_qty) == (10.0, 10.0)
