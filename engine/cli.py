@@ -162,6 +162,9 @@ def _main(argv: list[str] | None = None) -> int:
     if problem is not None:  # before anything else: a file in the way, an unwritable parent
         print(f"trade-supervisor: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.cmd is None:  # the engine starts: say what in the config probably does nothing
+        for w in config_warnings(config):
+            print(f"trade-supervisor: warning: {w}", file=sys.stderr)
     try:
         if args.cmd == "check-config":
             return _check_config(config, path)
