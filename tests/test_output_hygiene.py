@@ -178,3 +178,62 @@ def test_the_cli_escapes_ids_from_other_programs(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         assert EVIL_SHOWN in proc.stdout
         assert "\x1b" not in proc.stdout and "\u202e" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_headless_engine_whose_stdout_closes_says_so_once_and_carries_on(
+    tmp_path: Path,
+) -> None:
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(
+        f'[engine]\ndata_dir = "{tmp_path / "data"}"\n[sim]\ndemo_trades = 0\n'
+        "[alerts]\ncooldown_seconds = 0\n",
+        encoding="utf-8",
+    )
+    env = _env(tmp_path)
+    err_path = tmp_path / "engine.stderr"
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "--config", str(cfg), "--headless"],
+            cwd=tmp_path,
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.startswith("trade-supervisor: venue"), line
+            proc.stdout.close()  # the reader goes away (`| head -1`)
+
+            def add(tid: str) -> None:
+                done = subprocess.run(
+                    [sys.executable, "-m", "engine.cli", "--config", str(cfg), "trades", "add",
+                     "--id", tid, "--contract", "KXBTCD-25NOV2114-T97000", "--side", "yes",
+                     "--qty", "1", "--price", "0.4"],
+                    cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+                )  # fmt: skip
+                assert done.returncode == 0, done.stderr
+
+            def wait_for(pred: object, what: str) -> None:
+                deadline = time.monotonic() + 40
+                while time.monotonic() < deadline:
+                    if pred():  # type: ignore[operator]
+                        return
+                    time.sleep(0.2)
+                pytest.fail(f"{what}; stderr: {err_path.read_text()}")
+
+            add("p1")  # the engine's "tracking p1" alert meets the closed pipe
+            wait_for(lambda: "stdout alert channel is off" in err_path.read_text(), "no line")
+            add("p2")  # more alerts: no more lines, no tracebacks
+            log = tmp_path / "data" / "alerts.jsonl"
+            wait_for(lambda: '"p2"' in log.read_text(), "p2 was not picked up")
+            assert proc.poll() is None  # still running
+        finally:
+            proc.terminate()
+            code = proc.wait(timeout=30)
+    text = err_path.read_text()
+    assert text.count("stdout alert channel is off") == 1, text
+    assert "Traceback" not in text and "BrokenPipe" not in text, text
+    assert code == 0, text
