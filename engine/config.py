@@ -885,18 +885,27 @@ def _contradictions(cfg: Config, at: Callable[..., str]) -> list[str]:
         for name in a.strategies
     ]
     for loc, c in layers:
-        act, target = c.trailing_activation_percent, c.profit_target_percent
-        if c.trailing_drawdown_percent is None or act is None or target is None or act < target:
+        problem = criteria_contradiction(c, _dotted(loc) + ".")
+        if problem is None:
             continue
         given = "trailing_activation_percent" in _given(cfg, loc)
         where = loc if given else ["auto_stop", "criteria"]
-        out.append(
-            f"{at(*where, 'trailing_activation_percent')}: {_num(act)} is not below "
-            f"{_dotted(loc)}.profit_target_percent ({_num(target)}): the profit target closes "
-            "the trade before the trailing stop arms, so it never trails; lower the activation "
-            "or raise the target"
-        )
+        out.append(f"{at(*where, 'trailing_activation_percent')}: {problem}")
     return out
+
+
+def criteria_contradiction(c: Criteria, prefix: str = "") -> str | None:
+    """Why these effective criteria contradict themselves, or None: a trailing stop that arms
+    only at or above the profit target never trails (the target closes the trade first).
+    Also checked by the screen's threshold editor for one trade's overrides."""
+    act, target = c.trailing_activation_percent, c.profit_target_percent
+    if c.trailing_drawdown_percent is None or act is None or target is None or act < target:
+        return None
+    return (
+        f"{_num(act)} is not below {prefix}profit_target_percent ({_num(target)}): the profit "
+        "target closes the trade before the trailing stop arms, so it never trails; lower the "
+        "activation or raise the target"
+    )
 
 
 def _given(cfg: Config, loc: list[str]) -> set[str]:

@@ -111,3 +111,29 @@ def test_the_shipped_config_has_no_contradiction() -> None:
 
     cfg = load_config(Path(__file__).parent.parent / "config.toml")
     assert config_warnings(cfg) == []
+
+
+async def test_the_threshold_editor_refuses_a_trail_above_the_target_naming_both() -> None:
+    from textual.widgets import Static
+
+    from engine.commands import CommandResult
+    from tests.test_tui_detail import _detail, _Host, _input, _Submit, _text
+    from tui.screens.edit import EditThresholdsScreen
+
+    submit = _Submit(CommandResult(True, "ok"))
+    screen = EditThresholdsScreen(_detail(), submit)
+    app = _Host(screen)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        _input(screen, "profit_target_percent").value = "40"
+        _input(screen, "trailing_drawdown_percent").value = "10"
+        _input(screen, "trailing_activation_percent").value = "50"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert submit.payloads == []  # nothing sent
+        note = screen.query_one("#hint-trailing_activation_percent", Static)
+        assert "profit_target_percent (40)" in _text(note) and note.has_class("-error")
+        _input(screen, "trailing_activation_percent").value = "30"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert submit.payloads and submit.payloads[0]["trailing_activation_percent"] == 30
