@@ -237,3 +237,49 @@ def test_a_headless_engine_whose_stdout_closes_says_so_once_and_carries_on(
     assert text.count("stdout alert channel is off") == 1, text
     assert "Traceback" not in text and "BrokenPipe" not in text, text
     assert code == 0, text
+
+
+@pytest.mark.slow
+def test_a_headless_engine_started_with_stdout_closed_runs_and_says_so(tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(
+        f'[engine]\ndata_dir = "{tmp_path / "data"}"\n[sim]\ndemo_trades = 0\n', encoding="utf-8"
+    )
+    err_path = tmp_path / "engine.stderr"
+    r, w = os.pipe()
+    os.close(r)  # nobody will ever read: every write to stdout is a broken pipe
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "--config", str(cfg), "--headless"],
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            stdout=w,
+            stderr=err,
+        )
+        os.close(w)
+        try:
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline and "stdout" not in err_path.read_text():
+                time.sleep(0.2)
+            # it runs: its heartbeat reaches the journal
+            while time.monotonic() < deadline:
+                out = subprocess.run(
+                    [sys.executable, "-m", "engine.cli", "--config", str(cfg), "status", "--json"],
+                    cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=60,
+                )  # fmt: skip
+                if '"heartbeat_age_seconds": null' not in out.stdout and '"running": true' in (
+                    out.stdout
+                ):
+                    break
+                time.sleep(0.2)
+            else:
+                pytest.fail(f"the engine did not run; stderr: {err_path.read_text()}")
+            assert proc.poll() is None
+        finally:
+            proc.terminate()
+            code = proc.wait(timeout=30)
+    text = err_path.read_text()
+    assert "Traceback" not in text and "BrokenPipe" not in text, text
+    said = [line for line in text.splitlines() if line.startswith("trade-supervisor: stdout")]
+    assert len(said) == 1, text  # one line says stdout is gone, whatever wrote first
+    assert code == 0, text
