@@ -129,9 +129,18 @@ def _parser_with(common: argparse.ArgumentParser) -> type[argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line; a reader that goes away (`... | head`) ends it quietly, exit 0."""
+    """The command line; a reader that goes away (`... | head`) ends a command quietly, exit 0.
+    Not the engine itself: its stdout alerts switch themselves off (engine.alerts.PrintChannel),
+    and a broken pipe anywhere else (a venue's socket) is a fault, never a quiet exit."""
     try:
-        return _main(argv)
+        args = build_parser().parse_args(argv)
+    except BrokenPipeError:  # --help | head
+        _stdout_to_devnull()
+        return EXIT_OK
+    if args.cmd is None:
+        return _main(args)
+    try:
+        return _main(args)
     except BrokenPipeError:
         _stdout_to_devnull()  # what is still buffered would fail again at exit
         return EXIT_OK
@@ -144,8 +153,7 @@ def _stdout_to_devnull() -> None:
         os.close(devnull)
 
 
-def _main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _main(args: argparse.Namespace) -> int:
     try:
         config, path = _load(args.config)
     except ConfigError as e:
