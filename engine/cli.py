@@ -266,13 +266,33 @@ def _start_problems(config: Config) -> list[str]:
 
 
 async def _journal_problem(path: Path) -> str | None:
-    """Why the journal at `path` cannot be opened by the engine (not ours, newer), or None."""
+    """Why the engine could not open the journal at `path` (not ours, newer, or a live engine
+    on it whose lock file was deleted: its fresh heartbeat says so), or None."""
+    from engine.store import LIVE_HEARTBEAT_SECONDS, _pid_alive
+
     store = Store(path)
     try:
         await store.open(readonly=True)
     except StoreError as e:
         return str(e)
-    await store.close()
+    try:
+        hb = await store.get_state("heartbeat") or {}
+    finally:
+        await store.close()
+    pid, wall = hb.get("pid"), hb.get("wall_ts")
+    if (
+        isinstance(pid, int)
+        and pid > 0
+        and pid != os.getpid()
+        and isinstance(wall, int | float)
+        and abs(time.time() - wall) < LIVE_HEARTBEAT_SECONDS
+        and _pid_alive(pid)
+    ):
+        return (
+            f"another trade-supervisor (pid {pid}) is using {path}: its heartbeat is "
+            f"{max(time.time() - wall, 0):.0f}s old, though its lock file was deleted; the engine "
+            f"would refuse to start: stop it first (kill {pid}) or use another data_dir"
+        )
     return None
 
 

@@ -193,3 +193,26 @@ def test_an_existing_journal_readable_by_others_is_warned_then_tightened(tmp_pat
     assert stat.S_IMODE(journal.stat().st_mode) == 0o644  # check-config writes nothing
     assert _run(tmp_path, "", *[a.replace("t1", "t2") for a in args]).returncode == 0
     assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+
+
+def test_a_live_engine_whose_lock_file_was_deleted_is_said_too(tmp_path: Path) -> None:
+    import time
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+
+        async def journal() -> None:
+            store = Store(tmp_path / "data" / "trades.db")
+            await store.open()
+            await store.set_state("heartbeat", {"pid": other.pid, "wall_ts": time.time()})
+            await store.close()
+
+        asyncio.run(journal())
+        (tmp_path / "data" / "trades.db.lock").unlink()
+        proc = _run(tmp_path, "")
+        assert proc.returncode == 2, proc.stderr
+        assert f"pid {other.pid}" in proc.stderr and "lock file was deleted" in proc.stderr
+    finally:
+        other.kill()
+        other.wait()
+    assert _run(tmp_path, "").returncode == 0  # its process is gone: the engine could start
