@@ -472,6 +472,7 @@ def _key_set(keys: str) -> list[str]:
         out.append(_KEY_ALIASES.get(k, k))
     return out
 
+
 UiKeyId = Literal[UI_KEY_IDS]  # type: ignore[valid-type]
 _KEY_LIST = re.compile(r"^\s*([A-Za-z0-9_+-]+|[!-~])(\s*,\s*([A-Za-z0-9_+-]+|[!-~]))*\s*$")
 
@@ -884,12 +885,21 @@ def _contradictions(cfg: Config, at: Callable[..., str]) -> list[str]:
         (["auto_stop", "strategies", name, "criteria"], a.criteria_for(name))
         for name in a.strategies
     ]
+    trail_keys = {
+        "trailing_activation_percent",
+        "profit_target_percent",
+        "trailing_drawdown_percent",
+    }
     for loc, c in layers:
-        problem = criteria_contradiction(c, _dotted(loc) + ".")
+        given = _given(cfg, loc)
+        if loc[1] == "strategies" and not trail_keys & given:
+            continue  # as the global criteria: said once, there
+        glob = ["auto_stop", "criteria"]
+        target_at = loc if "profit_target_percent" in given else glob
+        problem = criteria_contradiction(c, _dotted(target_at) + ".")
         if problem is None:
             continue
-        given = "trailing_activation_percent" in _given(cfg, loc)
-        where = loc if given else ["auto_stop", "criteria"]
+        where = loc if "trailing_activation_percent" in given else glob
         out.append(f"{at(*where, 'trailing_activation_percent')}: {problem}")
     return out
 
@@ -923,9 +933,7 @@ _MODIFIES = {
 }
 
 
-def override_warnings(
-    base: Criteria, override: dict[str, Any], where: str
-) -> list[str]:
+def override_warnings(base: Criteria, override: dict[str, Any], where: str) -> list[str]:
     """Warnings for a criteria override (a strategy's, a trade's) that sets a key of a rule that
     is off in the effective criteria: the key does nothing. Each line names both keys."""
     out: list[str] = []

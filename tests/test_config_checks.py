@@ -137,3 +137,17 @@ async def test_the_threshold_editor_refuses_a_trail_above_the_target_naming_both
         await pilot.press("ctrl+s")
         await pilot.pause()
         assert submit.payloads and submit.payloads[0]["trailing_activation_percent"] == 30
+
+
+def test_a_global_contradiction_is_said_once_not_per_strategy() -> None:
+    text = (
+        "[auto_stop.criteria]\nprofit_target_percent = 40\ntrailing_drawdown_percent = 10\n"
+        "trailing_activation_percent = 50\n"
+        "[auto_stop.strategies.a.criteria]\nmax_loss_percent = 20\n"
+        "[auto_stop.strategies.b.criteria]\ntrailing_activation_percent = 60\n"
+    )
+    lines = errors_in(text)
+    assert len(lines) == 2, lines  # the global one, and b's own activation (not a's)
+    assert "line 4: auto_stop.criteria.trailing_activation_percent" in lines[0]
+    assert "line 8: auto_stop.strategies.b.criteria.trailing_activation_percent: 60" in lines[1]
+    assert "auto_stop.criteria.profit_target_percent (40)" in lines[1]  # where the target is

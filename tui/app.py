@@ -456,7 +456,9 @@ class TradeSupervisorApp(App[int]):
 
         body = Text(f"{len(snap.trades)} open trade(s) will be closed at the market:\n")
         for t in snap.trades[:12]:
-            body.append(f"  {shown(t.trade_id)}  {t.side} {fmt.qty(t.qty)} × {shown(t.contract_id)}  ")
+            body.append(
+                f"  {shown(t.trade_id)}  {t.side} {fmt.qty(t.qty)} × {shown(t.contract_id)}  "
+            )
             body.append(f"mark {fmt.price(t.mark)}  proceeds {fmt.money(t.proceeds)}\n")
         if len(snap.trades) > 12:
             body.append(f"  … and {len(snap.trades) - 12} more\n")
