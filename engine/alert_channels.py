@@ -52,6 +52,7 @@ from engine.config import (
 )
 from engine.http_retry import DEFAULT_RETRY_AFTER_MAX_SECONDS, RetryGate
 from engine.models import AlertKind, Severity
+from engine.text import shown
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def alert_filter(cfg: AlertChannelConfig, time_zone: str = "UTC") -> AlertFilter
 
 
 def alert_title(alert: Alert) -> str:
-    trade = f" {alert.trade_id}" if alert.trade_id else ""
+    trade = f" {shown(alert.trade_id)}" if alert.trade_id else ""
     return f"{alert.severity.value.upper()} {alert.kind.value}{trade}"
 
 

@@ -11,8 +11,10 @@ waits on the network; they report their own `health()`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -22,7 +24,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from engine import private_files
 from engine.models import AlertKind, Severity
+from engine.text import shown
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +119,8 @@ class JsonlChannel:
 
     def __init__(self, path: Path, filter: AlertFilter | None = None) -> None:
         self.filter = filter
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = path.open("a", encoding="utf-8")
+        private_files.make_dir(path.parent)
+        self._fh = private_files.open_append(path, encoding="utf-8")
 
     async def deliver(self, alert: Alert) -> None:
         self._fh.write(json.dumps(alert.to_json(), allow_nan=False) + "\n")
@@ -130,7 +134,11 @@ _SEVERITY_MARK = {Severity.INFO: "  ", Severity.WARNING: "! ", Severity.CRITICAL
 
 
 class PrintChannel:
-    """Prints alerts as one line each (headless mode)."""
+    """Prints alerts as one line each (headless mode).
+
+    When its stream is closed (`... | head` exited, the terminal went away) it switches itself
+    off: one line on stderr says so, and the other channels carry on. Never a traceback per
+    alert."""
 
     name = "stdout"
 
@@ -139,17 +147,47 @@ class PrintChannel:
     ) -> None:
         self._stream = stream
         self._fmt = time_fmt or _utc_hms
+        self.off: str | None = None
+        self.sent = 0
 
     async def deliver(self, alert: Alert) -> None:
+        if self.off is not None:
+            return
         stream = self._stream or sys.stdout
-        trade = f" [{alert.trade_id}]" if alert.trade_id else ""
+        trade = f" [{shown(alert.trade_id)}]" if alert.trade_id else ""
         more = f" (+{alert.repeats} similar)" if alert.repeats else ""
-        print(
-            f"{self._fmt(alert.ts)} {_SEVERITY_MARK[alert.severity]}{alert.severity.value:<8} "
-            f"{alert.kind.value:<17}{trade} {alert.message}{more}",
-            file=stream,
-            flush=True,
-        )
+        try:
+            print(
+                f"{self._fmt(alert.ts)} {_SEVERITY_MARK[alert.severity]}{alert.severity.value:<8} "
+                f"{alert.kind.value:<17}{trade} {alert.message}{more}",
+                file=stream,
+                flush=True,
+            )
+        except (OSError, ValueError) as e:  # BrokenPipeError; ValueError: the file is closed
+            self._switch_off(stream, e)
+            return
+        self.sent += 1
+
+    def _switch_off(self, stream: TextIO, e: Exception) -> None:
+        why = "the pipe was closed" if isinstance(e, BrokenPipeError) else f"{e}"
+        self.off = f"stdout unusable ({why})"
+        with contextlib.suppress(Exception):
+            # What is still buffered would fail again at exit ("Exception ignored ..."): send
+            # the stream's descriptor to /dev/null.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        with contextlib.suppress(Exception):
+            print(
+                f"trade-supervisor: {self.off}: the stdout alert channel is off; alerts still "
+                "go to the alert log and the other channels",
+                file=sys.stderr,
+                flush=True,
+            )
+        log.warning("alert channel stdout switched off: %s", self.off)
+
+    def health(self) -> ChannelHealth:
+        return ChannelHealth(self.name, sent=self.sent, disabled=self.off)
 
 
 class StoreLike(Protocol):
@@ -197,7 +235,10 @@ class AlertBus:
     ) -> Alert | None:
         """Raise an alert; returns None when the throttle held it back as a repeat.
         `every_channel`: past every channel's filter (the engine stopping itself).
-        `throttle=False`: never held back (a change of state: each one is its own news)."""
+        `throttle=False`: never held back (a change of state: each one is its own news).
+        The message is shown everywhere, so its control and bidi characters (a venue's text, an
+        id from another program) are escaped here (engine.text.shown)."""
+        message = shown(message)
         key = (kind.value, subject if subject is not None else (trade_id or message))
         last = self._last.get(key)
         if throttle and last is not None and ts - last < self.cooldown_seconds:

@@ -114,6 +114,9 @@ __all__ = [
 ]
 
 NEAR = 0.9  # "near" a threshold, peak or trough: within 10 % of it
+MIN_RATIO_TRADES = 20
+"""Sharpe, Sortino and the profit factor of fewer trades than this mean nothing: they are None
+(JSON null) and shown as "n/a (n=7)"."""
 EPS = 1e-9
 Thresholds = Callable[[Trade], tuple[float | None, float | None]]
 """A trade -> (profit_target_percent, max_loss_percent) as configured (None: rule off)."""
@@ -361,8 +364,10 @@ class Aggregate:
     unknown_pnl: int = 0
 
 
-def aggregate(rows: Sequence[TradeStats]) -> Aggregate:
-    """The aggregate numbers of a group of trades (module docstring)."""
+def aggregate(rows: Sequence[TradeStats], min_ratio_trades: int | None = None) -> Aggregate:
+    """The aggregate numbers of a group of trades (module docstring). The ratios (profit factor,
+    Sharpe, Sortino) need `min_ratio_trades` trades with a known P&L (MIN_RATIO_TRADES)."""
+    least = MIN_RATIO_TRADES if min_ratio_trades is None else min_ratio_trades
     known = [r for r in rows if r.realized_pnl is not None]
     unknown = len(rows) - len(known)
     n = len(known)
@@ -390,20 +395,24 @@ def aggregate(rows: Sequence[TradeStats]) -> Aggregate:
         gross_losses=sum(losses),
         avg_win=avg_win,
         avg_loss=avg_loss,
-        profit_factor=profit_factor(pnls),
+        profit_factor=profit_factor(pnls) if n >= least else None,
         expectancy=win_rate * (avg_win or 0.0) - loss_rate * (avg_loss or 0.0),
-        sharpe=sharpe(returns),
-        sortino=sortino(returns),
+        sharpe=sharpe(returns) if n >= least else None,
+        sortino=sortino(returns) if n >= least else None,
         max_drawdown=equity_max_drawdown(known),
         unknown_pnl=unknown,
     )
 
 
-def _group(rows: Sequence[TradeStats], key: Callable[[TradeStats], str]) -> dict[str, Aggregate]:
+def _group(
+    rows: Sequence[TradeStats],
+    key: Callable[[TradeStats], str],
+    min_ratio_trades: int | None = None,
+) -> dict[str, Aggregate]:
     groups: dict[str, list[TradeStats]] = {}
     for r in rows:
         groups.setdefault(key(r) or "(none)", []).append(r)
-    return {k: aggregate(v) for k, v in sorted(groups.items())}
+    return {k: aggregate(v, min_ratio_trades) for k, v in sorted(groups.items())}
 
 
 # --- effectiveness ---------------------------------------------------------------------------
@@ -477,6 +486,7 @@ class Report:
             "effectiveness_total": asdict(self.effectiveness_total),
             "trades": [asdict(r) for r in self.trades],
             "problems": self.problems,
+            "min_ratio_trades": MIN_RATIO_TRADES,  # fewer: profit factor, Sharpe, Sortino null
         }
 
 
@@ -487,8 +497,11 @@ def build_report(
     *,
     filters: dict[str, Any] | None = None,
     problems: Sequence[str] = (),
+    min_ratio_trades: int | None = None,
 ) -> Report:
-    """The whole report from journal rows. `settlements`: contract_id -> settlement value."""
+    """The whole report from journal rows. `settlements`: contract_id -> settlement value;
+    `min_ratio_trades`: see MIN_RATIO_TRADES."""
+    least = min_ratio_trades
     settlements = settlements or {}
     rows: list[TradeStats] = []
     for inp in inputs:
@@ -504,10 +517,10 @@ def build_report(
     rows.sort(key=lambda r: (r.exit_ts if r.exit_ts is not None else math.inf, r.trade_id))
     return Report(
         trades=rows,
-        overall=aggregate(rows),
-        by_strategy=_group(rows, lambda r: r.strategy),
-        by_venue=_group(rows, lambda r: r.venue),
-        by_exit_reason=_group(rows, lambda r: r.exit_reason),
+        overall=aggregate(rows, least),
+        by_strategy=_group(rows, lambda r: r.strategy, least),
+        by_venue=_group(rows, lambda r: r.venue, least),
+        by_exit_reason=_group(rows, lambda r: r.exit_reason, least),
         effectiveness=effectiveness(rows),
         effectiveness_total=_effect([r for r in rows if r.by_rule]),
         filters=dict(filters or {}),
@@ -521,6 +534,7 @@ async def load_report(
     since: float | None = None,
     strategy: str | None = None,
     thresholds: Thresholds | None = None,
+    min_ratio_trades: int | None = None,
 ) -> Report:
     """Read the journal (reads only: a read-only store works beside a running engine) and build
     the report of the closed trades selected by `since` (closed at or after, Unix seconds) and
@@ -545,6 +559,7 @@ async def load_report(
             thresholds,
             filters={"since": since, "strategy": strategy},
             problems=problems,
+            min_ratio_trades=min_ratio_trades,
         )
     )
 
@@ -616,8 +631,17 @@ def _money(v: float | None) -> str:
     return "n/a" if v is None else f"{v:+.2f}"
 
 
-def _ratio(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}"
+def _ratio(v: float | None, trades: int | None = None) -> str:
+    if v is None:
+        return ratio_na(trades)
+    return f"{v:.2f}"
+
+
+def ratio_na(trades: int | None) -> str:
+    """How a ratio left out is shown: "n/a (n=7)" when too few trades, else "n/a"."""
+    if trades is not None and 0 < trades < MIN_RATIO_TRADES:
+        return f"n/a (n={trades})"
+    return "n/a"
 
 
 def _pct(v: float | None) -> str:
@@ -646,10 +670,10 @@ _AGG_COLS = (
     ("best", 9),
     ("worst", 9),
     ("avg hold", 8),
-    ("PF", 6),
+    ("PF", 10),
     ("expect.", 9),
-    ("Sharpe", 7),
-    ("Sortino", 7),
+    ("Sharpe", 10),
+    ("Sortino", 10),
     ("max DD", 9),
 )
 
@@ -665,10 +689,10 @@ def _agg_cells(a: Aggregate) -> list[str]:
         _money(a.best),
         _money(a.worst),
         fmt_duration(a.avg_holding_seconds),
-        _ratio(a.profit_factor),
+        _ratio(a.profit_factor, a.trades),
         _money(a.expectancy),
-        _ratio(a.sharpe),
-        _ratio(a.sortino),
+        _ratio(a.sharpe, a.trades),
+        _ratio(a.sortino, a.trades),
         f"{a.max_drawdown:.2f}",
     ]
 

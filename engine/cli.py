@@ -15,15 +15,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from engine.config import Config, ConfigError, load_config, resolve_config_path
+from engine.config import (
+    Config,
+    ConfigError,
+    config_warnings,
+    load_config,
+    resolve_config_path,
+)
 from engine.store import JOURNAL_FILENAME, Store, StoreError
+from engine.text import shown
 from engine.trade_rows import BadRow, RowContext, trade_problem
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
@@ -120,7 +129,31 @@ def _parser_with(common: argparse.ArgumentParser) -> type[argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command line; a reader that goes away (`... | head`) ends a command quietly, exit 0.
+    Not the engine itself: its stdout alerts switch themselves off (engine.alerts.PrintChannel),
+    and a broken pipe anywhere else (a venue's socket) is a fault, never a quiet exit."""
+    try:
+        args = build_parser().parse_args(argv)
+    except BrokenPipeError:  # --help | head
+        _stdout_to_devnull()
+        return EXIT_OK
+    if args.cmd is None:
+        return _main(args)
+    try:
+        return _main(args)
+    except BrokenPipeError:
+        _stdout_to_devnull()  # what is still buffered would fail again at exit
+        return EXIT_OK
+
+
+def _stdout_to_devnull() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         config, path = _load(args.config)
     except ConfigError as e:
@@ -137,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:  # before anything else: a file in the way, an unwritable parent
         print(f"trade-supervisor: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.cmd is None:  # the engine starts: say what in the config probably does nothing
+        for w in config_warnings(config):
+            print(f"trade-supervisor: warning: {w}", file=sys.stderr)
     try:
         if args.cmd == "check-config":
             return _check_config(config, path)
@@ -169,6 +205,9 @@ def _check_config(config: Config, path: Path | None) -> int:
     from tui.app import ui_config_problems
 
     problems = ui_config_problems(config, str(path or "config"))
+    problems += _start_problems(config)
+    for w in config_warnings(config):
+        print(f"warning: {w}", file=sys.stderr)
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return EXIT_CONFIG
@@ -176,6 +215,85 @@ def _check_config(config: Config, path: Path | None) -> int:
     print(f"# effective config, from {src}; secrets are hidden")
     print(config.redacted_toml(), end="")
     return EXIT_OK
+
+
+def _start_problems(config: Config) -> list[str]:
+    """What would stop the engine from starting that can be known without the network: the
+    Kalshi key file (its permissions, that it parses), the journal (a file that is not one, a
+    newer schema), the alert log, and an engine already running on this data_dir. The
+    data_dir itself is checked before (`Config.data_dir_problem`). Warnings are printed here."""
+    from engine import private_files
+
+    out: list[str] = []
+    if config.engine.venue == "kalshi":
+        from engine.runtime import _kalshi_signer
+
+        try:
+            _kalshi_signer(config)
+        except ConfigError as e:
+            out += e.lines
+    journal = _journal(config)
+    pid = Store(journal).engine_pid()
+    if pid is not None:
+        out.append(
+            f"engine.data_dir = {str(config.data_path())!r}: another trade-supervisor (pid {pid}) "
+            "is running on this journal, so the engine would refuse to start; stop it first, "
+            f"or use another data_dir (to apply this config to the running one: kill -HUP {pid})"
+        )
+    elif journal.exists():
+        problem = asyncio.run(_journal_problem(journal))
+        if problem is not None:
+            out.append(f"engine.data_dir: {problem}")
+    for loose in private_files.loose(config.data_path()):
+        print(
+            f"warning: {loose}: readable by other users; the engine makes it private (0600) "
+            "at its next start",
+            file=sys.stderr,
+        )
+    log = config.alert_log_path()
+    if config.alerts.log_file and log.exists():
+        if not log.is_file():
+            out.append(
+                f"alerts.log_file = {config.alerts.log_file!r}: {log} is not a regular file; "
+                "move it aside or set another log_file"
+            )
+        elif not os.access(log, os.W_OK):
+            out.append(
+                f"alerts.log_file = {config.alerts.log_file!r}: {log} is not writable; "
+                "fix its permissions or set another log_file"
+            )
+    return out
+
+
+async def _journal_problem(path: Path) -> str | None:
+    """Why the engine could not open the journal at `path` (not ours, newer, or a live engine
+    on it whose lock file was deleted: its fresh heartbeat says so), or None."""
+    from engine.store import LIVE_HEARTBEAT_SECONDS, _pid_alive
+
+    store = Store(path)
+    try:
+        await store.open(readonly=True)
+    except StoreError as e:
+        return str(e)
+    try:
+        hb = await store.get_state("heartbeat") or {}
+    finally:
+        await store.close()
+    pid, wall = hb.get("pid"), hb.get("wall_ts")
+    if (
+        isinstance(pid, int)
+        and pid > 0
+        and pid != os.getpid()
+        and isinstance(wall, int | float)
+        and abs(time.time() - wall) < LIVE_HEARTBEAT_SECONDS
+        and _pid_alive(pid)
+    ):
+        return (
+            f"another trade-supervisor (pid {pid}) is using {path}: its heartbeat is "
+            f"{max(time.time() - wall, 0):.0f}s old, though its lock file was deleted; the engine "
+            f"would refuse to start: stop it first (kill {pid}) or use another data_dir"
+        )
+    return None
 
 
 def _run(config: Config, path: Path | None, headless: bool) -> int:
@@ -207,6 +325,18 @@ def _fmt_age(age: Any) -> str:
     return "never" if age is None else f"{age:.0f}s"
 
 
+def _fmt_secs(seconds: float) -> str:
+    """An age: "0.4s", "12s", "3m05s", "2h10m" (a sub-second age keeps its tenth)."""
+    if seconds < 10:
+        return f"{max(seconds, 0.0):.1f}s"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
 def _unprotected_now(info: dict[str, Any], hb: dict[str, Any], trades: list[Any]) -> dict[str, str]:
     """The open trades nobody is protecting right now, by trade id, with the reason: the
     engine's own watchdog while it runs and answers; every open trade when it is not running
@@ -230,7 +360,7 @@ def _protection_lines(info: dict[str, Any], hb: dict[str, Any], n_open: int) -> 
     if not bad:
         return [f"protection: all {n_open} open trades protected"]
     lines = [f"UNPROTECTED: {len(bad)} of {n_open} open trades"]
-    lines += [f"  {tid:<24} {why}" for tid, why in sorted(bad.items())]
+    lines += [f"  {shown(tid):<24} {shown(why)}" for tid, why in sorted(bad.items())]
     return lines
 
 
@@ -288,12 +418,18 @@ async def _status(config: Config, as_json: bool) -> int:
             f"{'ARMED' if hb.get('armed') else 'disarmed'}{', ALL PAUSED' if hb.get('paused_all') else ''}"
         )
         for name, a in (hb.get("sources") or {}).items():
+            # The age as the heartbeat saw it, plus the heartbeat's own age: its age now.
+            now_age = a + age if isinstance(a, int | float) and age is not None else a
             print(
-                f"  {name:<20} "
-                + (f"last update {a:.0f}s ago" if a is not None else "no update time")
+                f"  {shown(name):<20} "
+                + (
+                    f"last update {_fmt_secs(now_age)} ago"
+                    if isinstance(now_age, int | float)
+                    else "no update yet"
+                )
             )
         for k, v in (hb.get("bad_data") or {}).items():
-            print(f"  BAD DATA {k}: {v}")
+            print(f"  BAD DATA {shown(str(k))}: {shown(str(v))}")
     for line in _protection_lines(info, hb, len(trades)):
         print(line)
     for tid, why in sorted(info["exits_held"].items()):
@@ -303,10 +439,11 @@ async def _status(config: Config, as_json: bool) -> int:
     if bad:
         print(f"bad rows (not supervised): {len(bad)}")
         for b in bad:
-            print(f"  {b.message()}")
+            print(f"  {shown(b.message())}")
     for t in trades:
         print(
-            f"  {t.trade_id:<24} {t.side:<5} {t.qty:>8g} {t.contract_id:<28} @ {t.entry_price:.4f}"
+            f"  {shown(t.trade_id):<24} {t.side:<5} {t.qty:>8g} {shown(t.contract_id):<28} "
+            f"@ {t.entry_price:.4f}"
             f"{'  paused' if t.paused else ''}{'  closing' if str(t.state) == 'closing' else ''}"
         )
     return EXIT_OK
@@ -338,15 +475,19 @@ async def _trades(config: Config, args: argparse.Namespace) -> int:
         else:
             for t in rows:
                 if isinstance(t, BadRow):
-                    print(f"{t.shown_id:<24} BAD: {t.problem} (row {t.rowid}; fix: {t.fix})")
+                    print(
+                        f"{shown(t.shown_id):<24} BAD: {shown(t.problem)} (row {t.rowid}; "
+                        f"fix: {t.fix})"
+                    )
                     continue
                 exit_part = (
-                    f" -> {t.exit_price:.4f} {t.exit_reason} P&L {t.realized_pnl:+.2f}"
+                    f" -> {t.exit_price:.4f} {shown(t.exit_reason)} P&L {t.realized_pnl:+.2f}"
                     if t.exit_price is not None and t.realized_pnl is not None
-                    else (f" -> {t.exit_reason}" if t.exit_reason else "")
+                    else (f" -> {shown(t.exit_reason)}" if t.exit_reason else "")
                 )
                 print(
-                    f"{t.trade_id:<24} {t.state!s:<7} {t.side:<5} {t.qty:>8g} {t.contract_id:<28} "
+                    f"{shown(t.trade_id):<24} {t.state!s:<7} {t.side:<5} {t.qty:>8g} "
+                    f"{shown(t.contract_id):<28} "
                     f"@ {t.entry_price:.4f}{exit_part}"
                 )
             print(

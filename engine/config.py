@@ -18,7 +18,7 @@ import os
 import re
 import tomllib
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -441,6 +441,54 @@ UI_KEY_IDS: tuple[str, ...] = (
 )
 """The ids of the screen's key bindings, remappable in `[ui.keys]` (the UI checks it has each)."""
 
+UI_DEFAULT_KEYS: dict[str, str] = {
+    "close_trade": "c",
+    "pause_trade": "p",
+    "kill_switch": "P",
+    "arm": "a",
+    "close_all": "X",
+    "detail": "enter",
+    "edit": "e",
+    "metrics": "m",
+    "reload": "r",
+    "filter": "slash",
+    "clear_filter": "escape",
+    "alert_severity": "s",
+    "alert_kind": "k",
+    "next_pane": "tab",
+    "previous_pane": "shift+tab",
+    "help": "question_mark",
+    "quit": "q",
+}
+"""Each binding's built-in key (tui/app.py binds these; a test checks the two agree)."""
+
+UI_RESERVED_KEYS: dict[str, str] = {
+    "ctrl+q": "quit at once",
+    "ctrl+c": "copy / quit",
+    "ctrl+p": "the command palette",
+    "up": "move in a table",
+    "down": "move in a table",
+    "left": "move in a table",
+    "right": "move in a table",
+    "pageup": "move in a table",
+    "pagedown": "move in a table",
+    "home": "move in a table",
+    "end": "move in a table",
+}
+"""Keys the screen's toolkit (Textual) itself binds: a `[ui.keys]` binding may not take them."""
+
+_KEY_ALIASES = {"?": "question_mark", "/": "slash", "esc": "escape"}
+
+
+def _key_set(keys: str) -> list[str]:
+    """The keys of a binding ("ctrl+k, C" -> ["ctrl+k", "C"]), written the way Textual names them."""
+    out = []
+    for k in keys.split(","):
+        k = k.strip()
+        out.append(_KEY_ALIASES.get(k, k))
+    return out
+
+
 UiKeyId = Literal[UI_KEY_IDS]  # type: ignore[valid-type]
 _KEY_LIST = re.compile(r"^\s*([A-Za-z0-9_+-]+|[!-~])(\s*,\s*([A-Za-z0-9_+-]+|[!-~]))*\s*$")
 
@@ -792,7 +840,7 @@ def _cross_checks(cfg: Config, text: str, where: str) -> list[str]:
         line = _find_line(text, list(loc))
         return f"{where}{f', line {line}' if line else ''}: {_dotted(list(loc))}"
 
-    out: list[str] = []
+    out: list[str] = _contradictions(cfg, at)
     limit = cfg.engine.max_spot_age_seconds
     if cfg.spot.stale_after_seconds > limit:
         out.append(
@@ -835,6 +883,117 @@ def _cross_checks(cfg: Config, text: str, where: str) -> list[str]:
                 f'{at("engine", "venue")}: venue "kalshi" needs your Kalshi API key: set '
                 + " and ".join(missing)
             )
+    return out
+
+
+def _contradictions(cfg: Config, at: Callable[..., str]) -> list[str]:
+    """Keys that contradict each other, each line naming both: a `[ui.keys]` binding that takes
+    another binding's key (or one the toolkit keeps), and a trailing stop that would arm only
+    above the profit target (the target closes the trade first, so it never trails)."""
+    out: list[str] = []
+    configured = cfg.ui.keys
+    effective = {k: configured.get(k, UI_DEFAULT_KEYS[k]) for k in UI_DEFAULT_KEYS}
+    owner: dict[str, str] = {}
+    for bid in UI_DEFAULT_KEYS:  # the built-in ids first: the configured one is the intruder
+        if bid in configured:
+            continue
+        for key in _key_set(effective[bid]):
+            owner.setdefault(key, bid)
+    for bid, keys in configured.items():
+        for key in _key_set(keys):
+            if key in UI_RESERVED_KEYS:
+                out.append(
+                    f"{at('ui', 'keys', bid)}: {keys!r} takes {key!r}, the screen's own key for "
+                    f"{UI_RESERVED_KEYS[key]}; choose another key"
+                )
+            elif key in owner and owner[key] != bid:
+                other = owner[key]
+                how = (
+                    f"ui.keys.{other} = {configured[other]!r}"
+                    if other in configured
+                    else f"ui.keys.{other}'s built-in key {UI_DEFAULT_KEYS[other]!r}"
+                )
+                out.append(
+                    f"{at('ui', 'keys', bid)}: {keys!r} takes {key!r}, which is {how}; one key "
+                    f"would do two things: choose another key, or remap {other} too"
+                )
+            else:
+                owner[key] = bid
+    a = cfg.auto_stop
+    layers: list[tuple[list[str], Criteria]] = [(["auto_stop", "criteria"], a.criteria)]
+    layers += [
+        (["auto_stop", "strategies", name, "criteria"], a.criteria_for(name))
+        for name in a.strategies
+    ]
+    trail_keys = {
+        "trailing_activation_percent",
+        "profit_target_percent",
+        "trailing_drawdown_percent",
+    }
+    for loc, c in layers:
+        given = _given(cfg, loc)
+        if loc[1] == "strategies" and not trail_keys & given:
+            continue  # as the global criteria: said once, there
+        glob = ["auto_stop", "criteria"]
+        target_at = loc if "profit_target_percent" in given else glob
+        problem = criteria_contradiction(c, _dotted(target_at) + ".")
+        if problem is None:
+            continue
+        where = loc if "trailing_activation_percent" in given else glob
+        out.append(f"{at(*where, 'trailing_activation_percent')}: {problem}")
+    return out
+
+
+def criteria_contradiction(c: Criteria, prefix: str = "") -> str | None:
+    """Why these effective criteria contradict themselves, or None: a trailing stop that arms
+    only at or above the profit target never trails (the target closes the trade first).
+    Also checked by the screen's threshold editor for one trade's overrides."""
+    act, target = c.trailing_activation_percent, c.profit_target_percent
+    if c.trailing_drawdown_percent is None or act is None or target is None or act < target:
+        return None
+    return (
+        f"{_num(act)} is not below {prefix}profit_target_percent ({_num(target)}): the profit "
+        "target closes the trade before the trailing stop arms, so it never trails; lower the "
+        "activation or raise the target"
+    )
+
+
+def _given(cfg: Config, loc: list[str]) -> set[str]:
+    """The criteria keys written in the file at `loc` (the global table or a strategy's)."""
+    if loc[1] == "criteria":
+        return set(cfg.auto_stop.criteria.model_fields_set)
+    return set(cfg.auto_stop.strategies[loc[2]].criteria)
+
+
+# Modifier keys that mean nothing while their rule is off (its threshold key is not set).
+_MODIFIES = {
+    "trailing_activation_percent": "trailing_drawdown_percent",
+    "reversal_window_seconds": "momentum_reversal_threshold_bps",
+    "spike_window_seconds": "volatility_spike_threshold",
+}
+
+
+def override_warnings(base: Criteria, override: dict[str, Any], where: str) -> list[str]:
+    """Warnings for a criteria override (a strategy's, a trade's) that sets a key of a rule that
+    is off in the effective criteria: the key does nothing. Each line names both keys."""
+    out: list[str] = []
+    eff = base.merged(override)
+    for key, rule_key in _MODIFIES.items():
+        if key in override and override[key] is not None and getattr(eff, rule_key) is None:
+            out.append(
+                f"{where}.{key} = {_num(override[key])} has no effect: "
+                f"{rule_key} is off there (set it, or remove {key})"
+            )
+    return out
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """What in a valid config probably does not do what its writer meant (printed by
+    `check-config` and at start; the engine runs anyway)."""
+    out: list[str] = []
+    for name, s in cfg.auto_stop.strategies.items():
+        where = f"auto_stop.strategies.{_key_part(name)}.criteria"
+        out += override_warnings(cfg.auto_stop.criteria, s.criteria, where)
     return out
 
 

@@ -102,10 +102,19 @@ _FIRES_AT_OR_BELOW = frozenset({"max_loss", "ttc_cutoff", "min_time_value"})
 # --- helpers -------------------------------------------------------------------------------------
 
 
+def fmt_dollars(x: float) -> str:
+    """Dollars with cents at least and up to six decimals, never rounded into the threshold's
+    look: 0.05 -> "0.05", 0.1 -> "0.10", 0.09996 -> "0.09996"."""
+    n = f"{x:,.6f}".rstrip("0")
+    whole, _, frac = n.partition(".")
+    return f"{whole}.{frac:0<2}"
+
+
 def _fmt(x: float, unit: str) -> str:
-    n = f"{x:.0f}" if abs(x) >= 1000 else f"{x:.4g}"
     if unit == "$":
+        n = fmt_dollars(x)
         return f"-${n[1:]}" if n.startswith("-") else f"${n}"
+    n = f"{x:.0f}" if abs(x) >= 1000 else f"{x:.4g}"
     if unit in ("%", "s"):
         return f"{n}{unit}"
     return f"{n} {unit}"
@@ -438,3 +447,72 @@ def nearest(results: Sequence[RuleResult]) -> RuleResult | None:
     if hit is not None:
         return hit
     return min(results, key=lambda r: (r.proximity, _RANK.get(r.rule, len(_RANK))))
+
+
+# --- the audit: every rule, on or off ------------------------------------------------------------
+
+RULE_KEYS: dict[str, str] = {
+    "max_loss": "max_loss_percent",
+    "profit_target": "profit_target_percent",
+    "trailing_drawdown": "trailing_drawdown_percent",
+    "max_holding_time": "max_holding_time_minutes",
+    "momentum": "momentum_threshold_bps",
+    "momentum_reversal": "momentum_reversal_threshold_bps",
+    "volatility": "volatility_threshold",
+    "volatility_spike": "volatility_spike_threshold",
+    "price_gap": "price_gap_threshold_percent",
+    "ttc_cutoff": "ttc_cutoff_seconds",
+    "min_time_value": "min_time_value",
+}
+"""Each rule's threshold key in `Criteria` (None there: the rule is off)."""
+assert tuple(RULE_KEYS) == RULE_ORDER
+
+RULE_UNITS: dict[str, str] = {
+    "max_loss": "%",
+    "profit_target": "%",
+    "trailing_drawdown": "%",
+    "max_holding_time": "min",
+    "momentum": "bps",
+    "momentum_reversal": "bps",
+    "volatility": "score",
+    "volatility_spike": "score",
+    "price_gap": "%",
+    "ttc_cutoff": "s",
+    "min_time_value": "$",
+}
+
+# A stand-in threshold for a rule that is off: its measured value does not depend on it.
+_PROBE = {rule: 1.0 for rule in RULE_ORDER} | {"volatility": 0.5, "volatility_spike": 0.5}
+
+
+def all_on(c: Criteria) -> Criteria:
+    """`c` with every rule that is off given a stand-in threshold (for measuring, never for
+    deciding: see `audit`)."""
+    off = {RULE_KEYS[r]: _PROBE[r] for r in RULE_ORDER if getattr(c, RULE_KEYS[r]) is None}
+    return c.model_copy(update=off) if off else c
+
+
+def audit(inp: RuleInput, c: Criteria) -> list[dict[str, object]]:
+    """Every rule's numbers for the audit record, in RULE_ORDER, whether the rule is on or not.
+
+    A rule that is on: as `evaluate` gives it (`on` True). A rule that is off: its value
+    measured all the same, with no threshold and no distance (`on` False, never fired). A rule
+    whose input is missing (no momentum yet, no time value for a binary): value None.
+    """
+    probe = all_on(c)
+    out: list[dict[str, object]] = []
+    for rule in RULE_ORDER:
+        on = getattr(c, RULE_KEYS[rule]) is not None
+        r = RULES[rule](inp, c if on else probe)
+        out.append(
+            {
+                "rule": rule,
+                "on": on,
+                "fired": bool(r.fired) if r is not None and on else False,
+                "value": r.value if r is not None else None,
+                "threshold": r.threshold if r is not None and on else None,
+                "distance": r.distance if r is not None and on else None,
+                "unit": RULE_UNITS[rule],
+            }
+        )
+    return out

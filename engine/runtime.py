@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
+import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import private_files
 from engine.alert_channels import attach_channels
 from engine.alerts import AlertBus
 from engine.clock import Clock, RealClock, ScaledClock
@@ -33,6 +36,8 @@ from engine.venues.paper import PaperVenue
 # away), so the events that closed meanwhile settle the trades on them; a longer gap starts a
 # fresh simulated session, and trades left on the old events are reported.
 RESUME_SIM_WITHIN_SECONDS = 7 * 86400.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,7 +129,9 @@ async def build_runtime(
         problem = config.data_dir_problem()
         if problem is not None:
             raise ConfigError([problem])
-        data.mkdir(parents=True, exist_ok=True)
+        private_files.make_dir(data)
+        for p in private_files.tighten_all(data):
+            log.warning("%s was readable by other users: made private (0600)", p)
         store = Store(db_path or data / JOURNAL_FILENAME)
         await store.open()
     except BaseException:
@@ -228,6 +235,22 @@ def _kalshi_signer(config: Config) -> KalshiSigner:
         raise ConfigError([f"venues.kalshi.private_key_path: {e}"]) from None
 
 
+def _stdout_closed_at_start() -> None:
+    """Stdout is closed before the engine's first line: send it to /dev/null (the stdout alerts
+    then go nowhere, said once here) instead of failing at every write."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    with contextlib.suppress(OSError, ValueError):
+        print(
+            "trade-supervisor: stdout is closed: no alerts are printed; they still go to the "
+            "alert log and the other channels",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 async def run_headless(config: Config, config_path: Path | None) -> int:
     """The engine without a screen, until SIGINT/SIGTERM; SIGHUP reloads the config."""
     try:
@@ -244,13 +267,16 @@ async def run_headless(config: Config, config_path: Path | None) -> int:
         loop.add_signal_handler(
             signal.SIGHUP, lambda: asyncio.ensure_future(eng.command(Command("reload")))
         )
-    print(
-        f"trade-supervisor: venue {eng.venue.name}, mode {eng.mode.value}, "
-        f"{'ARMED' if eng.armed else 'disarmed'}{', PAUSED' if eng.paused_all else ''}; "
-        f"{len(eng.trades)} open trades; journal {rt.store.path}. Ctrl-C stops.",
-        flush=True,
-    )
     try:
+        try:
+            print(
+                f"trade-supervisor: venue {eng.venue.name}, mode {eng.mode.value}, "
+                f"{'ARMED' if eng.armed else 'disarmed'}{', PAUSED' if eng.paused_all else ''}; "
+                f"{len(eng.trades)} open trades; journal {rt.store.path}. Ctrl-C stops.",
+                flush=True,
+            )
+        except (OSError, ValueError):  # stdout already closed: the engine runs all the same
+            _stdout_closed_at_start()
         await eng.run(rt.feeds)
     finally:
         await rt.close()

@@ -40,7 +40,7 @@ from typing import Any
 
 import aiosqlite
 
-from engine import trade_rows
+from engine import private_files, trade_rows
 from engine.models import Trade, TradeState
 from engine.trade_rows import BadRow, RowContext
 
@@ -62,6 +62,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 JOURNAL_FILENAME = "trades.db"  # the journal's name inside the configured data_dir
+SIDE_FILES = ("-wal", "-shm", ".lock")  # SQLite's files beside it, and the engine's lock
 SQLITE_MAGIC = b"SQLite format 3\x00"
 APPLICATION_ID = 0x54535550  # "TSUP": marks a SQLite file as a trade-supervisor journal
 BUSY_TIMEOUT_MS = 5000
@@ -511,6 +512,7 @@ class Store:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.readonly = False
+        self.tightened: list[Path] = []  # files of the journal made private at open (0600)
         self.last_load_problems: list[str] = []
         self.last_bad_rows: list[BadRow] = []  # rows the last load skipped (engine.trade_rows)
         # Called (once per failure) when the disk refuses a write; the engine stops on it.
@@ -552,7 +554,7 @@ class Store:
         self.unwritable = None
         if not readonly:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                private_files.make_dir(self.path.parent)
             except OSError as e:
                 msg = f"cannot create the journal directory {self.path.parent}: {e}"
                 raise _disk_or(e, self.path, msg) from e
@@ -560,6 +562,8 @@ class Store:
                 self._acquire_lock()
         try:
             self._check_file()
+            if not readonly:
+                self._make_private()
             version = await self._connect()
             if lock and not readonly and version > 0:
                 await self._refuse_live_engine()
@@ -607,7 +611,7 @@ class Store:
 
     def _acquire_lock(self) -> None:
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, private_files.FILE_MODE)
         except OSError as e:
             msg = f"cannot create the lock file {self.lock_path}: {e}"
             raise _disk_or(e, self.path, msg) from e
@@ -674,7 +678,7 @@ class Store:
         except OSError:
             return None  # cannot look: the next check tries again
         try:
-            new = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            new = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, private_files.FILE_MODE)
         except OSError as e:
             raise StoreError(
                 f"the lock file {self.lock_path} was {what} and cannot be re-created: {e}"
@@ -726,6 +730,19 @@ class Store:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def _make_private(self) -> None:
+        """The journal is created 0600 (SQLite gives its -wal and -shm files the same mode); an
+        existing one, and its lock, readable by others are tightened (`tightened` lists them)."""
+        if not self.path.exists():
+            try:
+                private_files.create(self.path)
+            except OSError as e:
+                raise _disk_or(e, self.path, f"cannot create the journal {self.path}: {e}") from e
+        for p in (self.path, *(self.path.with_name(self.path.name + s) for s in SIDE_FILES)):
+            if private_files.tighten(p):
+                self.tightened.append(p)
+                log.warning("%s was readable by other users: made private (0600)", p)
 
     def _check_file(self) -> None:
         p = self.path

@@ -1774,7 +1774,38 @@ class Engine:
         q = self.quotes.get(t.contract_id)
         spot = self.spot_hist.latest()
         vs = self.vol.state
+        c = self.contracts.get(t.contract_id)
+        # Every rule's value and distance, on or off (rules.audit), as of this evaluation. The
+        # audit never stops an exit: a fault here is logged and leaves the list out.
+        all_rules: list[dict[str, object]] | None = None
+        if c is not None and st.pnl_pct is not None:
+            try:
+                crit = self._criteria(t, st)
+                m = self._market_inputs(rules.all_on(crit), now)
+                und = m["spot"] if c.underlying == self.symbol else None
+                if q is not None and q.und_price is not None and q.und_price > 0:
+                    und = q.und_price
+                direction = pricing.underlying_direction(t, c)
+                if c.type == "combo" and q is not None and q.delta:
+                    direction = (1 if q.delta > 0 else -1) * (-1 if t.side == "short" else 1)
+                inp = rules.RuleInput(
+                    now=now,
+                    opened_ts=t.opened_ts,
+                    pnl_pct=st.pnl_pct,
+                    peak_pnl_pct=t.peak_pnl_pct,
+                    direction=direction,
+                    ttc_seconds=c.close_ts - now,
+                    in_the_money=pricing.in_the_money(t, c, und) if und is not None else None,
+                    time_value=st.time_value,
+                    **m,
+                )
+                all_rules = rules.audit(inp, crit)
+            except Exception:
+                log.exception("audit of %s: the rules' numbers could not be computed", t.trade_id)
         return {
+            "ttc_seconds": c.close_ts - now if c is not None else None,
+            "time_value": st.time_value,
+            "all_rules": all_rules,
             "ts": now,
             "rule": fired.rule if fired else None,
             "value": fired.value if fired else None,
@@ -2350,6 +2381,7 @@ class Engine:
         self, positions: list[VenuePosition], asked_at: int, now: float
     ) -> None:
         await self._recover("venue")
+        self._venue_answer_ts = now  # the venue's age in the health list (status, header)
         moved = {c for c, seq in self._touched.items() if seq > asked_at}
         self._touched = {c: seq for c, seq in self._touched.items() if seq > asked_at}
         for cid in [c for c, ts in self._settled.items() if now - ts > SETTLED_MEMORY_SECONDS]:
@@ -3049,7 +3081,9 @@ class Engine:
                 q_age is None or q_age > self.config.engine.max_quote_age_seconds,
             )
         )
-        out.append(SourceHealth(f"venue {self.venue.name}", None, None, "venue" in self._bad))
+        v_ts: float | None = getattr(self, "_venue_answer_ts", None)  # its last positions answer
+        v_age = now - v_ts if v_ts is not None else None
+        out.append(SourceHealth(f"venue {self.venue.name}", v_ts, v_age, "venue" in self._bad))
         return out
 
     # ------------------------------------------------------------------ snapshot

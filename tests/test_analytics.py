@@ -16,7 +16,7 @@ import pytest
 from engine import analytics
 from engine import store as store_mod
 from engine.analytics import TradeInput, build_report, classify_exit, load_report, trade_stats
-from engine.models import Trade
+from engine.models import Trade, TradeState
 from engine.pricing import apply_fill, close_record
 from engine.store import SCHEMA_VERSION, Store, StoreError
 from tests.engine_harness import standard
@@ -114,7 +114,8 @@ async def journal(tmp_path: Path):
 
 @pytest.fixture
 async def report(journal: Store) -> analytics.Report:
-    return await load_report(journal, thresholds=thresholds)
+    # The arithmetic of the ratios on this handful of trades (shown only from 20: see below).
+    return await load_report(journal, thresholds=thresholds, min_ratio_trades=0)
 
 
 def approx(v: float) -> object:
@@ -499,3 +500,35 @@ def test_metrics_command_without_a_journal(tmp_path: Path) -> None:
         == 0
     )
     assert not (cli.data / "trades.db").exists()
+
+
+async def test_ratios_of_a_handful_of_trades_are_not_shown(journal: Store) -> None:
+    r = await load_report(journal, thresholds=thresholds)  # 8 closed trades, fewer than 20
+    o = r.overall
+    assert o.trades == 8 < analytics.MIN_RATIO_TRADES
+    assert (o.sharpe, o.sortino, o.profit_factor) == (None, None, None)
+    assert o.expectancy is not None and o.win_rate == 0.5  # plain averages and counts stay
+    text = analytics.format_text(r)
+    overall = next(line for line in text.splitlines() if line.lstrip().startswith("all "))
+    assert overall.count("n/a (n=8)") == 3, overall
+    assert r.to_dict()["min_ratio_trades"] == 20
+
+
+def test_ratios_are_shown_from_twenty_trades() -> None:
+    def stats(i: int, pnl: float) -> analytics.TradeStats:
+        full = trade_stats(
+            TradeInput(
+                Trade(f"t{i}", "C", "yes", 1.0, 0.5, 1.0e9 + i, state=TradeState.CLOSED,
+                      closed_ts=1.0e9 + i + 60, exit_price=0.5 + pnl, exit_reason="manual",
+                      realized_pnl=pnl),
+                (),
+                (),
+            )
+        )  # fmt: skip
+        return full
+
+    rows = [stats(i, 0.1 if i % 3 else -0.05) for i in range(20)]
+    a = analytics.aggregate(rows)
+    assert a.sharpe is not None and a.sortino is not None and a.profit_factor is not None
+    b = analytics.aggregate(rows[:19])
+    assert (b.sharpe, b.sortino, b.profit_factor) == (None, None, None)

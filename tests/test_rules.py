@@ -456,7 +456,7 @@ def test_time_value_floor() -> None:
     c = Criteria(min_time_value=0.10)
     r = run("min_time_value", c, time_value=0.10)
     assert r.fired and r.unit == "$"
-    assert r.describe() == "min_time_value FIRED $0.1 <= $0.1"
+    assert r.describe() == "min_time_value FIRED $0.10 <= $0.10"  # cents kept
     r = run("min_time_value", c, time_value=0.10 + 1e-9)
     assert not r.fired
     r = run("min_time_value", c, time_value=0.35)

@@ -53,7 +53,7 @@ async def _report(cfg: Config) -> analytics.Report:
 def _num(text: str) -> float | None:
     """A number as the screen shows it ("+1,234.50", "45.0%", "0.93"); None for "—"."""
     text = text.strip()
-    if text == "—":
+    if text == "—" or text.startswith("n/a"):
         return None
     v = float(text.replace(",", "").rstrip("%"))
     return v / 100.0 if text.endswith("%") else v

@@ -29,12 +29,14 @@ from textual.screen import Screen
 from textual.theme import BUILTIN_THEMES
 from textual.widgets import DataTable, Footer, Input, Static
 
+from engine import private_files
 from engine.alerts import AlertFilter, Verdict
 from engine.commands import Command, CommandResult
 from engine.config import UI_KEY_IDS, Config, ConfigError, parse_quiet_hours
 from engine.models import AlertKind, Severity
 from engine.snapshot import Snapshot, TradeRow
 from engine.store import StoreError
+from engine.text import shown
 from tui import format as fmt
 from tui.engine_process import ProcessEngineHost
 from tui.format import Palette
@@ -332,7 +334,7 @@ class TradeSupervisorApp(App[int]):
             for a in reversed(loud[:MAX_TOASTS_PER_UPDATE]):
                 self.notify(
                     a.message,
-                    title=f"{a.kind.value}{' · ' + a.trade_id if a.trade_id else ''}",
+                    title=f"{a.kind.value}{' · ' + shown(a.trade_id) if a.trade_id else ''}",
                     severity=TOAST_SEVERITY.get(a.severity.value, "warning"),
                     timeout=10 if a.severity.value == "critical" else 5,
                     markup=False,  # an alert's text is data: "[delayed data]" is not a style
@@ -397,7 +399,9 @@ class TradeSupervisorApp(App[int]):
         from tui.screens.confirm import ConfirmScreen
 
         body = Text()
-        body.append(f"{t.trade_id}  {t.side.upper()} {fmt.qty(t.qty)} × {t.contract_id}\n")
+        body.append(
+            f"{shown(t.trade_id)}  {t.side.upper()} {fmt.qty(t.qty)} × {shown(t.contract_id)}\n"
+        )
         body.append(f"entry {fmt.price(t.entry)}   mark {fmt.price(t.mark)}   ")
         body.append_text(self.palette_colors.signed(t.pnl, f"P&L {fmt.money(t.pnl, True)}"))
         body.append(f"\nexpected proceeds at the mark: {fmt.money(t.proceeds)} (before fees)")
@@ -405,7 +409,7 @@ class TradeSupervisorApp(App[int]):
             body.append(f"\nstate: {t.state}", style="bold red")
         if t.unprotected:
             body.append(f"\nnot protected: {t.unprotected}", style="bold red")
-        if await self.push_screen_wait(ConfirmScreen(f"Close {t.trade_id}?", body, "Close")):
+        if await self.push_screen_wait(ConfirmScreen(f"Close {shown(t.trade_id)}?", body, "Close")):
             await self.send(Command("close", t.trade_id))
 
     @work(exclusive=True, group="action")
@@ -452,7 +456,9 @@ class TradeSupervisorApp(App[int]):
 
         body = Text(f"{len(snap.trades)} open trade(s) will be closed at the market:\n")
         for t in snap.trades[:12]:
-            body.append(f"  {t.trade_id}  {t.side} {fmt.qty(t.qty)} × {t.contract_id}  ")
+            body.append(
+                f"  {shown(t.trade_id)}  {t.side} {fmt.qty(t.qty)} × {shown(t.contract_id)}  "
+            )
             body.append(f"mark {fmt.price(t.mark)}  proceeds {fmt.money(t.proceeds)}\n")
         if len(snap.trades) > 12:
             body.append(f"  … and {len(snap.trades) - 12} more\n")
@@ -660,7 +666,9 @@ def _log_to_file(config: Config) -> Path:
     """Send log records to `data_dir/trade-supervisor.log`: the screen owns the terminal."""
     root = logging.getLogger()
     path = config.data_path() / "trade-supervisor.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_files.make_dir(path.parent)
+    private_files.create(path)
+    private_files.tighten(path)
     if root.handlers:
         return path  # already set up (by a test or an embedding program)
     handler = logging.FileHandler(path, encoding="utf-8")

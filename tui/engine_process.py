@@ -57,6 +57,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine import private_files
 from engine.clock import Clock, ManualClock
 from engine.commands import Command, CommandResult
 from engine.config import Config
@@ -362,7 +363,7 @@ class ProcessEngineHost:
         )
         stderr: Any = None  # tests: pytest captures it
         if self.log_path is not None:  # the screen owns the terminal: crashes go to the log
-            stderr = open(self.log_path, "ab")  # noqa: SIM115 (closed below; the child has it)
+            stderr = private_files.open_append(self.log_path, binary=True)  # closed below
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tui.engine_process", str(theirs.fileno())],

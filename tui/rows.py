@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from engine.alerts import Alert
 from engine.snapshot import OptionSide, OptionStrikeRow, StrikeRow, TradeRow
+from engine.text import shown
 from tui import format as fmt
 from tui.format import Palette
 from tui.tables import Cell, Column, Row
@@ -99,7 +100,7 @@ SEVERITY_STYLE = {"info": "", "warning": "bold yellow", "critical": "bold white 
 def trade_row(t: TradeRow, pal: Palette, with_tv: bool = False) -> Row:
     state = {"stale": "stale data", "unprotected": "UNPROT"}.get(t.state, t.state)
     cells: tuple[Cell, ...] = (
-        t.trade_id,
+        shown(t.trade_id),
         t.side,
         fmt.qty(t.qty),
         fmt.price(t.mark),
@@ -115,7 +116,7 @@ def trade_row(t: TradeRow, pal: Palette, with_tv: bool = False) -> Row:
         _signed(pal, t.peak_pnl, fmt.money(t.peak_pnl, signed=True)),
         (fmt.money(t.drawdown), pal.down if t.drawdown > 0 else ""),
         fmt.duration(t.held_seconds),
-        t.contract_id,
+        shown(t.contract_id),
     )
     search = f"{t.trade_id} {t.contract_id} {t.side} {t.strategy} {state}".lower()
     if t.blocked:  # "/fired" finds every stop that fired and cannot act
@@ -209,8 +210,8 @@ def alert_row(a: Alert) -> Row:
         fmt.hms(a.ts),
         (sev, SEVERITY_STYLE.get(sev, "")),
         a.kind.value,
-        a.trade_id or "",
-        (a.message + more, "bold" if sev == "critical" else ""),
+        shown(a.trade_id),
+        (shown(a.message) + more, "bold" if sev == "critical" else ""),
     )
     search = f"{sev} {a.kind.value} {a.trade_id or ''} {a.message}".lower()
     return Row(str(a.seq), cells, search)

@@ -55,6 +55,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from engine import private_files
 from engine.config import PaperConfig
 from engine.models import Quote, Side, quote_problem
 from engine.venues.base import OrderRequest, OrderResult, VenuePosition
@@ -317,7 +318,7 @@ class PaperVenue:
             json.dumps({"op": "order", "result": asdict(r)}, separators=(",", ":"))
             for r in self._orders.values()
         ]
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_files.make_dir(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
@@ -330,7 +331,7 @@ class PaperVenue:
                 os.unlink(tmp)
             raise
         _fsync_dir(path.parent)  # the rename itself survives a power cut
-        f = open(path, "a", encoding="utf-8", newline="\n")  # noqa: SIM115 (kept open)
+        f = private_files.open_append(path, encoding="utf-8", newline="\n")  # kept open
         self._log = f
         # A venue that is never closed still closes its file when collected or at exit.
         self._log_closer = weakref.finalize(self, f.close)

@@ -22,7 +22,9 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Label, Static
 
 from engine.alerts import Alert
+from engine.rules import fmt_dollars
 from engine.snapshot import AuditEntry, RuleView, TradeDetail
+from engine.text import shown
 from tui.chart import PnlChart
 
 __all__ = ["CLOSED_TEXT", "TradeDetailScreen"]
@@ -43,9 +45,10 @@ def _hms(ts: float) -> str:
 
 def _num(x: float, unit: str = "") -> str:
     """A rule quantity with its unit, as the engine writes them ("4.2%", "12 bps", "-$0.05")."""
-    n = f"{x:.0f}" if abs(x) >= 1000 else f"{x:.4g}"
     if unit == "$":
+        n = fmt_dollars(x)
         return f"-${n[1:]}" if n.startswith("-") else f"${n}"
+    n = f"{x:.0f}" if abs(x) >= 1000 else f"{x:.4g}"
     if unit in ("%", "s", ""):
         return f"{n}{unit}"
     return f"{n} {unit}"
@@ -137,7 +140,7 @@ class TradeDetailScreen(Screen[None]):
         self._shown: dict[str, Any] = {}  # per table: the data it was last built from
 
     def compose(self) -> ComposeResult:
-        yield Static(f"{self.trade_id}  loading…", id="detail-title", markup=False)
+        yield Static(f"{shown(self.trade_id)}  loading…", id="detail-title", markup=False)
         yield Static("", id="detail-status", markup=False)
         yield PnlChart(self.up, self.down, id="detail-chart")
         with Vertical(id="detail-rules-box"):
@@ -219,7 +222,7 @@ class TradeDetailScreen(Screen[None]):
     def _title(self, d: TradeDetail) -> Text:
         r = d.row
         t = Text(no_wrap=True, overflow="ellipsis")
-        t.append(r.trade_id, style="bold")
+        t.append(shown(r.trade_id), style="bold")
         t.append(f"  {d.contract}  ")
         t.append(f"{r.side.upper()} {r.qty:g} @ {_price(r.entry)}")
         t.append(f"  mark {_price(r.mark)}  P&L ")
@@ -261,7 +264,7 @@ class TradeDetailScreen(Screen[None]):
                     _hms(a.ts),
                     Text(severity, style=styles.get(severity, "")),
                     str(a.kind),
-                    a.message + more,
+                    shown(a.message) + more,
                 )
             )
         return rows

@@ -23,7 +23,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 from engine.commands import CommandResult
-from engine.config import Criteria
+from engine.config import Criteria, criteria_contradiction
 from engine.snapshot import TradeDetail
 
 __all__ = [
@@ -241,7 +241,9 @@ class EditThresholdsScreen(ModalScreen[bool]):
         errors: dict[str, str] = {}
         data = {**self.in_force, **values}
         try:
-            Criteria.model_validate(data)
+            problem = criteria_contradiction(Criteria.model_validate(data))
+            if problem is not None:
+                errors["trailing_activation_percent"] = problem
         except ValidationError as e:
             for err in e.errors():
                 loc = err.get("loc") or ("",)

@@ -22,7 +22,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Static
 
-from engine.analytics import fmt_duration
+from engine.analytics import MIN_RATIO_TRADES, fmt_duration
 from engine.snapshot import PnlLevel
 from tui.chart import PnlChart
 
@@ -73,8 +73,11 @@ def pct(v: float | None) -> str:
     return "—" if v is None else f"{100.0 * v:.1f}%"
 
 
-def ratio(v: float | None) -> str:
-    return "—" if v is None else f"{v:.2f}"
+def ratio(v: float | None, trades: int | None = None) -> str:
+    """A ratio; "n/a (n=7)" when there are too few trades for it to mean anything."""
+    if v is None:
+        return "—" if not trades or trades >= MIN_RATIO_TRADES else f"n/a (n={trades})"
+    return f"{v:.2f}"
 
 
 def _stamp(ts: float) -> str:
@@ -285,13 +288,13 @@ class MetricsScreen(Screen[None]):
         cells = [
             ("trades", str(a["trades"])),
             ("win rate", pct(a["win_rate"])),
-            ("profit factor", ratio(a["profit_factor"])),
+            ("profit factor", ratio(a["profit_factor"], a["trades"])),
             ("wins / losses", f"{a['wins']} / {a['losses']}"),
             ("total P&L", money(a["total_pnl"])),
             ("expectancy", money(a["expectancy"])),
             ("average P&L", money(a["avg_pnl"])),
-            ("Sharpe", ratio(a["sharpe"])),
-            ("Sortino", ratio(a["sortino"])),
+            ("Sharpe", ratio(a["sharpe"], a["trades"])),
+            ("Sortino", ratio(a["sortino"], a["trades"])),
             ("max drawdown", f"{a['max_drawdown']:,.2f}"),
             ("avg holding", fmt_duration(a["avg_holding_seconds"])),
             ("best / worst", f"{money(a['best'])} / {money(a['worst'])}"),
@@ -324,10 +327,10 @@ class MetricsScreen(Screen[None]):
             pct(a["win_rate"]),
             self._signed(a["total_pnl"], money(a["total_pnl"])),
             self._signed(a["avg_pnl"], money(a["avg_pnl"])),
-            ratio(a["profit_factor"]),
+            ratio(a["profit_factor"], a["trades"]),
             self._signed(a["expectancy"], money(a["expectancy"])),
-            ratio(a["sharpe"]),
-            ratio(a["sortino"]),
+            ratio(a["sharpe"], a["trades"]),
+            ratio(a["sortino"], a["trades"]),
             f"{a['max_drawdown']:,.2f}",
             fmt_duration(a["avg_holding_seconds"]),
         ]
