@@ -355,12 +355,19 @@ def _unprotected_now(info: dict[str, Any], hb: dict[str, Any], trades: list[Any]
 
 def _protection_lines(info: dict[str, Any], hb: dict[str, Any], n_open: int) -> list[str]:
     bad = info["unprotected"]
+    closed = info.get("market_closed") or []
     if not n_open:
         return []
+    lines = []
+    if closed:
+        lines.append(
+            f"market closed: {len(closed)} trade{'s' if len(closed) != 1 else ''} "
+            f"({', '.join(shown(t) for t in closed[:8])}); watched again from the open"
+        )
     if not bad:
-        return [f"protection: all {n_open} open trades protected"]
-    lines = [f"UNPROTECTED: {len(bad)} of {n_open} open trades"]
-    lines += [f"  {shown(tid):<24} {shown(why)}" for tid, why in sorted(bad.items())]
+        return [f"protection: all {n_open - len(closed)} open trades protected", *lines]
+    lines.insert(0, f"UNPROTECTED: {len(bad)} of {n_open} open trades")
+    lines[1:1] = [f"  {shown(tid):<24} {shown(why)}" for tid, why in sorted(bad.items())]
     return lines
 
 
@@ -405,6 +412,12 @@ async def _status(config: Config, as_json: bool) -> int:
         "bad_rows": [b.data() for b in bad],
     }
     info["unprotected"] = _unprotected_now(info, hb, trades)
+    # trades whose market is closed (IBKR's nights): not counted unprotected, watched from the open
+    info["market_closed"] = (
+        [t for t in hb.get("market_closed") or [] if t not in info["unprotected"]]
+        if info["running"]
+        else []
+    )
     # exits waiting (IB's market closed: "exit due at the open"; other clients' orders)
     info["exits_held"] = hb.get("exits_held") or {} if info["running"] else {}
     if as_json:

@@ -319,6 +319,10 @@ class Engine:
         # tick and by a task of its own that does not depend on the tick (`_watchdog_loop`).
         self.watchdog = ProtectionWatchdog(config.engine.unprotected_limit())
         self._unprotected_episodes = 0
+        # Trades whose market is closed now (`_watch`), and when each was last seen so: the
+        # watchdog's clock restarts at the open.
+        self.market_closed: set[str] = set()
+        self._closed_seen: dict[str, float] = {}
         self._last_tick_done: float | None = None
         self._tick_stalled = False
         # Quote episodes started / ended inside a tick or a batch of quotes, alerted as one
@@ -722,11 +726,29 @@ class Engine:
             )
 
     async def _watch(self, now: float) -> None:
-        """Scan every open trade for protection and alert each episode once, grouped."""
+        """Scan every open trade for protection and alert each episode once, grouped.
+
+        A trade whose market the venue says is closed (`exit_hold`: MARKET_CLOSED; IBKR's nights
+        and weekends, when option lines send no ticks) is "market closed", not unprotected: no
+        exit could go out anyway, and a critical alert for the whole book at every close would
+        teach a trader to ignore the badge. Its watchdog clock restarts at the open."""
+        closed = self._market_closed_trades()
+        for tid in closed:
+            self._closed_seen[tid] = now
+        for tid in [t for t in self._closed_seen if t not in self.trades]:
+            del self._closed_seen[tid]
+        self.market_closed = closed
         change = self.watchdog.scan(
             now,
             (
-                (tid, t.contract_id, st.protected_ts if st is not None else -math.inf)
+                (
+                    tid,
+                    t.contract_id,
+                    max(
+                        st.protected_ts if st is not None else -math.inf,
+                        self._closed_seen.get(tid, -math.inf),
+                    ),
+                )
                 for tid, t in self.trades.items()
                 if t.state != TradeState.CLOSED
                 for st in (self.status.get(tid),)
@@ -737,6 +759,21 @@ class Engine:
             return
         self._dirty = True
         current = len(self.watchdog.current)
+        to_closed = [tid for tid, _ in change.back if tid in closed]
+        if to_closed:
+            change = type(change)(
+                change.new, tuple(b for b in change.back if b[0] not in closed), change.gone
+            )
+            await self._alert(
+                AlertKind.DATA_QUALITY,
+                Severity.INFO,
+                f"{len(to_closed)} unprotected trade{'s' if len(to_closed) != 1 else ''} no "
+                f"longer counted: market closed ({', '.join(sorted(to_closed)[:8])}); "
+                "watched again from the open",
+                to_closed[0] if len(to_closed) == 1 else None,
+                data={"market_closed": sorted(to_closed)},
+                subject=f"mkt-closed:{self._unprotected_episodes}:{now}",
+            )
         if change.new:
             self._unprotected_episodes += 1
             await self._alert(
@@ -760,6 +797,27 @@ class Engine:
                 data={"protected": [tid for tid, _ in change.back], "closed": list(change.gone)},
                 subject=f"protected:{self._unprotected_episodes}:{now}",
             )
+
+    def _market_closed_trades(self) -> set[str]:
+        """The open trades whose contract's market the venue says is closed now (asked once per
+        contract; a venue without hours, or one that fails to say, closes nothing)."""
+        hold = getattr(self.venue, "exit_hold", None)
+        if hold is None:
+            return set()
+        by_contract: dict[str, bool] = {}
+        out = set()
+        for tid, t in self.trades.items():
+            cid = t.contract_id
+            if cid not in by_contract:
+                try:
+                    why = hold(cid)
+                except Exception:
+                    log.exception("exit_hold(%s) failed", cid)
+                    why = None
+                by_contract[cid] = isinstance(why, str) and why.startswith("MARKET_CLOSED")
+            if by_contract[cid]:
+                out.add(tid)
+        return out
 
     def _unprotected_view(self) -> tuple[Unprotected, ...]:
         """Every open position nothing protects now: the watchdog's trades, then the journal's
@@ -3051,6 +3109,7 @@ class Engine:
             "bad_data": dict(self._bad),
             "unprotected": {u.trade_id: u.reason for u in self.watchdog.current.values()},
             "unprotected_after_seconds": self.watchdog.limit,
+            "market_closed": sorted(self.market_closed),
             "exits_held": {  # exits waiting: the market closed, other clients' orders
                 tid: why
                 for tid, t in self.trades.items()
@@ -3521,6 +3580,8 @@ class Engine:
             return "closing"
         if t.trade_id in self.watchdog.current:
             return "unprotected"
+        if t.trade_id in self.market_closed:
+            return "mkt closed"
         if st.problem is not None:
             return "stale"
         if self.mode == Mode.ALERT_ONLY:
