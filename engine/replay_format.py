@@ -4,12 +4,18 @@ Scenario tests and later tools depend on this exact format (see the README, "Rep
 Every line is an object with `ts` (Unix seconds, float) and `kind`, one of: contract, spot, quote,
 open, settle, command. Parsing is strict: a line that does not fit raises `ReplayLineError` with a
 message saying what is wrong; callers report it with the line number and skip it.
+
+A tape (engine/tape.py, docs/tape-format.md) is this format with a `header` line carrying the
+format `version` (TAPE_VERSION) and informational kinds (INFO_KINDS: exit, fill, closed, dropped)
+that a replay accepts and never feeds to the engine as market events. A header of another version
+raises `TapeVersionError`, which is not a skippable line: the whole file is refused.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any, get_args
 
 from engine.commands import ACTIONS, REPLAY_ACTIONS
@@ -31,6 +37,41 @@ _CONTRACT_TYPES: tuple[str, ...] = get_args(ContractType)
 
 class ReplayLineError(ValueError):
     pass
+
+
+TAPE_VERSION = 2  # a plain recording without a header is version 1
+INFO_KINDS: tuple[str, ...] = ("header", "exit", "fill", "closed", "dropped")
+
+
+class TapeVersionError(ValueError):
+    """A tape header of a version this build cannot read: the whole file is refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class InfoRecord:
+    """An informational tape line (INFO_KINDS): read, kept, never fed to the engine."""
+
+    ts: float
+    kind: str
+    data: dict[str, Any]
+
+
+def parse_info(obj: dict[str, Any]) -> InfoRecord:
+    """A decoded line whose kind is in INFO_KINDS → its record; a header is version-checked."""
+    ts = _num(obj, "ts")
+    assert ts is not None
+    kind = str(obj["kind"])
+    if kind == "header":
+        v = obj.get("version")
+        if v != TAPE_VERSION or isinstance(v, bool):
+            raise TapeVersionError(
+                f"tape format version {v!r}; this build reads version {TAPE_VERSION} (and plain "
+                "recordings without a header): replay it with the release that wrote it"
+            )
+    elif kind == "dropped":
+        n = _num(obj, "count")
+        assert n is not None
+    return InfoRecord(ts, kind, obj)
 
 
 def _num(obj: dict[str, Any], key: str, *, optional: bool = False) -> float | None:
@@ -140,18 +181,28 @@ def parse_event(obj: Any) -> MarketEvent:
             raise ReplayLineError(f"command {action!r} needs a 'trade_id'")
         return CommandEvent(ts, action, tid if isinstance(tid, str) else None)
     raise ReplayLineError(
-        f"unknown kind {kind!r} (expected contract, spot, quote, open, settle or command)"
+        f"unknown kind {kind!r} (expected contract, spot, quote, open, settle or command, or on "
+        f"a tape {', '.join(INFO_KINDS)})"
     )
 
 
 def parse_line(line: str) -> MarketEvent | None:
-    """A text line → an event; None for a blank line. Raises ReplayLineError."""
+    """A text line → an event; None for a blank line or an informational tape line. Raises
+    ReplayLineError (TapeVersionError for a header of another version)."""
+    rec = parse_record(line)
+    return None if isinstance(rec, InfoRecord) else rec
+
+
+def parse_record(line: str) -> MarketEvent | InfoRecord | None:
+    """A text line → an event, an informational record (INFO_KINDS), or None for a blank line."""
     if not line.strip():
         return None
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise ReplayLineError(f"not valid JSON ({e.msg})") from None
+    if isinstance(obj, dict) and obj.get("kind") in INFO_KINDS:
+        return parse_info(obj)
     return parse_event(obj)
 
 

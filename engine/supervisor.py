@@ -302,6 +302,12 @@ class Engine:
         self.subscribers: list[Callable[[Snapshot], None]] = []
         self.recorders: list[Callable[[MarketEvent], None]] = []
         self.exit_listeners: list[Callable[[dict[str, Any]], None]] = []
+        # What the journal booked besides exits, for the tape (engine/tape.py): ("fill", {...})
+        # for each fill of an exit order, ("closed", {...}) for a close without an order
+        # (settled, external, closed elsewhere). Called on the reaction path: must not block.
+        self.tape_listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        # Extra keys of the heartbeat (`status` reads them), e.g. the tape's drop count.
+        self.heartbeat_extras: dict[str, Callable[[], Any]] = {}
         self.started_ts: float | None = None
         # Which open trades are not protected right now (engine/watchdog.py), checked at every
         # tick and by a task of its own that does not depend on the tick (`_watchdog_loop`).
@@ -1970,6 +1976,8 @@ class Engine:
             fill = {"client_order_id": coid, "qty": new_qty, "price": res.avg_price, "fees": fees}
             pricing.apply_fill(t, new_qty, res.avg_price, fees, mult)
             self._touch(t.contract_id)
+            for tl in self.tape_listeners:
+                tl("fill", {"ts": now, "trade_id": t.trade_id, "rule": ex.rule, **fill})
         order = {
             "client_order_id": coid,
             "status": res.status,
@@ -2114,6 +2122,17 @@ class Engine:
         self._add_realized(t.realized_pnl or 0.0, t.closed_ts or self.clock.now())
         await self.store.add_audit(now, t.trade_id, "closed", {"reason": reason, "price": price})
         self._forget(t.trade_id)
+        for tl in self.tape_listeners:
+            tl(
+                "closed",
+                {
+                    "ts": now,
+                    "trade_id": t.trade_id,
+                    "reason": str(reason),
+                    "price": price,
+                    "pnl": t.realized_pnl,
+                },
+            )
 
     # ------------------------------------------------------------------ trades in and out
 
@@ -2811,6 +2830,7 @@ class Engine:
             "bad_data": dict(self._bad),
             "unprotected": {u.trade_id: u.reason for u in self.watchdog.current.values()},
             "unprotected_after_seconds": self.watchdog.limit,
+            **{k: f() for k, f in self.heartbeat_extras.items()},
         }
 
     def _health(self, now: float) -> list[SourceHealth]:
