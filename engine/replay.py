@@ -24,7 +24,7 @@ from engine.alerts import Alert, AlertBus
 from engine.clock import ManualClock
 from engine.config import Config
 from engine.models import ExitReason, MarketEvent, Quote, Trade
-from engine.replay_format import ReplayLineError, parse_line
+from engine.replay_format import InfoRecord, ReplayLineError, parse_record
 from engine.rules import RULE_ORDER
 from engine.store import JOURNAL_FILENAME, TRADE_STATES, Store
 from engine.supervisor import Engine
@@ -39,6 +39,8 @@ class ReplayResult:
     trades: int = 0
     # Every trade in the journal when the replay ended (any state), oldest first.
     final_trades: list[Trade] = field(default_factory=list)
+    # A tape's informational lines (what the live engine did: exits, fills, closes, drops).
+    taped: list[InfoRecord] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -51,15 +53,32 @@ class ReplayResult:
 
 
 def read_events(
-    lines: Iterable[str], on_error: Callable[[int, str], None]
+    lines: Iterable[str],
+    on_error: Callable[[int, str], None],
+    on_info: Callable[[InfoRecord], None] | None = None,
 ) -> Iterable[MarketEvent]:
-    """Parse lines; a bad line is reported (with its 1-based number) and skipped, never fatal."""
+    """Parse lines; a bad line is reported (with its 1-based number) and skipped, never fatal
+    (a tape header of another version is: TapeVersionError). Informational tape lines go to
+    `on_info`. On a tape, an `open` of a trade already opened is skipped: a later session of the
+    same day adopted it again from its journal."""
+    opened: set[str] = set()
+    tape = False
     for n, line in enumerate(lines, start=1):
         try:
-            ev = parse_line(line)
+            ev = parse_record(line)
         except ReplayLineError as e:
             on_error(n, str(e))
             continue
+        if isinstance(ev, InfoRecord):
+            tape = tape or ev.kind == "header"
+            if on_info is not None:
+                on_info(ev)
+            continue
+        if ev is not None and ev.kind == "open":
+            tid = ev.trade_id  # type: ignore[union-attr]
+            if tape and tid in opened:
+                continue
+            opened.add(tid)
         if ev is not None:
             yield ev
 
@@ -139,7 +158,7 @@ async def _run(
 
     period = config.engine.tick_seconds
     started = False
-    for ev in read_events(lines, error):
+    for ev in read_events(lines, error, result.taped.append):
         if not started:
             clock.set(ev.ts)
             await engine.start()

@@ -106,15 +106,20 @@ class Tape:
 
     def attach(self, engine: Any) -> None:
         """Record everything the engine sees and books; show the drop count in its heartbeat."""
-        if self.record not in engine.recorders:
-            engine.recorders.append(self.record)
-        engine.exit_listeners.append(self.on_exit)
-        engine.tape_listeners.append(self.on_journal)
+        for hooks, fn in (
+            (engine.recorders, self.record),
+            (engine.exit_listeners, self.on_exit),
+            (engine.tape_listeners, self.on_journal),
+        ):
+            if fn not in hooks:
+                hooks.append(fn)
         engine.heartbeat_extras["tape"] = self.state
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=f"tape-{self.venue}", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name=f"tape-{self.venue}", daemon=True
+            )
             self._thread.start()
 
     def record(self, ev: MarketEvent) -> None:
