@@ -357,7 +357,8 @@ def tape_lines(path: Path, warn: Callable[[str], None]) -> Iterator[str]:
                 try:
                     out = d.decompress(data)
                 except zlib.error as e:
-                    what = "is not a gzip tape" if offset == 0 and members == 0 else "is corrupt"
+                    gz = members > 0 or offset > 0 or data[:2] == b"\x1f\x8b"
+                    what = "is corrupt" if gz else "is not a gzip tape"
                     raise TapeError(
                         f"{path} {what} (at byte {offset}: {e}); a tape is written by the engine "
                         "as VENUE-YYYY-MM-DD.jsonl.gz, a plain recording ends in .jsonl"
@@ -407,13 +408,13 @@ def select_tapes(
     if target is not None and target.is_file():
         return [target]
     where = target if target is not None else folder
-    if not where.is_dir():
+    if target is not None and not where.is_dir():
         raise TapeError(
             f"{where}: no such file or folder; give a tape file, a folder of tapes, or "
             "--from/--to over data_dir/tapes/"
         )
     found: list[tuple[str, str, Path]] = []
-    for p in where.iterdir():
+    for p in where.iterdir() if where.is_dir() else ():
         name = parse_tape_name(p)
         if name is None or not p.is_file():
             continue
