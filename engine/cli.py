@@ -285,6 +285,7 @@ async def _status(config: Config, as_json: bool) -> int:
         "paused_all": hb.get("paused_all"),
         "sources": hb.get("sources", {}),
         "bad_data": hb.get("bad_data", {}),
+        "tape": hb.get("tape"),  # {"dropped": N, "file": ..., "error": ...} when taping
         "open_trades": [
             {
                 "trade_id": t.trade_id,
@@ -317,6 +318,17 @@ async def _status(config: Config, as_json: bool) -> int:
             )
         for k, v in (hb.get("bad_data") or {}).items():
             print(f"  BAD DATA {k}: {v}")
+        tape = hb.get("tape")
+        if isinstance(tape, dict):
+            print(
+                f"  tape {tape.get('file') or '(not written yet)'}"
+                + (
+                    f": {tape['dropped']} line(s) DROPPED (the writer fell behind)"
+                    if tape.get("dropped")
+                    else ""
+                )
+                + (f"; WRITE FAILED: {tape['error']}" if tape.get("error") else "")
+            )
     for line in _protection_lines(info, hb, len(trades)):
         print(line)
     print(f"open trades: {len(trades)}")

@@ -273,3 +273,30 @@ def _day(ts: float) -> str:
     from engine.tape import utc_day
 
     return utc_day(ts)
+
+
+async def _heartbeat_with_drops(data: Path, dropped: int) -> None:
+    from engine.store import JOURNAL_FILENAME, Store
+
+    data.mkdir(parents=True, exist_ok=True)
+    store = Store(data / JOURNAL_FILENAME)
+    await store.open()
+    try:
+        hb = {"ts": 1.0, "wall_ts": 1.0, "venue": "sim", "mode": "dry_run", "armed": True}
+        hb["tape"] = {"dropped": dropped, "file": str(data / "tapes" / "x.jsonl.gz"), "error": None}
+        await store.set_state("heartbeat", hb, 1.0)
+    finally:
+        await store.close()
+
+
+def test_status_says_the_tape_dropped_lines(tmp_path: Path, capsys: Any) -> None:
+    import asyncio
+
+    data = tmp_path / "data"
+    asyncio.run(_heartbeat_with_drops(data, 7))
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[engine]\ndata_dir = "{data}"\n', encoding="utf-8")
+    assert main(["--config", str(cfg), "status"]) == 0
+    assert "tape " in (out := capsys.readouterr().out) and "7 line(s) DROPPED" in out
+    assert main(["--config", str(cfg), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tape"]["dropped"] == 7
