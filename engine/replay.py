@@ -16,10 +16,11 @@ import math
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from engine import analytics
 from engine.alerts import Alert, AlertBus
 from engine.clock import ManualClock
 from engine.config import Config
@@ -41,6 +42,9 @@ class ReplayResult:
     final_trades: list[Trade] = field(default_factory=list)
     # A tape's informational lines (what the live engine did: exits, fills, closes, drops).
     taped: list[InfoRecord] = field(default_factory=list)
+    # Against holding to the end (engine/analytics.py, as `metrics`): per rule and "all rules",
+    # what the rule exits of trades whose contract settled saved and gave up.
+    holding: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -104,6 +108,11 @@ async def replay(
         try:
             await _run(lines, config, store, result, emit, error)
             result.final_trades = await store.load_trades(TRADE_STATES)
+            report = await analytics.load_report(
+                store, thresholds=analytics.config_thresholds(config)
+            )
+            result.holding = {k: asdict(v) for k, v in report.effectiveness.items()}
+            result.holding[ALL_RULES] = asdict(report.effectiveness_total)
         finally:
             await store.close()
     return result
@@ -192,6 +201,7 @@ def print_jsonl(stream: TextIO = sys.stdout) -> Callable[[dict[str, Any]], None]
 
 OPEN = "open"  # the bucket of the trades still open (or closing) when the session ends
 OPEN_LABEL = "still open at the end"
+ALL_RULES = "all rules"
 _EPS = 1e-9
 
 
@@ -285,6 +295,22 @@ class Comparison:
             )
         return rows
 
+    def against_holding(self) -> list[dict[str, Any]]:
+        """Per rule used by either run (then "all rules"): what its exits saved and gave up
+        against holding to the end (trades whose contract settled), under A and B, and B − A."""
+        names = [k for k in {**self.a.holding, **self.b.holding} if k != ALL_RULES]
+        rows = []
+        for rule in [*sorted(names, key=_rule_key), ALL_RULES]:
+            row: dict[str, Any] = {"rule": rule}
+            for key, res in (("a", self.a), ("b", self.b)):
+                e = res.holding.get(rule) or {}
+                row[key] = {
+                    k: round(float(e.get(k, 0.0)), 6) for k in ("saved", "given_up", "net")
+                } | {"settled": int(e.get("settled", 0)), "pending": int(e.get("pending", 0))}
+            row["diff_net"] = round(row["b"]["net"] - row["a"]["net"], 6)
+            rows.append(row)
+        return rows
+
     def to_json(self, config_a: str, config_b: str) -> dict[str, Any]:
         def run(label: str, result: ReplayResult) -> dict[str, Any]:
             s = result.summary()
@@ -297,6 +323,7 @@ class Comparison:
             "rules": self.rules(),
             "totals": self.totals(),
             "trades": self.trades(),
+            "against_holding": self.against_holding(),
         }
 
 
@@ -375,6 +402,7 @@ def format_comparison(cmp: Comparison, config_a: str, config_b: str) -> str:
         row("still open", a, b, d, "open"),
         "",
     ]
+    out += _holding_lines(cmp, w, money)
     if not diffs:
         out.append("every trade ended the same way under A and B")
         return "\n".join(out)
@@ -394,3 +422,23 @@ def format_comparison(cmp: Comparison, config_a: str, config_b: str) -> str:
     for x in diffs:
         out.append(f"{x['trade_id']:<{tw}}  {side(x['a'])}  {side(x['b'])}  {money(x['diff_pnl'])}")
     return "\n".join(out)
+
+
+def _holding_lines(cmp: Comparison, w: int, money: Callable[[float | None], str]) -> list[str]:
+    """The rule exits against holding to the end, under A and under B (as `metrics` counts)."""
+    rows = cmp.against_holding()
+    out = [
+        "against holding to the end (rule exits of trades whose contract settled; + saved):",
+        f"{'rule':<{w}} {'A saved':>10} {'A gave up':>10} {'B saved':>10} {'B gave up':>10}"
+        f" {'B-A net':>10}",
+    ]
+    for r in rows:
+        a, b = r["a"], r["b"]
+        pending = a["pending"] + b["pending"]
+        out.append(
+            f"{r['rule']:<{w}} {money(a['saved'])} {money(-a['given_up'] or 0.0)}"
+            f" {money(b['saved'])} {money(-b['given_up'] or 0.0)} {money(r['diff_net'])}"
+            + (f"  ({pending} not settled yet)" if pending else "")
+        )
+    out.append("")
+    return out
