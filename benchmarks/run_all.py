@@ -18,6 +18,7 @@ import time
 import kalshi_reaction
 import reaction_latency
 import recovery
+import tape
 import tick_cost
 import ui_cpu
 import ui_reaction
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = kalshi_reaction.main([]) and ok
     print()
     ok = recovery.main([]) and ok
+    print()
+    ok = tape.main([]) and ok
     if not args.no_ui:
         print()
         ok = ui_update.main([]) and ok

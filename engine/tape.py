@@ -49,6 +49,8 @@ _NAME = re.compile(r"^(?P<venue>.+)-(?P<day>\d{4}-\d{2}-\d{2})\.jsonl(?:\.gz)?$"
 _CHUNK = 1 << 16
 _RETENTION_EVERY_SECONDS = 60.0
 _STOP = object()
+_POLL_SECONDS = 0.05  # the writer takes the queued lines this often
+_YIELD_EVERY = 16  # lines written between two GIL hand-overs
 
 
 class TapeError(ValueError):
@@ -100,6 +102,7 @@ class Tape:
         self._gz: Any = None
         self._raw: Any = None
         self._thread: threading.Thread | None = None
+        self._wake = threading.Event()  # set by close(): drain now, then stop
         self._closed = False
 
     # -- the engine's side (never blocks) --
@@ -160,43 +163,43 @@ class Tape:
         self._closed = True
         if self._thread is None:
             return
-        while True:
-            try:
-                self._queue.put(_STOP, timeout=timeout)
-                break
-            except queue.Full:  # a stuck writer: give up rather than hang the shutdown
-                log.error("the tape writer did not drain its queue; the tape ends here")
-                return
+        self._wake.set()
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:  # a stuck writer: give up rather than hang the shutdown
+            log.error("the tape writer did not drain its queue; the tape ends here")
+            return
         self._thread.join(timeout)
 
     # -- the writer thread --
 
     def _run(self) -> None:
+        # The writer does not wake on each line (a wake-up per put would contend for the GIL on
+        # the reaction path): it sleeps `_POLL_SECONDS`, then takes what is queued, giving the
+        # GIL back every few lines so the engine's thread never waits long for it.
         last_flush = self._monotonic()
         last_retention = -1e18
         try:
             while True:
-                timeout = max(0.0, self.config.flush_seconds - (self._monotonic() - last_flush))
-                try:
-                    item = self._queue.get(timeout=timeout)
-                except queue.Empty:
-                    item = None
-                if item is _STOP:
-                    break
-                if item is not None:
+                self._wake.wait(min(_POLL_SECONDS, self.config.flush_seconds))
+                stopping = False
+                n = 0
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stopping = True
+                        break
                     self._safely(self._write_item, item)
-                    # Drain what is there without waiting, before the next flush.
-                    while True:
-                        try:
-                            item = self._queue.get_nowait()
-                        except queue.Empty:
-                            break
-                        if item is _STOP:
-                            self._drain_tail()
-                            return
-                        self._safely(self._write_item, item)
+                    n += 1
+                    if n % _YIELD_EVERY == 0:
+                        time.sleep(0)
                 self._safely(self._announce_drops)
                 now = self._monotonic()
+                if stopping:
+                    break
                 if now - last_flush >= self.config.flush_seconds:
                     self._safely(self._flush)
                     last_flush = now
@@ -205,9 +208,6 @@ class Tape:
                     last_retention = now
         finally:
             self._finish()
-
-    def _drain_tail(self) -> None:
-        self._safely(self._announce_drops)
 
     def _safely(self, fn: Callable[..., None], *args: Any) -> None:
         try:
