@@ -146,8 +146,17 @@ def main(argv: list[str] | None = None) -> bool:
     print("Tape: reaction (max_loss quote -> PaperVenue.submit), tape off vs on, same run (ms)")
     print(
         table(
-            ["open trades", "samples", "off p50", "off p99", "on p50", "on p99", "on/off p99",
-             "dropped", f"<={TARGET_RATIO:g}x"],  # fmt: skip
+            [
+                "open trades",
+                "samples",
+                "off p50",
+                "off p99",
+                "on p50",
+                "on p99",
+                "on/off p99",
+                "dropped",
+                f"<={TARGET_RATIO:g}x",
+            ],
             [
                 [
                     str(r["n"]),
