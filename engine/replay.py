@@ -167,20 +167,42 @@ async def _run(
 
     period = config.engine.tick_seconds
     started = False
-    for ev in read_events(lines, error, result.taped.append):
+    # On a tape, time is the tape's: a session starts at its header (an `open` line of a trade
+    # adopted at start carries its old open time, which must not rewind the clock or make the
+    # replay tick through the days since), and the gap before a later session of the same tape
+    # (the engine was not running) is jumped over without ticks.
+    floor: float | None = None
+    session: float | None = None
+
+    def on_info(rec: InfoRecord) -> None:
+        nonlocal session
+        result.taped.append(rec)
+        if rec.kind == "header":
+            session = rec.ts
+
+    for ev in read_events(lines, error, on_info):
+        if session is not None:
+            floor = max(floor or session, session)
+            session = None
+            if started and floor > clock.now():
+                clock.set(floor)
+                last_tick = math.floor(floor / period) * period
+        at = ev.ts if floor is None else max(ev.ts, floor)
+        if floor is not None:
+            floor = at
         if not started:
-            clock.set(ev.ts)
+            clock.set(at)
             await engine.start()
             started = True
-            last_tick = math.floor(ev.ts / period) * period
+            last_tick = math.floor(at / period) * period
         else:
             nxt = last_tick + period
-            while nxt <= ev.ts:
+            while nxt <= at:
                 clock.set(nxt)
                 await engine.tick()
                 last_tick = nxt
                 nxt += period
-        clock.set(ev.ts)
+        clock.set(at)
         await engine.handle(ev)
     await engine.flush()
 

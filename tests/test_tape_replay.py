@@ -141,3 +141,52 @@ def test_replay_takes_a_range_over_data_dir_tapes(tmp_path: Path, capsys: Any) -
     assert "total realised P&L" in out.out
     # A replay does not tape: still the one file of the live session, as it was.
     assert [(p.name, p.stat().st_size) for p in (data / TAPES_DIRNAME).iterdir()] == before
+
+
+async def test_a_tape_keeps_its_own_time(tmp_path: Path, monkeypatch: Any) -> None:
+    """A trade adopted at start is taped with its old open time, and a later session of the same
+    day follows a gap when no engine ran: the replay neither rewinds to the open time nor ticks
+    through the gaps, and the trade's age still counts from its open time."""
+    from engine.models import Contract, ContractEvent, OpenEvent, Quote, QuoteEvent, SpotEvent
+    from engine.supervisor import Engine
+    from engine.tape import Tape
+
+    cid = "KXBTCD-26DEC0712-T97000"
+    clock = ManualClock(T0)
+    folder = tmp_path / "tapes"
+    for start in (T0, T0 + 7200):  # two sessions, two hours apart
+        clock.set(start)
+        tape = Tape(folder, "sim", clock)
+        tape.start()
+        tape.record(
+            ContractEvent(start, Contract(cid, "BTC-USD", "binary_above", 97000.0, T0 + 86400))
+        )
+        if start == T0:  # adopted from the journal: opened three days before the tape
+            tape.record(OpenEvent(T0 - 3 * 86400, "old", cid, "yes", 10, 0.50))
+            tape.record(OpenEvent(start, "new", cid, "yes", 10, 0.50))
+        for s in range(10):
+            clock.set(start + s)
+            tape.record(SpotEvent(clock.now(), "BTC-USD", 97000.0 + s))
+            tape.record(QuoteEvent(clock.now(), Quote(cid, 0.50, 0.52, clock.now())))
+        tape.close()
+    ticks = 0
+    real_tick = Engine.tick
+
+    async def counted(self: Engine) -> None:
+        nonlocal ticks
+        ticks += 1
+        await real_tick(self)
+
+    monkeypatch.setattr(Engine, "tick", counted)
+    cfg = session_config(tmp_path / "data", max_holding_time_minutes=60)
+    cfg.engine.max_quote_age_seconds = 30
+    path = folder / f"sim-{utc_day(T0)}.jsonl.gz"
+    result = await replay(tape_lines(path, lambda m: None), cfg)
+    assert ticks <= 2 * 10 + 2  # the two sessions' seconds, not three days and a two-hour gap
+    old = next(t for t in result.final_trades if t.trade_id == "old")
+    new = next(t for t in result.final_trades if t.trade_id == "new")
+    assert old.opened_ts == T0 - 3 * 86400
+    assert old.exit_reason == "max_holding_time" and T0 <= (old.closed_ts or 0) < T0 + 10
+    # Opened at the first session, older than an hour at the second: closed when it starts.
+    assert new.exit_reason == "max_holding_time"
+    assert T0 + 7200 <= (new.closed_ts or 0) < T0 + 7210
