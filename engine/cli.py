@@ -656,12 +656,16 @@ class _ReplayLines:
     """The lines of the files to replay, in order, knowing which file and line each came from
     (for `FILE:LINE: skipped` messages); a cut tape's warning goes to stderr."""
 
-    def __init__(self, paths: list[Path]) -> None:
+    def __init__(self, paths: list[Path], progress: bool = False) -> None:
         self.paths = paths
         self._name: str | None = None
         self._lineno = 0
         self._index: list[tuple[str, int]] | None = None
         self._lines: list[str] | None = None
+        # On a terminal (and not --json): one progress line on stderr, rewritten as it goes.
+        self.progress = progress
+        self._shown = 0.0
+        self._total = 0
 
     def _warn(self, msg: str) -> None:
         print(f"trade-supervisor: warning: {msg}", file=sys.stderr)
@@ -669,11 +673,30 @@ class _ReplayLines:
     def _iter(self) -> Any:
         from engine.tape import tape_lines
 
-        for p in self.paths:
+        for i, p in enumerate(self.paths, start=1):
             self._name, self._lineno = str(p), 0
             for line in tape_lines(p, self._warn):
                 self._lineno += 1
+                self._total += 1
+                if self.progress and not self._total % 1000:
+                    self._show(i, p)
                 yield line
+        if self.progress and self._shown:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+    def _show(self, i: int, p: Path) -> None:
+        now = time.monotonic()
+        if now - self._shown < 0.2:
+            return
+        self._shown = now
+        done = (i - 1) / len(self.paths)
+        bar = "#" * int(20 * done) + "-" * (20 - int(20 * done))
+        print(
+            f"\r\033[Kreplay [{bar}] file {i}/{len(self.paths)} {p.name}: {self._total:,} lines",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __iter__(self) -> Any:
         return iter(self._lines) if self._lines is not None else self._iter()
@@ -721,7 +744,7 @@ def _replay_source(config: Config, args: argparse.Namespace) -> _ReplayLines:
                 pass  # unreadable: said now, before anything runs
         except OSError as e:
             raise OSError(f"cannot read {args.file}: {e}") from None
-        return _ReplayLines([target])
+        return _ReplayLines([target], progress=_progress_wanted(args))
     paths = select_tapes(
         target,
         config.data_path() / TAPES_DIRNAME,
@@ -729,7 +752,12 @@ def _replay_source(config: Config, args: argparse.Namespace) -> _ReplayLines:
         date_to=args.date_to,
         venue=args.venue,
     )
-    return _ReplayLines(paths)
+    return _ReplayLines(paths, progress=_progress_wanted(args))
+
+
+def _progress_wanted(args: argparse.Namespace) -> bool:
+    """A progress line for a long replay on a terminal; never under --json."""
+    return not args.json and sys.stderr.isatty()
 
 
 def _hms(ts: float) -> str:

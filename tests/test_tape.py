@@ -300,3 +300,21 @@ def test_status_says_the_tape_dropped_lines(tmp_path: Path, capsys: Any) -> None
     assert "tape " in (out := capsys.readouterr().out) and "7 line(s) DROPPED" in out
     assert main(["--config", str(cfg), "status", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["tape"]["dropped"] == 7
+
+
+def test_a_long_replay_shows_progress_on_a_terminal_only(
+    tmp_path: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    import sys
+
+    path = tmp_path / tape_name("sim", DAY1)
+    with gzip.open(path, "wt") as fh:
+        fh.write(json.dumps({"ts": 1.0, "kind": "header", "version": TAPE_VERSION}) + "\n")
+        for i in range(2500):
+            fh.write(json.dumps({"ts": 2.0 + i, "kind": "spot", "price": 97000.0}) + "\n")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["replay", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "replay [" in err and "file 1/1" in err and "lines" in err
+    assert main(["replay", str(path), "--json"]) == 0  # quiet under --json
+    assert capsys.readouterr().err == ""
