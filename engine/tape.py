@@ -23,7 +23,9 @@ The line format is the replay format (engine/replay_format.py), documented in do
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import datetime as dt
 import gzip
 import json
@@ -107,6 +109,11 @@ class Tape:
         self._raw: Any = None
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()  # set by close(): drain now, then stop
+        # A write failure is alerted once per episode, on the engine's loop (attach()).
+        self._engine: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._alerted = False
+        self._alert_tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
     # -- the engine's side (never blocks) --
@@ -121,6 +128,11 @@ class Tape:
             if fn not in hooks:
                 hooks.append(fn)
         engine.heartbeat_extras["tape"] = self.state
+        self._engine = engine
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
 
     def start(self) -> None:
         if self._thread is None:
@@ -219,6 +231,48 @@ class Tape:
             if self.error is None:
                 log.exception("tape %s: write failed", self.venue)
             self.error = f"{type(e).__name__}: {e}"
+            self._abandon_file()  # the next line starts a fresh gzip member
+            if not self._alerted:
+                self._alerted = True
+                self._alert_failure(self.error)
+
+    def _abandon_file(self) -> None:
+        raw, self._raw, self._gz, self._day = self._raw, None, None, None
+        self._pending.clear()
+        if raw is not None:
+            try:
+                raw.close()
+            except Exception:
+                log.debug("tape: closing a failed file", exc_info=True)
+
+    def _alert_failure(self, why: str) -> None:
+        """From the writer thread: one warning on the engine's alert bus, naming the folder."""
+        engine, loop = self._engine, self._loop
+        if engine is None or loop is None:
+            return
+        msg = (
+            f"tape {self.folder}: writing failed ({why}); this session is not being taped "
+            "(the engine goes on). Free disk space or fix the folder's permissions, or set "
+            "[tape] enabled = false"
+        )
+
+        def raise_alert() -> None:
+            from engine.models import AlertKind, Severity
+
+            task = asyncio.ensure_future(
+                engine.alerts.raise_(
+                    engine.clock.now(),
+                    AlertKind.DATA_QUALITY,
+                    Severity.WARNING,
+                    msg,
+                    subject=f"tape:{self.venue}",
+                )
+            )
+            self._alert_tasks.add(task)
+            task.add_done_callback(self._alert_tasks.discard)
+
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the log has it
+            loop.call_soon_threadsafe(raise_alert)
 
     def _finish(self) -> None:
         self._safely(self._announce_drops)
@@ -287,6 +341,9 @@ class Tape:
         self._spill()
         if self._gz is not None:
             self._gz.flush()  # Z_SYNC_FLUSH, then the file's buffer to the OS
+            if self.error is not None:  # writing again after a failure
+                log.warning("tape %s: writing again after %s", self.venue, self.error)
+                self.error, self._alerted = None, False
 
     def _close_file(self) -> None:
         if self._raw is None:

@@ -318,3 +318,31 @@ def test_a_long_replay_shows_progress_on_a_terminal_only(
     assert "replay [" in err and "file 1/1" in err and "lines" in err
     assert main(["replay", str(path), "--json"]) == 0  # quiet under --json
     assert capsys.readouterr().err == ""
+
+
+async def test_a_tape_that_cannot_be_written_is_alerted_once_and_the_engine_goes_on(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    h = await standard(tmp_path)
+    blocked = tmp_path / "tapes"
+    blocked.write_text("a file where the tapes folder should be")
+    tape = Tape(blocked, "sim", h.clock)
+    tape.attach(h.engine)
+    tape.start()
+    try:
+        for i in range(3):
+            h.at(i)
+            await h.quote(0.50, 0.52)
+        await h.quote(0.35, 0.37)  # the exit still goes out
+        assert len(h.venue.submitted) == 1
+    finally:
+        tape.close()
+    for _ in range(20):  # the alert is raised on the engine's loop, from the writer thread
+        await asyncio.sleep(0)
+    await h.close()
+    alerts = [a for a in h.alerts if "tape" in a.message]
+    assert len(alerts) == 1
+    assert str(blocked) in alerts[0].message and "[tape] enabled = false" in alerts[0].message
+    assert tape.state()["error"] is not None
