@@ -24,6 +24,7 @@ from engine.models import (
     Contract,
     ContractEvent,
     ContractType,
+    Leg,
     MarketEvent,
     OpenEvent,
     Quote,
@@ -96,6 +97,25 @@ def _str(obj: dict[str, Any], key: str, *, optional: bool = False, default: str 
     return v
 
 
+def _legs(v: Any) -> tuple[Leg, ...]:
+    """A combo's `legs`: [{"contract": ID, "ratio": ±N}, ...] (absent: not a combo)."""
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not v:
+        raise ReplayLineError("'legs' must be a non-empty list of {contract, ratio}")
+    out = []
+    for leg in v:
+        if not isinstance(leg, dict):
+            raise ReplayLineError("each leg must be an object {contract, ratio}")
+        ratio = leg.get("ratio")
+        if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio == 0:
+            raise ReplayLineError(
+                f"a leg's 'ratio' must be a whole number other than 0, got {ratio!r}"
+            )
+        out.append(Leg(_str(leg, "contract"), ratio))
+    return tuple(out)
+
+
 def parse_event(obj: Any) -> MarketEvent:
     """One decoded JSON object → one event. Values are checked for type, not for market sanity
     (a NaN or crossed quote is a valid line: the engine's data guard must see it)."""
@@ -135,11 +155,12 @@ def parse_event(obj: Any) -> MarketEvent:
             id=_str(obj, "id"),
             underlying=_str(obj, "underlying", optional=True, default="BTC-USD"),
             type=ctype,  # type: ignore[arg-type]
-            strike=_num(obj, "strike", optional=ctype == "stock"),
+            strike=_num(obj, "strike", optional=ctype in ("stock", "combo")),
             close_ts=_num(obj, "close_ts"),  # type: ignore[arg-type]
             cap=_num(obj, "cap", optional=True),
             multiplier=_num(obj, "multiplier", optional=True) or 1.0,
             event_id=_str(obj, "event_id", optional=True),
+            legs=_legs(obj.get("legs")),
         )
         return ContractEvent(ts, c)
     if kind == "open":
@@ -239,6 +260,8 @@ def event_to_json(ev: MarketEvent) -> dict[str, Any]:
             out["multiplier"] = c.multiplier
         if c.event_id:
             out["event_id"] = c.event_id
+        if c.legs:
+            out["legs"] = [{"contract": leg.contract_id, "ratio": leg.ratio} for leg in c.legs]
         return out
     if isinstance(ev, OpenEvent):
         out = {

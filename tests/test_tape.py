@@ -346,3 +346,24 @@ async def test_a_tape_that_cannot_be_written_is_alerted_once_and_the_engine_goes
     assert len(alerts) == 1
     assert str(blocked) in alerts[0].message and "[tape] enabled = false" in alerts[0].message
     assert tape.state()["error"] is not None
+
+
+def test_a_combo_contract_keeps_its_legs_on_the_tape(tmp_path: Path) -> None:
+    from engine.models import Leg
+
+    clock = ManualClock(DAY1_END - 100)
+    combo = Contract(
+        "SPY-VERTICAL",
+        "SPY",
+        "combo",
+        None,
+        DAY1_END + 86400,
+        multiplier=100.0,
+        legs=(Leg("SPY-C600", 1), Leg("SPY-C610", -1)),
+    )
+    tape = Tape(tmp_path, "ibkr", clock)
+    tape.start()
+    tape.record(ContractEvent(clock.now(), combo))
+    tape.close()
+    recs, _ = read(tmp_path / tape_name("ibkr", DAY1))
+    assert [r for r in recs if not isinstance(r, InfoRecord)] == [ContractEvent(clock.now(), combo)]
