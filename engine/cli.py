@@ -611,14 +611,49 @@ async def _replay_run(
             fh, config, db_path=Path(args.db) if args.db else None, emit=emit, on_error=on_error
         )
     summary = result.summary()
+    from engine.replay import live_differences
+
+    taped = any(r.kind == "header" for r in result.taped)
+    diffs = live_differences(result)
+    dropped = sum(int(r.data.get("count", 0)) for r in result.taped if r.kind == "dropped")
     if args.json:
+        if taped:  # a tape: what ended differently from the live session
+            emit({"event": "live_vs_replay", "trades": diffs, "dropped_lines": dropped})
         emit(summary)
     else:
         print(
             f"summary: {summary['trades']} trades, {summary['exits']} exits, {summary['alerts']} alerts"
             f", {summary['invalid_lines']} invalid lines skipped"
         )
+        if taped:
+            for line in _live_lines(diffs, dropped):
+                print(line)
     return EXIT_OK
+
+
+def _live_lines(diffs: list[dict[str, Any]], dropped: int) -> list[str]:
+    """The tape's live session against the replay, as text."""
+
+    def end(x: dict[str, Any]) -> str:
+        if x["rule"] == "open":
+            return "still open"
+        price = f" at {x['price']:.4f}" if x.get("price") is not None else ""
+        return f"{x['rule']} {_hms(x['ts']) if x.get('ts') else ''}{price}"
+
+    out = []
+    if not diffs:
+        out.append("live vs replay: every trade ended as it did live")
+    else:
+        out.append(f"live vs replay: {len(diffs)} trade(s) ended differently")
+        for d in diffs:
+            out.append(f"  {d['trade_id']:<24} live {end(d['live'])}; replay {end(d['replay'])}")
+        out.append(
+            "  (a replay fills at the mark on a paper venue: live fills at the book, after ladder "
+            "steps, and external closes are not reproduced; see docs/tape-format.md)"
+        )
+    if dropped:
+        out.append(f"  the tape lacks {dropped} line(s) dropped while it was written")
+    return out
 
 
 async def _replay_compare(config: Config, args: argparse.Namespace, fh: Any, on_error: Any) -> int:

@@ -207,6 +207,43 @@ async def _run(
     await engine.flush()
 
 
+def live_differences(result: ReplayResult) -> list[dict[str, Any]]:
+    """On a tape: each trade whose live end (the tape's `exit` / `closed` lines) differs from the
+    replay's (rule, close time or exit price), in open order. Empty for a plain recording."""
+    live: dict[str, dict[str, Any]] = {}
+    prices: dict[str, float] = {}
+    for r in result.taped:
+        if r.kind == "exit":
+            live[r.data["trade_id"]] = {"rule": r.data.get("rule"), "ts": r.ts}
+        elif r.kind == "closed":
+            live[r.data["trade_id"]] = {"rule": r.data.get("reason"), "ts": r.ts}
+            if r.data.get("price") is not None:
+                prices[r.data["trade_id"]] = float(r.data["price"])
+        elif r.kind == "fill":
+            prices[r.data["trade_id"]] = float(r.data["price"])  # the last fill of the exit
+    if not any(r.kind == "header" for r in result.taped):
+        return []
+    rows = []
+    for t in result.final_trades:
+        closed = str(t.state) == "closed"
+        mine = {"rule": t.exit_reason if closed else OPEN, "ts": t.closed_ts if closed else None}
+        theirs = live.get(t.trade_id, {"rule": OPEN, "ts": None})
+        price_live, price_replay = prices.get(t.trade_id), t.exit_price if closed else None
+        same = mine["rule"] == theirs["rule"] and mine["ts"] == theirs["ts"]
+        if same and (
+            price_live is None or price_replay is None or abs(price_live - price_replay) <= _EPS
+        ):
+            continue
+        rows.append(
+            {
+                "trade_id": t.trade_id,
+                "live": {**theirs, "price": price_live},
+                "replay": {**mine, "price": price_replay},
+            }
+        )
+    return rows
+
+
 def _count_open(ev: MarketEvent, result: ReplayResult) -> None:
     if ev.kind == "open":
         result.trades += 1

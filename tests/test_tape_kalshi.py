@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.replay import replay
+from engine.replay import live_differences, replay
 from engine.store import TRADE_STATES
 from engine.tape import TAPES_DIRNAME, tape_lines, utc_day
 from tests.kalshi_world import HELD, World, step
@@ -57,6 +57,7 @@ async def test_a_taped_kalshi_session_replays_to_the_same_exit(world: World) -> 
     assert taped["header"]["venue"] == "kalshi"
     assert taped["exit"]["trade_id"] == live.trade_id and taped["exit"]["rule"] == "max_loss"
     assert taped["fill"]["price"] == pytest.approx(live.exit_price)
+    assert live_differences(result) == []
 
 
 async def test_a_fill_that_depended_on_the_live_book_is_the_listed_difference(
@@ -93,3 +94,8 @@ async def test_a_fill_that_depended_on_the_live_book_is_the_listed_difference(
     assert [(f.ts, f.data["price"]) for f in fills] == [(fired_at + 4, pytest.approx(0.28))]
     [replay_exit] = result.exits
     assert replay_exit["mark"] == pytest.approx(0.30)
+    # `replay` prints the same difference (live vs replay) after its summary.
+    [d] = live_differences(result)
+    assert d["trade_id"] == live.trade_id
+    assert d["live"] == {"rule": "max_loss", "ts": fired_at + 4, "price": pytest.approx(0.28)}
+    assert d["replay"] == {"rule": "max_loss", "ts": fired_at, "price": pytest.approx(0.30)}

@@ -139,6 +139,8 @@ def test_replay_takes_a_range_over_data_dir_tapes(tmp_path: Path, capsys: Any) -
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "total realised P&L" in out.out
+    assert main(["--config", str(cfg), "replay", "--from", day]) == 0
+    assert "live vs replay: every trade ended as it did live" in capsys.readouterr().out
     # A replay does not tape: still the one file of the live session, as it was.
     assert [(p.name, p.stat().st_size) for p in (data / TAPES_DIRNAME).iterdir()] == before
 
