@@ -141,26 +141,42 @@ class Tape:
             )
             self._thread.start()
 
+    # These three are called on the engine's reaction path (an exit among them): they never
+    # raise, whatever they are given; a line they cannot take is counted as dropped.
+
     def record(self, ev: MarketEvent) -> None:
         """An engine recorder: the event as it reached the engine."""
-        self._put(("ev", self.clock.now(), ev))
+        try:
+            self._put(("ev", self.clock.now(), ev))
+        except Exception:
+            self._drop()
 
     def on_exit(self, info: dict[str, Any]) -> None:
         """An exit listener: the engine closed a trade by a rule or by hand."""
-        data = {k: info.get(k) for k in ("trade_id", "rule", "mark", "pnl", "pnl_pct", "manual")}
-        self._put(("info", self.clock.now(), "exit", info.get("ts"), data))
+        try:
+            keys = ("trade_id", "rule", "mark", "pnl", "pnl_pct", "manual")
+            data = {k: info.get(k) for k in keys}
+            self._put(("info", self.clock.now(), "exit", info.get("ts"), data))
+        except Exception:
+            self._drop()
 
     def on_journal(self, kind: str, data: dict[str, Any]) -> None:
         """A journal listener: ("fill", ...) of an exit order, ("closed", ...) without an order."""
-        data = dict(data)
-        self._put(("info", self.clock.now(), kind, data.pop("ts", None), data))
+        try:
+            data = dict(data)
+            self._put(("info", self.clock.now(), kind, data.pop("ts", None), data))
+        except Exception:
+            self._drop()
+
+    def _drop(self) -> None:
+        with self._lock:
+            self.dropped += 1
 
     def _put(self, item: Any) -> None:
         if self._closed:
             return
         if len(self._queue) >= self._max:
-            with self._lock:
-                self.dropped += 1
+            self._drop()
             return
         self._queue.append(item)
 
@@ -279,15 +295,21 @@ class Tape:
         self._safely(self._close_file)
 
     def _write_item(self, item: Any) -> None:
-        if item[0] == "ev":
-            _, now, ev = item
-            obj = event_to_json(ev)
-            if ev.kind == "open":
-                obj["seen_ts"] = now  # when the engine learnt of it (ts: when it was opened)
-        else:
-            _, now, kind, ts, data = item
-            obj = {"ts": ts if ts is not None else now, "kind": kind, **data}
-        self._write_obj(obj, now)
+        try:
+            if item[0] == "ev":
+                _, now, ev = item
+                obj = event_to_json(ev)
+                if ev.kind == "open":
+                    obj["seen_ts"] = now  # when the engine learnt of it (ts: when it was opened)
+            else:
+                _, now, kind, ts, data = item
+                obj = {"ts": ts if ts is not None else now, "kind": kind, **data}
+            line = json.dumps(obj, separators=(",", ":"))
+        except Exception:  # not an event the format knows: that line is dropped, not the file
+            log.exception("tape %s: a line could not be written; dropped", self.venue)
+            self._drop()
+            return
+        self._write_line(line, now)
 
     def _announce_drops(self) -> None:
         with self._lock:
@@ -300,10 +322,13 @@ class Tape:
             )
 
     def _write_obj(self, obj: dict[str, Any], now: float) -> None:
+        self._write_line(json.dumps(obj, separators=(",", ":")), now)
+
+    def _write_line(self, line: str, now: float) -> None:
         day = utc_day(now)
         if day != self._day:
             self._rotate(day, now)
-        self._pending.append((json.dumps(obj, separators=(",", ":")) + "\n").encode())
+        self._pending.append((line + "\n").encode())
         self.written += 1
 
     def _spill(self) -> None:

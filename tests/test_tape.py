@@ -367,3 +367,17 @@ def test_a_combo_contract_keeps_its_legs_on_the_tape(tmp_path: Path) -> None:
     tape.close()
     recs, _ = read(tmp_path / tape_name("ibkr", DAY1))
     assert [r for r in recs if not isinstance(r, InfoRecord)] == [ContractEvent(clock.now(), combo)]
+
+
+def test_what_the_tape_cannot_take_is_counted_never_raised(tmp_path: Path) -> None:
+    clock = ManualClock(DAY1_END - 100)
+    tape = Tape(tmp_path, "sim", clock)
+    tape.start()
+    tape.record(object())  # type: ignore[arg-type]  # not an event: dropped on the writer
+    tape.on_exit(None)  # type: ignore[arg-type]  # not a dict: dropped at once
+    tape.on_journal("fill", {"ts": clock.now(), "trade_id": "t1", "price": object()})
+    tape.record(SpotEvent(clock.now(), "BTC-USD", 1.0))
+    tape.close()
+    assert tape.dropped == 3 and tape.error is None
+    recs, _ = read(tmp_path / tape_name("sim", DAY1))
+    assert [r.kind for r in recs] == ["header", "spot", "dropped"]
