@@ -174,11 +174,20 @@ async def _run(
     floor: float | None = None
     session: float | None = None
 
+    history: list[InfoRecord] = []  # spot-history backfills, seeded before the next event
+
     def on_info(rec: InfoRecord) -> None:
         nonlocal session
         result.taped.append(rec)
         if rec.kind == "header":
             session = rec.ts
+        elif rec.kind == "spot_history":
+            history.append(rec)
+
+    def seed() -> None:
+        for rec in history:
+            engine.seed_spot_history([(float(a), float(b)) for a, b in rec.data["closes"]])
+        history.clear()
 
     for ev in read_events(lines, error, on_info):
         if session is not None:
@@ -203,7 +212,10 @@ async def _run(
                 last_tick = nxt
                 nxt += period
         clock.set(at)
+        seed()
         await engine.handle(ev)
+    if started:
+        seed()
     await engine.flush()
 
 

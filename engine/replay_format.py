@@ -7,7 +7,9 @@ message saying what is wrong; callers report it with the line number and skip it
 
 A tape (engine/tape.py, docs/tape-format.md) is this format with a `header` line carrying the
 format `version` (TAPE_VERSION) and informational kinds (INFO_KINDS: exit, fill, closed, dropped)
-that a replay accepts and never feeds to the engine as market events. A header of another version
+that a replay accepts and never feeds to the engine as market events; `spot_history` (the spot
+feed's start-up backfill of past closes) is not a market event either: replay seeds the engine's
+spot history with it, as the live feed did. A header of another version
 raises `TapeVersionError`, which is not a skippable line: the whole file is refused.
 """
 
@@ -41,7 +43,7 @@ class ReplayLineError(ValueError):
 
 
 TAPE_VERSION = 2  # a plain recording without a header is version 1
-INFO_KINDS: tuple[str, ...] = ("header", "exit", "fill", "closed", "dropped")
+INFO_KINDS: tuple[str, ...] = ("header", "exit", "fill", "closed", "dropped", "spot_history")
 
 
 class TapeVersionError(ValueError):
@@ -72,6 +74,15 @@ def parse_info(obj: dict[str, Any]) -> InfoRecord:
     elif kind == "dropped":
         n = _num(obj, "count")
         assert n is not None
+    elif kind == "spot_history":
+        closes = obj.get("closes")
+        if not isinstance(closes, list) or not all(
+            isinstance(c, list)
+            and len(c) == 2
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in c)
+            for c in closes
+        ):
+            raise ReplayLineError("'closes' must be a list of [ts, price] pairs")
     return InfoRecord(ts, kind, obj)
 
 

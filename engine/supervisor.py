@@ -971,6 +971,8 @@ class Engine:
         newest sample; no rule is evaluated (these are past prices, not news). Returns how many
         were added.
         """
+        for tl in self.tape_listeners:  # a replay of the tape seeds the same history
+            tl("spot_history", {"ts": self.clock.now(), "closes": [list(c) for c in closes]})
         ordered = sorted(closes)
         oldest = self.spot_hist.oldest()
         added = 0

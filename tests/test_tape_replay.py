@@ -192,3 +192,60 @@ async def test_a_tape_keeps_its_own_time(tmp_path: Path, monkeypatch: Any) -> No
     # Opened at the first session, older than an hour at the second: closed when it starts.
     assert new.exit_reason == "max_holding_time"
     assert T0 + 7200 <= (new.closed_ts or 0) < T0 + 7210
+
+
+def _momentum_tape(folder: Path, with_history: bool) -> Path:
+    """30 minutes of spot closes falling 5 % (the spot feed's start-up backfill), then a YES
+    trade on a flat quote: only the history says the market is running against it."""
+    from engine.models import Contract, ContractEvent, OpenEvent, Quote, QuoteEvent, SpotEvent
+    from engine.tape import Tape
+
+    cid = "KXBTCD-26DEC0712-T97000"
+    clock = ManualClock(T0)
+    tape = Tape(folder, "sim", clock)
+    tape.start()
+    tape.record(ContractEvent(T0, Contract(cid, "BTC-USD", "binary_above", 97000.0, T0 + 86400)))
+    closes = [[T0 - 1800 + 60 * i, 102000.0 - 166.0 * i] for i in range(31)]  # to 97020
+    if with_history:
+        tape.on_journal("spot_history", {"ts": T0, "closes": closes})
+    for s in range(5):
+        clock.set(T0 + s)
+        tape.record(SpotEvent(clock.now(), "BTC-USD", 97020.0))
+        tape.record(QuoteEvent(clock.now(), Quote(cid, 0.50, 0.52, clock.now())))
+        if s == 1:
+            tape.record(OpenEvent(clock.now(), "t1", cid, "yes", 10, 0.50))
+    tape.close()
+    return folder / f"sim-{utc_day(T0)}.jsonl.gz"
+
+
+@pytest.mark.parametrize("with_history", [True, False])
+async def test_the_spot_feeds_backfill_is_taped_and_seeded_again(
+    tmp_path: Path, with_history: bool
+) -> None:
+    cfg = session_config(tmp_path / "data", momentum_threshold_bps=50)
+    path = _momentum_tape(tmp_path / "tapes", with_history)
+    result = await replay(tape_lines(path, lambda m: None), cfg)
+    [t] = result.final_trades
+    if with_history:  # seeded as the live engine was: the momentum against YES is there at once
+        assert t.exit_reason == "momentum"
+    else:
+        assert str(t.state) == "open"
+
+
+async def test_seed_spot_history_reaches_the_tape(tmp_path: Path) -> None:
+    from engine.replay_format import InfoRecord, parse_record
+    from engine.tape import Tape
+    from tests.engine_harness import Harness
+
+    h = await Harness(tmp_path).open()
+    tape = Tape(tmp_path / "tapes", "sim", h.clock)
+    tape.attach(h.engine)
+    tape.start()
+    closes = [(h.clock.now() - 120.0, 97000.0), (h.clock.now() - 60.0, 97010.0)]
+    assert h.engine.seed_spot_history(closes) == 2
+    tape.close()
+    await h.close()
+    [path] = (tmp_path / "tapes").iterdir()
+    recs = [parse_record(x) for x in tape_lines(path, lambda m: None)]
+    [hist] = [r for r in recs if isinstance(r, InfoRecord) and r.kind == "spot_history"]
+    assert [tuple(c) for c in hist.data["closes"]] == closes
