@@ -11,6 +11,7 @@ compared per rule, in total and trade by trade.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import sys
@@ -25,7 +26,7 @@ from engine.alerts import Alert, AlertBus
 from engine.clock import ManualClock
 from engine.config import Config
 from engine.models import ExitReason, MarketEvent, Quote, Trade
-from engine.replay_format import InfoRecord, ReplayLineError, parse_record
+from engine.replay_format import FED_INFO_KINDS, InfoRecord, ReplayLineError, parse_record
 from engine.rules import RULE_ORDER
 from engine.store import JOURNAL_FILENAME, TRADE_STATES, Store
 from engine.supervisor import Engine
@@ -60,11 +61,14 @@ def read_events(
     lines: Iterable[str],
     on_error: Callable[[int, str], None],
     on_info: Callable[[InfoRecord], None] | None = None,
-) -> Iterable[MarketEvent]:
+    *,
+    fed: bool = False,
+) -> Iterable[MarketEvent | InfoRecord]:
     """Parse lines; a bad line is reported (with its 1-based number) and skipped, never fatal
     (a tape header of another version is: TapeVersionError). Informational tape lines go to
-    `on_info`. On a tape, an `open` of a trade already opened is skipped: a later session of the
-    same day adopted it again from its journal."""
+    `on_info`; with `fed`, those a replay acts on (FED_INFO_KINDS) are yielded too, in order. On a
+    tape, an `open` of a trade already opened is skipped: a later session of the same day
+    adopted it again from its journal."""
     opened: set[str] = set()
     tape = False
     for n, line in enumerate(lines, start=1):
@@ -77,6 +81,8 @@ def read_events(
             tape = tape or ev.kind == "header"
             if on_info is not None:
                 on_info(ev)
+            if fed and ev.kind in FED_INFO_KINDS:
+                yield ev
             continue
         if ev is not None and ev.kind == "open":
             tid = ev.trade_id  # type: ignore[union-attr]
@@ -174,22 +180,13 @@ async def _run(
     floor: float | None = None
     session: float | None = None
 
-    history: list[InfoRecord] = []  # spot-history backfills, seeded before the next event
-
     def on_info(rec: InfoRecord) -> None:
         nonlocal session
         result.taped.append(rec)
         if rec.kind == "header":
             session = rec.ts
-        elif rec.kind == "spot_history":
-            history.append(rec)
 
-    def seed() -> None:
-        for rec in history:
-            engine.seed_spot_history([(float(a), float(b)) for a, b in rec.data["closes"]])
-        history.clear()
-
-    for ev in read_events(lines, error, on_info):
+    for ev in read_events(lines, error, on_info, fed=True):
         if session is not None:
             floor = max(floor or session, session)
             session = None
@@ -212,11 +209,22 @@ async def _run(
                 last_tick = nxt
                 nxt += period
         clock.set(at)
-        seed()
-        await engine.handle(ev)
-    if started:
-        seed()
+        if isinstance(ev, InfoRecord):
+            await _act_on(engine, ev)
+        else:
+            await engine.handle(ev)
     await engine.flush()
+
+
+async def _act_on(engine: Engine, rec: InfoRecord) -> None:
+    """A tape line the engine acts on again: the spot feed's backfill, or a feed's call
+    (REPLAY_CALLS: quotes held and released, a source's problem and recovery, a VIX value)."""
+    if rec.kind == "spot_history":
+        engine.seed_spot_history([(float(a), float(b)) for a, b in rec.data["closes"]])
+        return
+    result = getattr(engine, rec.data["call"])(*rec.data["args"])
+    if inspect.isawaitable(result):
+        await result
 
 
 def live_differences(result: ReplayResult) -> list[dict[str, Any]]:

@@ -43,7 +43,26 @@ class ReplayLineError(ValueError):
 
 
 TAPE_VERSION = 2  # a plain recording without a header is version 1
-INFO_KINDS: tuple[str, ...] = ("header", "exit", "fill", "closed", "dropped", "spot_history")
+INFO_KINDS: tuple[str, ...] = (
+    "header",
+    "exit",
+    "fill",
+    "closed",
+    "dropped",
+    "spot_history",
+    "call",
+)
+# Of those, the ones a replay makes the engine act on again (not market events, and not merely
+# informational): the spot feed's start-up backfill, and a feed's calls (REPLAY_CALLS).
+FED_INFO_KINDS: tuple[str, ...] = ("spot_history", "call")
+# A feed's call → the types of its arguments (Engine methods of the same names).
+REPLAY_CALLS: dict[str, tuple[type, ...]] = {
+    "hold_quotes": (list, str),
+    "release_quotes": (list,),
+    "source_problem": (str, str),
+    "source_ok": (str,),
+    "vix_update": (float, float),
+}
 
 
 class TapeVersionError(ValueError):
@@ -83,6 +102,22 @@ def parse_info(obj: dict[str, Any]) -> InfoRecord:
             for c in closes
         ):
             raise ReplayLineError("'closes' must be a list of [ts, price] pairs")
+    elif kind == "call":
+        call, args = obj.get("call"), obj.get("args")
+        types = REPLAY_CALLS.get(call) if isinstance(call, str) else None
+        if types is None:
+            raise ReplayLineError(f"'call' must be one of {', '.join(REPLAY_CALLS)}, got {call!r}")
+        if (
+            not isinstance(args, list)
+            or len(args) != len(types)
+            or not all(
+                isinstance(a, int | float) and not isinstance(a, bool)
+                if t is float
+                else isinstance(a, t)
+                for a, t in zip(args, types, strict=False)
+            )
+        ):
+            raise ReplayLineError(f"call {call!r} takes {len(types)} argument(s), got {args!r}")
     return InfoRecord(ts, kind, obj)
 
 

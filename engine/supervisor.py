@@ -997,15 +997,23 @@ class Engine:
             self._dirty = True
         return added
 
+    def _tape_call(self, call: str, *args: Any) -> None:
+        """Tell the tape (engine/tape.py) of a feed's call that a replay of it makes again."""
+        for tl in self.tape_listeners:
+            tl("call", {"ts": self.clock.now(), "call": call, "args": list(args)})
+
     async def source_problem(self, source: str, text: str) -> None:
         """A spot/market data source is not usable (`source` e.g. "coinbase"): one warning-level
         `data_quality` alert per episode (key `source:<name>`), however often it is reported."""
+        self._tape_call("source_problem", source, text)
         await self._episode(f"source:{source}", text, None)
         self._dirty = True
 
     def hold_quotes(self, contract_ids: Iterable[str], reason: str) -> None:
         """A feed marks these contracts' quotes unusable at once (`reason` says why): no trade
         on them is evaluated or sent an order until `release_quotes`."""
+        contract_ids = list(contract_ids)
+        self._tape_call("hold_quotes", contract_ids, reason)
         for cid in contract_ids:
             self.quote_holds[cid] = reason
             for tid in self.by_contract.get(cid, ()):
@@ -1016,12 +1024,15 @@ class Engine:
 
     def release_quotes(self, contract_ids: Iterable[str]) -> None:
         """The feed has fresh data for these contracts again."""
+        contract_ids = list(contract_ids)
+        self._tape_call("release_quotes", contract_ids)
         for cid in contract_ids:
             self.quote_holds.pop(cid, None)
         self._dirty = True
 
     async def source_ok(self, source: str) -> None:
         """`source` works again: ends its episode; the recovery is announced if it was alerted."""
+        self._tape_call("source_ok", source)
         await self._recover(f"source:{source}")
         self._dirty = True
 
@@ -1041,6 +1052,7 @@ class Engine:
         """A VIX value (index points) at `ts` (Unix seconds) from the market feed. An invalid
         one (NaN, inf, <= 0) is ignored with one data_quality alert per episode; one from the
         future or older than the last is ignored too."""
+        self._tape_call("vix_update", value, ts)
         with self._busy:
             await self._on_vix(value, ts)
         self._maybe_publish()

@@ -249,3 +249,45 @@ async def test_seed_spot_history_reaches_the_tape(tmp_path: Path) -> None:
     recs = [parse_record(x) for x in tape_lines(path, lambda m: None)]
     [hist] = [r for r in recs if isinstance(r, InfoRecord) and r.kind == "spot_history"]
     assert [tuple(c) for c in hist.data["closes"]] == closes
+
+
+async def test_quotes_a_feed_held_are_held_again_in_the_replay(tmp_path: Path) -> None:
+    """The feed holds a contract's quotes (a reconnect); a quote past max_loss arrives meanwhile
+    and nothing may fire on it; once released, the next one fires. The tape has the feed's calls,
+    so the replay exits at the same tick, not at the held quote."""
+    from engine.tape import Tape
+    from tests.engine_harness import CID, Harness, config
+
+    cfg = config(auto_stop={"criteria": {"max_loss_percent": 30}})
+    h = await Harness(tmp_path, cfg).open()
+    tape = Tape(tmp_path / "tapes", "sim", h.clock)
+    tape.attach(h.engine)
+    tape.start()
+    try:
+        await h.contract()
+        await h.spot(97100.0)
+        await h.quote(0.50, 0.52)
+        await h.start()
+        await h.open_trade()
+        h.at(1)
+        h.engine.hold_quotes([CID], "the feed is reconnecting")
+        h.at(2)
+        await h.spot(97100.0)
+        await h.quote(0.30, 0.32)  # -40 %, but held
+        assert h.exits == []
+        h.at(3)
+        h.engine.release_quotes([CID])
+        await h.spot(97100.0)
+        await h.quote(0.31, 0.33)
+        [live] = h.exits
+    finally:
+        tape.close()
+        await h.close()
+    assert live["ts"] == h.clock.now()
+    [path] = (tmp_path / "tapes").iterdir()
+    result = await replay(tape_lines(path, lambda m: None), cfg)
+    assert [(x["trade_id"], x["rule"], x["ts"]) for x in result.exits] == [
+        ("t1", "max_loss", live["ts"])
+    ]
+    calls = [r.data["call"] for r in result.taped if r.kind == "call"]
+    assert calls == ["hold_quotes", "release_quotes"]
