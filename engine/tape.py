@@ -53,6 +53,7 @@ _RETENTION_EVERY_SECONDS = 60.0
 _STOP = object()
 _POLL_SECONDS = 0.05  # the writer takes the queued lines this often
 _YIELD_EVERY = 8  # lines serialised between two GIL hand-overs
+_BATCH_MAX = 20_000  # lines taken per wake at most, then compressed, written, maybe flushed
 
 
 class TapeError(ValueError):
@@ -213,8 +214,9 @@ class Tape:
             while True:
                 self._wake.wait(min(_POLL_SECONDS, self.config.flush_seconds))
                 stopping = False
-                n = 0
-                while True:
+                # At most what is queued now: under a steady stream the drain must end, so that
+                # the lines are compressed, written and flushed (a kill -9 loses only the tail).
+                for n in range(1, min(len(self._queue), _BATCH_MAX) + 1):
                     try:
                         item = self._queue.popleft()
                     except IndexError:
@@ -223,7 +225,6 @@ class Tape:
                         stopping = True
                         break
                     self._safely(self._write_item, item)
-                    n += 1
                     if n % _YIELD_EVERY == 0:
                         time.sleep(0)
                 self._safely(self._announce_drops)
