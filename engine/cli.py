@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
@@ -706,6 +707,7 @@ class _ReplayLines:
         print(f"trade-supervisor: warning: {msg}", file=sys.stderr)
 
     def _iter(self) -> Any:
+        from engine.replay_format import ReplayLineError, parse_record
         from engine.tape import tape_lines
 
         for i, p in enumerate(self.paths, start=1):
@@ -713,6 +715,9 @@ class _ReplayLines:
             for line in tape_lines(p, self._warn):
                 self._lineno += 1
                 self._total += 1
+                if '"header"' in line:  # another version: refused here, naming this file:line
+                    with contextlib.suppress(ReplayLineError):
+                        parse_record(line)
                 if self.progress and not self._total % 1000:
                     self._show(i, p)
                 yield line

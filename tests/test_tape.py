@@ -151,7 +151,12 @@ def test_a_tape_of_another_version_is_refused(tmp_path: Path, capsys: Any) -> No
         fh.write(json.dumps({"ts": 2.0, "kind": "spot", "price": 1.0}) + "\n")
     assert main(["replay", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "version 99" in err and f"version {TAPE_VERSION}" in err and str(path) in err
+    assert "version 99" in err and f"version {TAPE_VERSION}" in err and f"{path}:1" in err
+    b = tmp_path / "b.toml"
+    b.write_text("[auto_stop.criteria]\nmax_loss_percent = 40\n", encoding="utf-8")
+    assert main(["replay", str(path), "--compare", str(b)]) == 2  # the same in a what-if
+    err = capsys.readouterr().err
+    assert "version 99" in err and f"{path}:1" in err
 
 
 def test_a_corrupt_tape_is_refused(tmp_path: Path, capsys: Any) -> None:
