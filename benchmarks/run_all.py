@@ -19,6 +19,7 @@ import kalshi_reaction
 import reaction_latency
 import recovery
 import stall_reaction
+import tape
 import tick_cost
 import ui_cpu
 import ui_reaction
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = stall_reaction.main([]) and ok
     print()
     ok = recovery.main([]) and ok
+    print()
+    ok = tape.main([]) and ok
     if not args.no_ui:
         print()
         ok = ui_update.main([]) and ok

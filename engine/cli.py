@@ -104,8 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="print every number as JSON")
     fmt.add_argument("--csv", action="store_true", help="print one CSV row per trade")
 
-    rp = sub.add_parser("replay", help="run a recorded session through the engine")
-    rp.add_argument("file", metavar="FILE.jsonl")
+    rp = sub.add_parser("replay", help="run a recorded session or taped days through the engine")
+    rp.add_argument(
+        "file",
+        metavar="FILE.jsonl",
+        nargs="?",
+        default=None,
+        help="a recording, a tape (.jsonl.gz) or a folder of tapes (default: data_dir/tapes/)",
+    )
+    rp.add_argument(
+        "--from",
+        dest="date_from",
+        type=_day,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="the tapes of data_dir/tapes/ (or of the folder given) from this UTC day on",
+    )
+    rp.add_argument(
+        "--to",
+        dest="date_to",
+        type=_day,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="... up to this UTC day, included",
+    )
+    rp.add_argument(
+        "--venue", default=None, help="the tapes of this venue only (sim, kalshi, ibkr)"
+    )
     rp.add_argument("--json", action="store_true", help="print JSON Lines (exits, alerts, summary)")
     rp.add_argument("--db", default=None, help="journal to write (default: a temporary one)")
     rp.add_argument(
@@ -397,6 +422,7 @@ async def _status(config: Config, as_json: bool) -> int:
         "paused_all": hb.get("paused_all"),
         "sources": hb.get("sources", {}),
         "bad_data": hb.get("bad_data", {}),
+        "tape": hb.get("tape"),  # {"dropped": N, "file": ..., "error": ...} when taping
         "open_trades": [
             {
                 "trade_id": t.trade_id,
@@ -443,6 +469,17 @@ async def _status(config: Config, as_json: bool) -> int:
             )
         for k, v in (hb.get("bad_data") or {}).items():
             print(f"  BAD DATA {shown(str(k))}: {shown(str(v))}")
+        tape = hb.get("tape")
+        if isinstance(tape, dict):
+            print(
+                f"  tape {tape.get('file') or '(not written yet)'}"
+                + (
+                    f": {tape['dropped']} line(s) DROPPED (the writer fell behind)"
+                    if tape.get("dropped")
+                    else ""
+                )
+                + (f"; WRITE FAILED: {tape['error']}" if tape.get("error") else "")
+            )
     for line in _protection_lines(info, hb, len(trades)):
         print(line)
     for tid, why in sorted(info["exits_held"].items()):
@@ -675,20 +712,43 @@ async def _metrics(config: Config, args: argparse.Namespace) -> int:
 
 async def _replay(config: Config, args: argparse.Namespace) -> int:
     from engine.replay import print_jsonl, replay
+    from engine.replay_format import TapeVersionError
+    from engine.tape import TapeError
 
     try:
-        fh = open(args.file, encoding="utf-8")  # noqa: SIM115 - closed below
-    except OSError as e:
-        print(f"trade-supervisor: cannot read {args.file}: {e}", file=sys.stderr)
+        fh = _replay_source(config, args)
+    except (OSError, TapeError) as e:
+        print(f"trade-supervisor: {e}", file=sys.stderr)
         return EXIT_CONFIG
     config = config.model_copy(deep=True)
     config.alerts.log_file = ""
+    config.tape.enabled = False  # a replay never tapes
 
     def on_error(n: int, msg: str) -> None:
-        print(f"{args.file}:{n}: skipped: {msg}", file=sys.stderr)
+        print(f"{fh.where(n)}: skipped: {msg}", file=sys.stderr)
 
+    try:
+        return await _replay_run(config, args, fh, on_error, print_jsonl, replay)
+    except (TapeError, TapeVersionError) as e:
+        where = fh.where(None) if isinstance(e, TapeVersionError) else ""  # TapeError names it
+        print(
+            f"trade-supervisor: {where}: {e}" if where else f"trade-supervisor: {e}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+
+
+async def _replay_run(
+    config: Config,
+    args: argparse.Namespace,
+    fh: Any,
+    on_error: Any,
+    print_jsonl: Any,
+    replay: Any,
+) -> int:
     if args.compare:
         with fh:
+            fh.materialize()  # both runs read the same lines; errors still name file:line
             return await _replay_compare(config, args, fh, on_error)
     if args.json:
         emit = print_jsonl(sys.stdout)
@@ -710,14 +770,49 @@ async def _replay(config: Config, args: argparse.Namespace) -> int:
             fh, config, db_path=Path(args.db) if args.db else None, emit=emit, on_error=on_error
         )
     summary = result.summary()
+    from engine.replay import live_differences
+
+    taped = any(r.kind == "header" for r in result.taped)
+    diffs = live_differences(result)
+    dropped = sum(int(r.data.get("count", 0)) for r in result.taped if r.kind == "dropped")
     if args.json:
+        if taped:  # a tape: what ended differently from the live session
+            emit({"event": "live_vs_replay", "trades": diffs, "dropped_lines": dropped})
         emit(summary)
     else:
         print(
             f"summary: {summary['trades']} trades, {summary['exits']} exits, {summary['alerts']} alerts"
             f", {summary['invalid_lines']} invalid lines skipped"
         )
+        if taped:
+            for line in _live_lines(diffs, dropped):
+                print(line)
     return EXIT_OK
+
+
+def _live_lines(diffs: list[dict[str, Any]], dropped: int) -> list[str]:
+    """The tape's live session against the replay, as text."""
+
+    def end(x: dict[str, Any]) -> str:
+        if x["rule"] == "open":
+            return "still open"
+        price = f" at {x['price']:.4f}" if x.get("price") is not None else ""
+        return f"{x['rule']} {_hms(x['ts']) if x.get('ts') else ''}{price}"
+
+    out = []
+    if not diffs:
+        out.append("live vs replay: every trade ended as it did live")
+    else:
+        out.append(f"live vs replay: {len(diffs)} trade(s) ended differently")
+        for d in diffs:
+            out.append(f"  {d['trade_id']:<24} live {end(d['live'])}; replay {end(d['replay'])}")
+        out.append(
+            "  (a replay fills at the mark on a paper venue: live fills at the book, after ladder "
+            "steps, and external closes are not reproduced; see docs/tape-format.md)"
+        )
+    if dropped:
+        out.append(f"  the tape lacks {dropped} line(s) dropped while it was written")
+    return out
 
 
 async def _replay_compare(config: Config, args: argparse.Namespace, fh: Any, on_error: Any) -> int:
@@ -741,6 +836,126 @@ async def _replay_compare(config: Config, args: argparse.Namespace, fh: Any, on_
     else:
         print(format_comparison(cmp, label_a, args.compare))
     return EXIT_OK
+
+
+def _day(text: str) -> str:
+    """A `--from/--to` value: a UTC day, YYYY-MM-DD."""
+    try:
+        return time.strftime("%Y-%m-%d", time.strptime(text, "%Y-%m-%d"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day; give YYYY-MM-DD") from None
+
+
+class _ReplayLines:
+    """The lines of the files to replay, in order, knowing which file and line each came from
+    (for `FILE:LINE: skipped` messages); a cut tape's warning goes to stderr."""
+
+    def __init__(self, paths: list[Path], progress: bool = False) -> None:
+        self.paths = paths
+        self._name: str | None = None
+        self._lineno = 0
+        self._index: list[tuple[str, int]] | None = None
+        self._lines: list[str] | None = None
+        # On a terminal (and not --json): one progress line on stderr, rewritten as it goes.
+        self.progress = progress
+        self._shown = 0.0
+        self._total = 0
+
+    def _warn(self, msg: str) -> None:
+        print(f"trade-supervisor: warning: {msg}", file=sys.stderr)
+
+    def _iter(self) -> Any:
+        from engine.replay_format import ReplayLineError, parse_record
+        from engine.tape import tape_lines
+
+        for i, p in enumerate(self.paths, start=1):
+            self._name, self._lineno = str(p), 0
+            for line in tape_lines(p, self._warn):
+                self._lineno += 1
+                self._total += 1
+                if '"header"' in line:  # another version: refused here, naming this file:line
+                    with contextlib.suppress(ReplayLineError):
+                        parse_record(line)
+                if self.progress and not self._total % 1000:
+                    self._show(i, p)
+                yield line
+        if self.progress and self._shown:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+    def _show(self, i: int, p: Path) -> None:
+        now = time.monotonic()
+        if now - self._shown < 0.2:
+            return
+        self._shown = now
+        done = (i - 1) / len(self.paths)
+        bar = "#" * int(20 * done) + "-" * (20 - int(20 * done))
+        print(
+            f"\r\033[Kreplay [{bar}] file {i}/{len(self.paths)} {p.name}: {self._total:,} lines",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __iter__(self) -> Any:
+        return iter(self._lines) if self._lines is not None else self._iter()
+
+    def materialize(self) -> None:
+        self._index, self._lines = [], []
+        for line in self._iter():
+            self._lines.append(line)
+            self._index.append((self._name or "", self._lineno))
+
+    def where(self, n: int | None) -> str:
+        if n is not None and self._index is not None and 0 < n <= len(self._index):
+            name, line = self._index[n - 1]
+            return f"{name}:{line}"
+        if self._name is None:
+            return ""
+        return f"{self._name}:{self._lineno}"
+
+    def __enter__(self) -> _ReplayLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _replay_source(config: Config, args: argparse.Namespace) -> _ReplayLines:
+    """A file, a folder of tapes, or --from/--to over data_dir/tapes/ → the lines to replay.
+    Raises TapeError (an empty range, several venues) or OSError (an unreadable file)."""
+    from engine.tape import TAPES_DIRNAME, select_tapes
+
+    target = Path(args.file) if args.file else None
+    ranged = args.date_from is not None or args.date_to is not None
+    if target is not None and not target.exists():
+        raise OSError(f"cannot read {args.file}: no such file or folder")
+    if target is None and not ranged:
+        raise OSError(
+            "replay needs a FILE (a recording or a tape), a folder of tapes, or --from/--to "
+            "over data_dir/tapes/"
+        )
+    if target is not None and target.is_file():
+        if ranged:
+            raise OSError("--from/--to select tapes of a folder; they cannot be used with a file")
+        try:
+            with open(target, "rb"):
+                pass  # unreadable: said now, before anything runs
+        except OSError as e:
+            raise OSError(f"cannot read {args.file}: {e}") from None
+        return _ReplayLines([target], progress=_progress_wanted(args))
+    paths = select_tapes(
+        target,
+        config.data_path() / TAPES_DIRNAME,
+        date_from=args.date_from,
+        date_to=args.date_to,
+        venue=args.venue,
+    )
+    return _ReplayLines(paths, progress=_progress_wanted(args))
+
+
+def _progress_wanted(args: argparse.Namespace) -> bool:
+    """A progress line for a long replay on a terminal; never under --json."""
+    return not args.json and sys.stderr.isatty()
 
 
 def _hms(ts: float) -> str:

@@ -682,6 +682,16 @@ class Ladder:
     retry_after_seconds: float = 60.0
 
 
+class TapeConfig(Strict):
+    """`[tape]`: what the engine saw on a live or simulated venue, kept for replay (engine/tape.py)."""
+
+    enabled: bool = True
+    keep_days: Annotated[int, Field(ge=1, le=3650)] = 30  # tapes of older UTC days are deleted
+    max_mb: Annotated[float, Field(gt=0)] = 2000.0  # all tapes together; the oldest go first
+    queue_events: Annotated[int, Field(ge=16, le=10_000_000)] = 100_000  # full: dropped, counted
+    flush_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0  # a kill -9 loses at most this
+
+
 class Config(Strict):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
@@ -693,6 +703,7 @@ class Config(Strict):
     ui: UiConfig = Field(default_factory=UiConfig)
     venues: VenuesConfig = Field(default_factory=VenuesConfig)
     spot: SpotConfig = Field(default_factory=SpotConfig)
+    tape: TapeConfig = Field(default_factory=TapeConfig)
 
     def ladder(self) -> Ladder:
         """The exit ladder of the configured venue: [auto_stop] ladder_*, or IB's own keys."""

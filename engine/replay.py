@@ -11,20 +11,22 @@ compared per rule, in total and trade by trade.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from engine import analytics
 from engine.alerts import Alert, AlertBus
 from engine.clock import ManualClock
 from engine.config import Config
 from engine.models import ExitReason, MarketEvent, Quote, Trade
-from engine.replay_format import ReplayLineError, parse_line
+from engine.replay_format import FED_INFO_KINDS, InfoRecord, ReplayLineError, parse_record
 from engine.rules import RULE_ORDER
 from engine.store import JOURNAL_FILENAME, TRADE_STATES, Store
 from engine.supervisor import Engine
@@ -39,6 +41,11 @@ class ReplayResult:
     trades: int = 0
     # Every trade in the journal when the replay ended (any state), oldest first.
     final_trades: list[Trade] = field(default_factory=list)
+    # A tape's informational lines (what the live engine did: exits, fills, closes, drops).
+    taped: list[InfoRecord] = field(default_factory=list)
+    # Against holding to the end (engine/analytics.py, as `metrics`): per rule and "all rules",
+    # what the rule exits of trades whose contract settled saved and gave up.
+    holding: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -51,15 +58,37 @@ class ReplayResult:
 
 
 def read_events(
-    lines: Iterable[str], on_error: Callable[[int, str], None]
-) -> Iterable[MarketEvent]:
-    """Parse lines; a bad line is reported (with its 1-based number) and skipped, never fatal."""
+    lines: Iterable[str],
+    on_error: Callable[[int, str], None],
+    on_info: Callable[[InfoRecord], None] | None = None,
+    *,
+    fed: bool = False,
+) -> Iterable[MarketEvent | InfoRecord]:
+    """Parse lines; a bad line is reported (with its 1-based number) and skipped, never fatal
+    (a tape header of another version is: TapeVersionError). Informational tape lines go to
+    `on_info`; with `fed`, those a replay acts on (FED_INFO_KINDS) are yielded too, in order. On a
+    tape, an `open` of a trade already opened is skipped: a later session of the same day
+    adopted it again from its journal."""
+    opened: set[str] = set()
+    tape = False
     for n, line in enumerate(lines, start=1):
         try:
-            ev = parse_line(line)
+            ev = parse_record(line)
         except ReplayLineError as e:
             on_error(n, str(e))
             continue
+        if isinstance(ev, InfoRecord):
+            tape = tape or ev.kind == "header"
+            if on_info is not None:
+                on_info(ev)
+            if fed and ev.kind in FED_INFO_KINDS:
+                yield ev
+            continue
+        if ev is not None and ev.kind == "open":
+            tid = ev.trade_id  # type: ignore[union-attr]
+            if tape and tid in opened:
+                continue
+            opened.add(tid)
         if ev is not None:
             yield ev
 
@@ -85,6 +114,11 @@ async def replay(
         try:
             await _run(lines, config, store, result, emit, error)
             result.final_trades = await store.load_trades(TRADE_STATES)
+            report = await analytics.load_report(
+                store, thresholds=analytics.config_thresholds(config)
+            )
+            result.holding = {k: asdict(v) for k, v in report.effectiveness.items()}
+            result.holding[ALL_RULES] = asdict(report.effectiveness_total)
         finally:
             await store.close()
     return result
@@ -139,22 +173,95 @@ async def _run(
 
     period = config.engine.tick_seconds
     started = False
-    for ev in read_events(lines, error):
+    # On a tape, time is the tape's: a session starts at its header (an `open` line of a trade
+    # adopted at start carries its old open time, which must not rewind the clock or make the
+    # replay tick through the days since), and the gap before a later session of the same tape
+    # (the engine was not running) is jumped over without ticks.
+    floor: float | None = None
+    session: float | None = None
+
+    def on_info(rec: InfoRecord) -> None:
+        nonlocal session
+        result.taped.append(rec)
+        if rec.kind == "header":
+            session = rec.ts
+
+    for ev in read_events(lines, error, on_info, fed=True):
+        if session is not None:
+            floor = max(floor or session, session)
+            session = None
+            if started and floor > clock.now():
+                clock.set(floor)
+                last_tick = math.floor(floor / period) * period
+        at = ev.ts if floor is None else max(ev.ts, floor)
+        if floor is not None:
+            floor = at
         if not started:
-            clock.set(ev.ts)
+            clock.set(at)
             await engine.start()
             started = True
-            last_tick = math.floor(ev.ts / period) * period
+            last_tick = math.floor(at / period) * period
         else:
             nxt = last_tick + period
-            while nxt <= ev.ts:
+            while nxt <= at:
                 clock.set(nxt)
                 await engine.tick()
                 last_tick = nxt
                 nxt += period
-        clock.set(ev.ts)
-        await engine.handle(ev)
+        clock.set(at)
+        if isinstance(ev, InfoRecord):
+            await _act_on(engine, ev)
+        else:
+            await engine.handle(ev)
     await engine.flush()
+
+
+async def _act_on(engine: Engine, rec: InfoRecord) -> None:
+    """A tape line the engine acts on again: the spot feed's backfill, or a feed's call
+    (REPLAY_CALLS: quotes held and released, a source's problem and recovery, a VIX value)."""
+    if rec.kind == "spot_history":
+        engine.seed_spot_history([(float(a), float(b)) for a, b in rec.data["closes"]])
+        return
+    result = getattr(engine, rec.data["call"])(*rec.data["args"])
+    if inspect.isawaitable(result):
+        await result
+
+
+def live_differences(result: ReplayResult) -> list[dict[str, Any]]:
+    """On a tape: each trade whose live end (the tape's `exit` / `closed` lines) differs from the
+    replay's (rule, close time or exit price), in open order. Empty for a plain recording."""
+    live: dict[str, dict[str, Any]] = {}
+    prices: dict[str, float] = {}
+    for r in result.taped:
+        if r.kind == "exit":
+            live[r.data["trade_id"]] = {"rule": r.data.get("rule"), "ts": r.ts}
+        elif r.kind == "closed":
+            live[r.data["trade_id"]] = {"rule": r.data.get("reason"), "ts": r.ts}
+            if r.data.get("price") is not None:
+                prices[r.data["trade_id"]] = float(r.data["price"])
+        elif r.kind == "fill":
+            prices[r.data["trade_id"]] = float(r.data["price"])  # the last fill of the exit
+    if not any(r.kind == "header" for r in result.taped):
+        return []
+    rows = []
+    for t in result.final_trades:
+        closed = str(t.state) == "closed"
+        mine = {"rule": t.exit_reason if closed else OPEN, "ts": t.closed_ts if closed else None}
+        theirs = live.get(t.trade_id, {"rule": OPEN, "ts": None})
+        price_live, price_replay = prices.get(t.trade_id), t.exit_price if closed else None
+        same = mine["rule"] == theirs["rule"] and mine["ts"] == theirs["ts"]
+        if same and (
+            price_live is None or price_replay is None or abs(price_live - price_replay) <= _EPS
+        ):
+            continue
+        rows.append(
+            {
+                "trade_id": t.trade_id,
+                "live": {**theirs, "price": price_live},
+                "replay": {**mine, "price": price_replay},
+            }
+        )
+    return rows
 
 
 def _count_open(ev: MarketEvent, result: ReplayResult) -> None:
@@ -173,6 +280,7 @@ def print_jsonl(stream: TextIO = sys.stdout) -> Callable[[dict[str, Any]], None]
 
 OPEN = "open"  # the bucket of the trades still open (or closing) when the session ends
 OPEN_LABEL = "still open at the end"
+ALL_RULES = "all rules"
 _EPS = 1e-9
 
 
@@ -266,6 +374,22 @@ class Comparison:
             )
         return rows
 
+    def against_holding(self) -> list[dict[str, Any]]:
+        """Per rule used by either run (then "all rules"): what its exits saved and gave up
+        against holding to the end (trades whose contract settled), under A and B, and B − A."""
+        names = [k for k in {**self.a.holding, **self.b.holding} if k != ALL_RULES]
+        rows = []
+        for rule in [*sorted(names, key=_rule_key), ALL_RULES]:
+            row: dict[str, Any] = {"rule": rule}
+            for key, res in (("a", self.a), ("b", self.b)):
+                e = res.holding.get(rule) or {}
+                row[key] = {
+                    k: round(float(e.get(k, 0.0)), 6) for k in ("saved", "given_up", "net")
+                } | {"settled": int(e.get("settled", 0)), "pending": int(e.get("pending", 0))}
+            row["diff_net"] = round(row["b"]["net"] - row["a"]["net"], 6)
+            rows.append(row)
+        return rows
+
     def to_json(self, config_a: str, config_b: str) -> dict[str, Any]:
         def run(label: str, result: ReplayResult) -> dict[str, Any]:
             s = result.summary()
@@ -278,6 +402,7 @@ class Comparison:
             "rules": self.rules(),
             "totals": self.totals(),
             "trades": self.trades(),
+            "against_holding": self.against_holding(),
         }
 
 
@@ -356,6 +481,7 @@ def format_comparison(cmp: Comparison, config_a: str, config_b: str) -> str:
         row("still open", a, b, d, "open"),
         "",
     ]
+    out += _holding_lines(cmp, w, money)
     if not diffs:
         out.append("every trade ended the same way under A and B")
         return "\n".join(out)
@@ -375,3 +501,23 @@ def format_comparison(cmp: Comparison, config_a: str, config_b: str) -> str:
     for x in diffs:
         out.append(f"{x['trade_id']:<{tw}}  {side(x['a'])}  {side(x['b'])}  {money(x['diff_pnl'])}")
     return "\n".join(out)
+
+
+def _holding_lines(cmp: Comparison, w: int, money: Callable[[float | None], str]) -> list[str]:
+    """The rule exits against holding to the end, under A and under B (as `metrics` counts)."""
+    rows = cmp.against_holding()
+    out = [
+        "against holding to the end (rule exits of trades whose contract settled; + saved):",
+        f"{'rule':<{w}} {'A saved':>10} {'A gave up':>10} {'B saved':>10} {'B gave up':>10}"
+        f" {'B-A net':>10}",
+    ]
+    for r in rows:
+        a, b = r["a"], r["b"]
+        pending = a["pending"] + b["pending"]
+        out.append(
+            f"{r['rule']:<{w}} {money(a['saved'])} {money(-a['given_up'] or 0.0)}"
+            f" {money(b['saved'])} {money(-b['given_up'] or 0.0)} {money(r['diff_net'])}"
+            + (f"  ({pending} not settled yet)" if pending else "")
+        )
+    out.append("")
+    return out

@@ -29,6 +29,7 @@ from engine.models import AlertKind, Quote, SettleEvent, Severity
 from engine.sim import SimMarket
 from engine.store import JOURNAL_FILENAME, Store
 from engine.supervisor import Engine
+from engine.tape import TAPES_DIRNAME, Tape
 from engine.venues.kalshi.auth import KalshiKeyError, KalshiSigner
 from engine.venues.paper import PaperVenue
 
@@ -152,25 +153,33 @@ async def build_runtime(
             now=clock.now,
             retry_after_max_seconds=config.engine.retry_after_max_seconds,
         )
+        # The tape (engine/tape.py): what this engine sees, for `replay`; never on `replay` itself.
+        tape = _open_tape(config, data, clock, closers)
+        if tape is not None:
+            recorders = [*(recorders or []), tape.record]
         if config.engine.venue == "ibkr":
             from engine.ibkr_runtime import build_ibkr
 
-            return await build_ibkr(
-                config, config_path, clock, store, bus, closers, recorders or []
+            return _taped(
+                await build_ibkr(config, config_path, clock, store, bus, closers, recorders or []),
+                tape,
             )
         if signer is not None and kalshi_client is not None:
             from engine.kalshi_runtime import build_kalshi
 
-            return await build_kalshi(
-                config,
-                config_path,
-                clock,
-                store,
-                bus,
-                closers,
-                recorders or [],
-                signer,
-                kalshi_client,
+            return _taped(
+                await build_kalshi(
+                    config,
+                    config_path,
+                    clock,
+                    store,
+                    bus,
+                    closers,
+                    recorders or [],
+                    signer,
+                    kalshi_client,
+                ),
+                tape,
             )
 
         quotes: dict[str, Quote] = {}
@@ -181,6 +190,8 @@ async def build_runtime(
         engine = Engine(config, clock, store, venue, alerts=bus, config_path=config_path)
         engine.quotes = quotes  # the paper venue fills against the engine's own quote book
         engine.recorders.extend(recorders or [])
+        if tape is not None:
+            tape.attach(engine)  # before start: the demo trades' exits are taped too
 
         saved = await store.get_state(STATE_KEY)
         now = clock.now()
@@ -207,13 +218,33 @@ async def build_runtime(
         for ev in settlements:
             await engine.handle(ev)
         await _report_stranded(engine, market, resumed)
-        return Runtime(engine, store, [SimFeed(market, clock)], clock, closers)
+        return _taped(Runtime(engine, store, [SimFeed(market, clock)], clock, closers), tape)
     except BaseException:
         try:
             await _run_closers(closers)  # every client made so far (e.g. Kalshi's)
         finally:
             await store.close()
         raise
+
+
+def _open_tape(
+    config: Config, data: Path, clock: Clock, closers: list[Callable[[], object]]
+) -> Tape | None:
+    """The venue's tape under data_dir/tapes/ when `[tape] enabled`; closed (drained) by the
+    runtime's closers, on its writer thread's time, not the event loop's."""
+    if not config.tape.enabled:
+        return None
+    tape = Tape(data / TAPES_DIRNAME, config.engine.venue, clock, config.tape)
+    tape.start()
+    closers.append(lambda: asyncio.to_thread(tape.close))
+    return tape
+
+
+def _taped(rt: Runtime, tape: Tape | None) -> Runtime:
+    """Attach the tape to the engine built (its exits, fills, closes; its heartbeat)."""
+    if tape is not None:
+        tape.attach(rt.engine)
+    return rt
 
 
 def _kalshi_signer(config: Config) -> KalshiSigner:

@@ -314,6 +314,12 @@ class Engine:
         self.subscribers: list[Callable[[Snapshot], None]] = []
         self.recorders: list[Callable[[MarketEvent], None]] = []
         self.exit_listeners: list[Callable[[dict[str, Any]], None]] = []
+        # What the journal booked besides exits, for the tape (engine/tape.py): ("fill", {...})
+        # for each fill of an exit order, ("closed", {...}) for a close without an order
+        # (settled, external, closed elsewhere). Called on the reaction path: must not block.
+        self.tape_listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        # Extra keys of the heartbeat (`status` reads them), e.g. the tape's drop count.
+        self.heartbeat_extras: dict[str, Callable[[], Any]] = {}
         self.started_ts: float | None = None
         # Which open trades are not protected right now (engine/watchdog.py), checked at every
         # tick and by a task of its own that does not depend on the tick (`_watchdog_loop`).
@@ -1035,6 +1041,8 @@ class Engine:
         newest sample; no rule is evaluated (these are past prices, not news). Returns how many
         were added.
         """
+        for tl in self.tape_listeners:  # a replay of the tape seeds the same history
+            tl("spot_history", {"ts": self.clock.now(), "closes": [list(c) for c in closes]})
         ordered = sorted(closes)
         oldest = self.spot_hist.oldest()
         added = 0
@@ -1059,15 +1067,23 @@ class Engine:
             self._dirty = True
         return added
 
+    def _tape_call(self, call: str, *args: Any) -> None:
+        """Tell the tape (engine/tape.py) of a feed's call that a replay of it makes again."""
+        for tl in self.tape_listeners:
+            tl("call", {"ts": self.clock.now(), "call": call, "args": list(args)})
+
     async def source_problem(self, source: str, text: str) -> None:
         """A spot/market data source is not usable (`source` e.g. "coinbase"): one warning-level
         `data_quality` alert per episode (key `source:<name>`), however often it is reported."""
+        self._tape_call("source_problem", source, text)
         await self._episode(f"source:{source}", text, None)
         self._dirty = True
 
     def hold_quotes(self, contract_ids: Iterable[str], reason: str) -> None:
         """A feed marks these contracts' quotes unusable at once (`reason` says why): no trade
         on them is evaluated or sent an order until `release_quotes`."""
+        contract_ids = list(contract_ids)
+        self._tape_call("hold_quotes", contract_ids, reason)
         for cid in contract_ids:
             self.quote_holds[cid] = reason
             for tid in self.by_contract.get(cid, ()):
@@ -1078,12 +1094,15 @@ class Engine:
 
     def release_quotes(self, contract_ids: Iterable[str]) -> None:
         """The feed has fresh data for these contracts again."""
+        contract_ids = list(contract_ids)
+        self._tape_call("release_quotes", contract_ids)
         for cid in contract_ids:
             self.quote_holds.pop(cid, None)
         self._dirty = True
 
     async def source_ok(self, source: str) -> None:
         """`source` works again: ends its episode; the recovery is announced if it was alerted."""
+        self._tape_call("source_ok", source)
         await self._recover(f"source:{source}")
         self._dirty = True
 
@@ -1103,6 +1122,7 @@ class Engine:
         """A VIX value (index points) at `ts` (Unix seconds) from the market feed. An invalid
         one (NaN, inf, <= 0) is ignored with one data_quality alert per episode; one from the
         future or older than the last is ignored too."""
+        self._tape_call("vix_update", value, ts)
         with self._busy:
             await self._on_vix(value, ts)
         self._maybe_publish()
@@ -2198,6 +2218,8 @@ class Engine:
             fill = {"client_order_id": coid, "qty": new_qty, "price": res.avg_price, "fees": fees}
             pricing.apply_fill(t, new_qty, res.avg_price, fees, mult)
             self._touch(t.contract_id)
+            for tl in self.tape_listeners:
+                tl("fill", {"ts": now, "trade_id": t.trade_id, "rule": ex.rule, **fill})
         order = {
             "client_order_id": coid,
             "status": res.status,
@@ -2355,6 +2377,17 @@ class Engine:
         self._add_realized(t.realized_pnl or 0.0, t.closed_ts or self.clock.now())
         await self.store.add_audit(now, t.trade_id, "closed", {"reason": reason, "price": price})
         self._forget(t.trade_id)
+        for tl in self.tape_listeners:
+            tl(
+                "closed",
+                {
+                    "ts": now,
+                    "trade_id": t.trade_id,
+                    "reason": str(reason),
+                    "price": price,
+                    "pnl": t.realized_pnl,
+                },
+            )
 
     # ------------------------------------------------------------------ trades in and out
 
@@ -3115,6 +3148,7 @@ class Engine:
                 for tid, t in self.trades.items()
                 if (why := self._held_reason(t, self.status.get(tid) or _Status()))
             },
+            **{k: f() for k, f in self.heartbeat_extras.items()},
         }
 
     def _health(self, now: float) -> list[SourceHealth]:

@@ -51,6 +51,7 @@ SMOKE: dict[str, Smoke] = {
         ["--quick"], "Reaction of a second trade while a first trade's exit is stalled"
     ),
     "recovery": Smoke(["--quick"], "Kalshi market data back after a 3 s outage"),
+    "tape": Smoke(["--quick"], "Tape: reaction (max_loss quote -> PaperVenue.submit), tape off vs on"),
     "ui_update": Smoke(
         ["--samples", "3", "--warmup", "1", "--strikes", "50", "--trades", "20"],
         "UI update cost at 200x50: 50 strikes, 20 open trades",
