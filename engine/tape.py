@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from engine import private_files
 from engine.clock import Clock
 from engine.config import TapeConfig
 from engine.models import MarketEvent
@@ -345,9 +346,9 @@ class Tape:
 
     def _rotate(self, day: str, now: float) -> None:
         self._close_file()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_files.make_dir(self.folder)  # a trade history: 0700, its files 0600
         self.path = self.folder / tape_name(self.venue, day)
-        self._raw = open(self.path, "ab")  # noqa: SIM115 - closed by _close_file
+        self._raw = private_files.open_append(self.path, binary=True)
         # One gzip member per session and day (a restart the same day appends one): readers
         # take concatenated members as one stream.
         self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0)

@@ -177,8 +177,15 @@ def test_a_headless_session_writes_only_private_files(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=120, umask=0o022,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    modes = _modes(tmp_path / "data")
-    assert "trades.db" in modes and set(modes.values()) == {"0o600"}, modes
+    data = tmp_path / "data"
+    modes = _modes(data)
+    # Directories 0700 (the tapes), every file 0600, the tapes' too.
+    dirs = {k: v for k, v in modes.items() if (data / k).is_dir()}
+    files = {k: v for k, v in modes.items() if k not in dirs}
+    assert "trades.db" in files and set(files.values()) == {"0o600"}, modes
+    assert set(dirs.values()) <= {"0o700"}, modes
+    if (data / "tapes").is_dir():
+        assert set(_modes(data / "tapes").values()) == {"0o600"}
 
 
 def test_an_existing_journal_readable_by_others_is_warned_then_tightened(tmp_path: Path) -> None:
