@@ -494,6 +494,14 @@ def _trade_params(t: Trade) -> tuple[Any, ...]:
     )
 
 
+def _lock_holder(fd: int) -> str:
+    """The pid a lock file's holder wrote into it, or "unknown"."""
+    try:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
 def _disk_or(e: BaseException, path: Path, message: str) -> StoreError:
     """The error for a failure opening the journal: the disk's own message when the disk
     refused (full, read-only, I/O error; never "move it aside", which would make the next
@@ -618,10 +626,7 @@ class Store:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            try:
-                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            except OSError:
-                holder = "unknown"
+            holder = _lock_holder(fd)
             os.close(fd)
             raise StoreLocked(
                 f"another trade-supervisor (pid {holder}) is using {self.path}; "
@@ -686,10 +691,7 @@ class Store:
         try:
             fcntl.flock(new, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            try:
-                holder = os.pread(new, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            except OSError:
-                holder = "unknown"
+            holder = _lock_holder(new)
             os.close(new)
             raise StoreLocked(
                 f"the lock file {self.lock_path} was {what}, and another process (pid {holder}) "
