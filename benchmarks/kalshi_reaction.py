@@ -382,11 +382,12 @@ async def one_sample(w: World, probe: Probe, lock: asyncio.Lock, m: Market) -> S
     return s
 
 
-async def measure(samples: int, warmup: int, seed: int = 1) -> dict[str, Any]:
-    rng = random.Random(seed)
-    probe = Probe()
-    tmp = tempfile.TemporaryDirectory(prefix="ts-bench-kalshi-")
-    root = Path(tmp.name)
+KRAKEN_TICKER = {"a": ["97000.1", "1", "1.0"], "b": ["97000.0", "1", "1.0"], "c": ["97000.0", "0.1"]}
+
+
+def write_key(root: Path) -> tuple[rsa.RSAPrivateKey, Path]:
+    """A fresh RSA key for the loopback Kalshi server, its private half written to
+    root/kalshi.pem with mode 0600 (the adapter refuses a key file others can read)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_path = root / "kalshi.pem"
     key_path.write_bytes(
@@ -397,6 +398,15 @@ async def measure(samples: int, warmup: int, seed: int = 1) -> dict[str, Any]:
         )
     )
     os.chmod(key_path, 0o600)
+    return key, key_path
+
+
+async def measure(samples: int, warmup: int, seed: int = 1) -> dict[str, Any]:
+    rng = random.Random(seed)
+    probe = Probe()
+    tmp = tempfile.TemporaryDirectory(prefix="ts-bench-kalshi-")
+    root = Path(tmp.name)
+    key, key_path = write_key(root)
     event, close, markets = ladder(datetime.now(UTC))
     held = [m for m in markets if m.held is not None]
     state = KalshiState(key_id=KEY_ID, public_key=key.public_key())
@@ -404,11 +414,7 @@ async def measure(samples: int, warmup: int, seed: int = 1) -> dict[str, Any]:
     app.middlewares.insert(0, timing_middleware(probe))  # outermost: before the server's own
     cb, kr = LiveCoinbase(), KrakenServer()
     cb.candles = candles(time.time())
-    kr.ticker = {
-        "a": ["97000.1", "1", "1.0"],
-        "b": ["97000.0", "1", "1.0"],
-        "c": ["97000.0", "0.1"],
-    }
+    kr.ticker = dict(KRAKEN_TICKER)
     await cb.start()
     await kr.start()
     saved_urls = dict(kalshi_stream.WS_URLS)

@@ -30,16 +30,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests/ first (see kalshi_reaction.py)
@@ -73,16 +69,7 @@ async def measure(
 ) -> list[float]:
     tmp = tempfile.TemporaryDirectory(prefix="ts-bench-recovery-")
     root = Path(tmp.name)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    key_path = root / "kalshi.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    os.chmod(key_path, 0o600)
+    key, key_path = kr_bench.write_key(root)
     saved = kr_bench.HELD, kr_bench.MARKETS
     kr_bench.HELD, kr_bench.MARKETS = HELD, 20
     try:
@@ -93,11 +80,7 @@ async def measure(
     state = KalshiState(key_id=kr_bench.KEY_ID, public_key=key.public_key())
     cb, kr = kr_bench.LiveCoinbase(), KrakenServer()
     cb.candles = kr_bench.candles(time.time())
-    kr.ticker = {
-        "a": ["97000.1", "1", "1.0"],
-        "b": ["97000.0", "1", "1.0"],
-        "c": ["97000.0", "0.1"],
-    }
+    kr.ticker = dict(kr_bench.KRAKEN_TICKER)
     await cb.start()
     await kr.start()
     rt: Runtime | None = None

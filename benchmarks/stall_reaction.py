@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import os
 import random
 import sys
 import tempfile
@@ -50,9 +49,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests/ first (see kalshi_reaction.py)
@@ -211,16 +207,7 @@ async def measure(
     probe = kr.Probe()
     tmp = tempfile.TemporaryDirectory(prefix="ts-bench-stall-")
     root = Path(tmp.name)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    key_path = root / "kalshi.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    os.chmod(key_path, 0o600)
+    key, key_path = kr.write_key(root)
     event, close, markets = kr.ladder(datetime.now(UTC))
     held = [m for m in markets if m.held is not None]
     stalled, others = held[0], held[1:]
@@ -229,11 +216,7 @@ async def measure(
     app.middlewares.insert(0, kr.timing_middleware(probe))
     cb, kk = kr.LiveCoinbase(), KrakenServer()
     cb.candles = kr.candles(time.time())
-    kk.ticker = {
-        "a": ["97000.1", "1", "1.0"],
-        "b": ["97000.0", "1", "1.0"],
-        "c": ["97000.0", "0.1"],
-    }
+    kk.ticker = dict(kr.KRAKEN_TICKER)
     await cb.start()
     await kk.start()
     saved_urls = dict(kalshi_stream.WS_URLS)
