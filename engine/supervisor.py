@@ -36,7 +36,7 @@ from engine import pricing, rules, signals
 from engine.alerts import AlertBus, alert_from_row
 from engine.clock import Clock
 from engine.commands import REPLAY_ACTIONS, Command, CommandResult
-from engine.config import Config, ConfigError, Criteria, load_config
+from engine.config import Config, ConfigError, Criteria, criteria_contradiction, load_config
 from engine.exit_ladder import cross_limit, exit_limit
 from engine.market_hours import ExchangeHours
 from engine.models import (
@@ -2782,9 +2782,14 @@ class Engine:
             )
         overrides = {k: (None if v is False else v) for k, v in payload.items()}
         try:
-            self.config.auto_stop.criteria_for(t.strategy, overrides)
+            crit = self.config.auto_stop.criteria_for(t.strategy, overrides)
         except Exception as e:
             return CommandResult(False, f"invalid thresholds: {e}")
+        # The same contradiction the config check and the screen's editor refuse, for every
+        # path (the CLI, a queued command, replay).
+        clash = criteria_contradiction(crit, "")
+        if clash is not None:
+            return CommandResult(False, f"invalid thresholds: trailing_activation_percent {clash}")
         old, t.overrides = t.overrides, overrides
         try:
             await self.store.save_trade(t)

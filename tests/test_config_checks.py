@@ -151,3 +151,27 @@ def test_a_global_contradiction_is_said_once_not_per_strategy() -> None:
     assert "line 4: auto_stop.criteria.trailing_activation_percent" in lines[0]
     assert "line 8: auto_stop.strategies.b.criteria.trailing_activation_percent: 60" in lines[1]
     assert "auto_stop.criteria.profit_target_percent (40)" in lines[1]  # where the target is
+
+
+async def test_overrides_from_any_path_refuse_a_trailing_stop_that_never_trails(tmp_path):
+    """The contradiction the config check and the editor refuse is refused for a trade's
+    overrides too, whichever way they come (here: the engine's command, as the CLI queues it)."""
+    from engine.commands import Command
+    from tests.engine_harness import standard
+
+    h = await standard(tmp_path)
+    res = await h.engine.command(
+        Command(
+            "set_overrides",
+            "t1",
+            {
+                "profit_target_percent": 30,
+                "trailing_drawdown_percent": 10,
+                "trailing_activation_percent": 40,
+            },
+        )
+    )
+    assert not res.ok and "trailing_activation_percent" in res.message
+    assert "profit_target_percent" in res.message
+    assert h.engine.trades["t1"].overrides == {}
+    await h.close()
