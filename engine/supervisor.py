@@ -247,6 +247,11 @@ class Engine:
         # market data: "delayed data"); empty when there is nothing to say.
         self.data_note = ""
         self.spot_hist = signals.SpotHistory()
+        # The price-gap rule's baseline: the last live spot (ts, price) and the price before the
+        # newest one when both were fresh in a row; None after an outage, an invalid spot or a
+        # restart (an outage is not a gap: the comparison starts over with the next price).
+        self._gap_last: tuple[float, float] | None = None
+        self._gap_prev: float | None = None
         self.vol = self._new_vol_tracker(config)
         self.momentum_deltas: dict[int, float | None] = {}
         self.momentum_bps: float | None = None
@@ -917,12 +922,29 @@ class Engine:
             await self._episode("spot", f"invalid spot price {ev.price!r} for {ev.symbol}", None)
             return
         self.symbol = ev.symbol
+        self._gap_baseline(ev.ts, ev.price)
         self.spot_hist.add(ev.ts, ev.price)
         now = self.clock.now()
         vs = self._update_signals(ev.ts)
         await self._track_regime(vs)
         await self._recover("spot")
         await self._evaluate_on_spot(now)
+
+    def _gap_baseline(self, ts: float, price: float) -> None:
+        """Move the price-gap baseline to a new live spot: the previous live price counts only
+        if it was still fresh when this one came (at most `max_spot_age_seconds` before it) and
+        the spot was in no data-quality episode (stale, invalid) meanwhile."""
+        last = self._gap_last
+        if last is not None and ts == last[0]:
+            self._gap_last = (ts, price)  # the same instant, corrected: the baseline stays
+            return
+        fresh = (
+            last is not None
+            and ts - last[0] <= self.config.engine.max_spot_age_seconds
+            and "spot" not in self._bad
+        )
+        self._gap_prev = last[1] if fresh and last is not None else None
+        self._gap_last = (ts, price)
 
     def _update_signals(self, ts: float) -> signals.VolatilityState:
         """Momentum and volatility from the spot history as of `ts` (the newest sample)."""
@@ -1491,7 +1513,6 @@ class Engine:
         """The RuleInput fields that come from the market alone (withheld when the spot is stale)."""
         if not self._spot_fresh(now):
             return {"momentum_bps": None, "vol_score": None, "spot": None, "prev_spot": None}
-        prev = self.spot_hist.previous()
         return {
             "momentum_bps": self.momentum_bps,
             "momentum_history": self._window("momentum", crit.reversal_window_seconds)
@@ -1502,7 +1523,8 @@ class Engine:
             if crit.volatility_spike_threshold is not None
             else (),
             "spot": self.spot_hist.latest()[1],  # type: ignore[index]
-            "prev_spot": prev[1] if prev is not None else None,
+            # The live price before this one, when both were fresh (see _gap_baseline).
+            "prev_spot": self._gap_prev,
         }
 
     async def _evaluate_on_spot(self, now: float) -> None:
