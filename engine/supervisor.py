@@ -263,6 +263,7 @@ class Engine:
         self._regime_candidate: str | None = None
         self._regime_count = 0
         self._regime_seen_state: signals.VolatilityState | None = None
+        self._regime_set_ts = -math.inf  # when the current realised regime began (market time)
         self._last_opportunity: dict[str, float] = {}
 
         self._bad: dict[str, str] = {}  # data-quality episodes: key -> problem
@@ -1116,31 +1117,67 @@ class Engine:
                     "realised volatility",
                     None,
                 )
-        if vs.regime is None or vs is self._regime_seen_state:
+        if vs.regime is None or vs.score is None or vs is self._regime_seen_state:
             return
         self._regime_seen_state = vs
-        if vs.regime == self._last_regime:
-            self._regime_candidate, self._regime_count = None, 0
-            return
-        if vs.regime != self._regime_candidate:
-            self._regime_candidate, self._regime_count = vs.regime, 0
-        self._regime_count += 1
+        cfg = self.config.signals
+        # Hysteresis: the score must be past the current regime's boundary by the margin...
+        target = signals.regime_past_margin(
+            self._last_regime, vs.score, cfg.regime_thresholds, cfg.regime_margin
+        )
+        latest = self.spot_hist.latest()
+        ts = latest[0] if latest is not None else self.clock.now()
         if self._last_regime is None:
-            self._last_regime = vs.regime
+            self._last_regime, self._regime_set_ts = target, ts
             return
+        if target == self._last_regime or not self._sigma_moved(
+            vs.sigma, cfg.regime_min_sigma_change_percent
+        ):
+            self._regime_candidate, self._regime_count = None, 0  # no excursion, or it ended
+            return
+        up = signals.REGIMES.index(target) > signals.REGIMES.index(self._last_regime)
+        cand = self._regime_candidate
+        if (
+            cand is None
+            or (signals.REGIMES.index(cand) > signals.REGIMES.index(self._last_regime)) != up
+        ):
+            self._regime_count, self._regime_since = 0, ts  # a new excursion (or the other way)
+        self._regime_candidate = target  # the latest regime of the same excursion
+        self._regime_count += 1
+        # ...and stay past it for the dwell time (and REGIME_CONFIRM_SAMPLES updates).
         if (
             self._regime_count >= REGIME_CONFIRM_SAMPLES
             and len(self.vol_hist) >= REGIME_MIN_HISTORY
+            and ts - self._regime_since >= cfg.regime_dwell_seconds
         ):
-            old, self._last_regime = self._last_regime, vs.regime
+            old, self._last_regime = self._last_regime, target
+            self._regime_set_ts = ts
             self._regime_candidate, self._regime_count = None, 0
             await self._alert(
                 AlertKind.REGIME_CHANGE,
                 Severity.WARNING,
-                f"volatility regime {old} → {vs.regime} (score {vs.score:.2f})",
-                data={"from": old, "to": vs.regime, "score": vs.score, "source": "realized"},
+                f"volatility regime {old} → {target} (score {vs.score:.2f}, past the boundary "
+                f"by {cfg.regime_margin:g} for {ts - self._regime_since:.0f}s)",
+                data={
+                    "from": old,
+                    "to": target,
+                    "score": vs.score,
+                    "source": "realized",
+                    "margin": cfg.regime_margin,
+                    "dwell_seconds": ts - self._regime_since,
+                },
                 subject="regime",
             )
+
+    def _sigma_moved(self, sigma: float | None, percent: float) -> bool:
+        """Realised sigma is at least `percent` % away from its median since the current regime
+        began (a percentile score alone wanders on constant volatility)."""
+        if percent <= 0:
+            return True
+        ref = self.vol.median_sigma_since(self._regime_set_ts)
+        if sigma is None or ref is None or ref <= 0:
+            return False
+        return abs(sigma / ref - 1.0) * 100.0 >= percent
 
     async def _settle_trade(self, t: Trade, payout: float, now: float) -> None:
         ex = self.exits.get(t.trade_id)

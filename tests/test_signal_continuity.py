@@ -4,9 +4,14 @@ volatility. All on the manual clock (tests/engine_harness.py)."""
 
 from __future__ import annotations
 
+import math
+import random
 from pathlib import Path
 
-from tests.engine_harness import config, standard
+import pytest
+
+from engine.signals import regime_past_margin
+from tests.engine_harness import T0, Harness, config, standard
 from tests.test_replay import run_scenario
 
 # --- an outage is not a price gap -----------------------------------------------------------------
@@ -66,3 +71,51 @@ async def test_replay_outage_then_gap(tmp_path: Path) -> None:
     assert (row["ts"], row["rule"], row["trade_id"]) == (1062.0, "price_gap", "t1")
     assert row["mark"] == 0.48
     assert any("spot" in a["message"] for a in run.alerts("data_quality"))
+
+
+# --- regimes do not flap --------------------------------------------------------------------------
+
+
+async def _gbm(h: Harness, start: int, seconds: int, sigma: float, rng: random.Random, s: float):
+    """One spot a second from `start` for `seconds`: a lognormal path of constant `sigma`."""
+    dt = 1.0 / (525_600 * 60)
+    for i in range(start, start + seconds):
+        h.at(i)
+        s *= math.exp(-0.5 * sigma * sigma * dt + sigma * math.sqrt(dt) * rng.gauss(0.0, 1.0))
+        await h.spot(s)
+    return s
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+async def test_no_regime_change_alert_on_two_hours_of_constant_volatility(tmp_path, seed):
+    # Seed 0 raised 18 regime-change warnings in these two hours before the margin, dwell and
+    # sigma-change requirements (the percentile score wanders over 0..1 on constant volatility).
+    h = await Harness(tmp_path).open()
+    await h.start()
+    await _gbm(h, 0, 2 * 3600, 0.5, random.Random(seed), 97000.0)
+    assert h.engine.vol.state.regime is not None
+    assert h.of_kind("regime_change") == []
+    await h.close()
+
+
+async def test_a_real_volatility_change_is_alerted_once(tmp_path):
+    h = await Harness(tmp_path).open()
+    await h.start()
+    rng = random.Random(0)
+    s = await _gbm(h, 0, 2 * 3600, 0.5, rng, 97000.0)
+    await _gbm(h, 2 * 3600, 1800, 1.5, rng, s)  # volatility triples for half an hour
+    [alert] = h.of_kind("regime_change")
+    assert alert.data["from"] == "medium" and alert.data["to"] in ("high", "extreme")
+    assert alert.ts - T0 >= 2 * 3600 + 600  # held past the boundary for the dwell time
+    await h.close()
+
+
+def test_regime_past_margin_holds_inside_the_widened_band():
+    thr = [0.2, 0.4, 0.6, 0.8]
+    assert regime_past_margin("medium", 0.62, thr, 0.05) == "medium"  # past 0.6, not by 0.05
+    assert regime_past_margin("medium", 0.65, thr, 0.05) == "high"
+    assert regime_past_margin("medium", 0.36, thr, 0.05) == "medium"
+    assert regime_past_margin("medium", 0.34, thr, 0.05) == "low"
+    assert regime_past_margin("medium", 0.95, thr, 0.05) == "extreme"
+    assert regime_past_margin(None, 0.62, thr, 0.05) == "high"
+    assert regime_past_margin("medium", 0.62, thr, 0.0) == "high"
