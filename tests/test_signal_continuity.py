@@ -119,3 +119,81 @@ def test_regime_past_margin_holds_inside_the_widened_band():
     assert regime_past_margin("medium", 0.95, thr, 0.05) == "extreme"
     assert regime_past_margin(None, 0.62, thr, 0.05) == "high"
     assert regime_past_margin("medium", 0.62, thr, 0.0) == "high"
+
+
+# --- a restart does not blind the signals ---------------------------------------------------------
+
+MOMENTUM = {"auto_stop": {"criteria": {"momentum_threshold_bps": 15.0}}}
+
+
+async def _falling_spot(h: Harness, start: int, seconds: int, s: float) -> float:
+    """One spot a second, falling 1 % over 30 minutes: a momentum score of about -22 bps once
+    the 30-minute window has data (-13 bps without it)."""
+    per_second = (1.0 - 0.01) ** (1.0 / 1800.0)
+    for i in range(start, start + seconds):
+        h.at(i)
+        s *= per_second
+        await h.spot(s)
+    return s
+
+
+async def _restarted_with_a_trade(tmp_path: Path, at: int, s: float) -> Harness:
+    """A new engine process on the journal in `tmp_path` at T0 + `at`: trade t1 (YES above
+    97,000) opened on a fresh quote, then one spot tick continuing the fall."""
+    h = await Harness(tmp_path, config(**MOMENTUM)).open()
+    h.at(at)
+    await h.contract(close_in=6 * 3600)
+    await h.start()
+    await h.quote(0.50, 0.52)
+    await h.open_trade()
+    assert h.exits == []  # the journaled spot is 5 s old at most: nothing fired on the quote
+    h.at(at + 2)
+    await h.quote(0.50, 0.52)
+    await h.spot(s * 0.99999)
+    return h
+
+
+async def test_momentum_fires_in_the_first_seconds_after_a_restart(tmp_path):
+    # The engine watched the spot fall for 30 minutes, then stopped; it starts again 3 s later
+    # with trade t1 and a momentum rule of 15 bps, which needs the 15- and 30-minute windows.
+    h = await Harness(tmp_path, config(**MOMENTUM)).open()
+    await h.start()
+    s = await _falling_spot(h, 0, 1810, 97_500.0)
+    assert h.engine.momentum_bps is not None and h.engine.momentum_bps < -15.0
+    await h.close()
+    h = await _restarted_with_a_trade(tmp_path, 1812, s)
+    assert h.engine.vol.state.regime is not None  # volatility and regime are back too
+    assert [e["rule"] for e in h.exits] == ["momentum"]
+    assert h.exits[0]["ts"] == T0 + 1814  # the first spot tick, 2 s after the start
+    await h.close()
+
+
+async def test_without_any_history_momentum_warms_up(tmp_path):
+    # The same first tick on a fresh journal: no history at all, so no momentum yet.
+    (tmp_path / "fresh").mkdir()
+    h = await _restarted_with_a_trade(tmp_path / "fresh", 1812, 95_000.0)
+    assert h.engine.momentum_bps is None
+    assert h.exits == []
+    await h.close()
+
+
+async def test_the_journaled_spot_history_is_bounded(tmp_path):
+    # Every tick of the last 31 minutes, one close a minute before that, nothing older than the
+    # volatility lookback and its longest window (1440 + 60 + 1 minutes by default).
+    h = await Harness(tmp_path).open()
+    await h.start()
+    for i in range(0, 40 * 60, 5):  # 40 minutes of ticks, one each 5 s
+        h.at(i)
+        await h.spot(97_000.0 + i)
+    h.at(40 * 60)
+    await h.spot(98_000.0)
+    rows = await h.store.spot_samples("BTC-USD")
+    recent = [ts for ts, _ in rows if ts >= T0 + 40 * 60 - 31 * 60]
+    older = [ts for ts, _ in rows if ts < T0 + 40 * 60 - 31 * 60]
+    assert len(recent) == 31 * 12 + 1  # every 5 s tick of the last 31 minutes, and the last
+    assert len(older) == len({int(ts // 60) for ts in older})  # one per clock minute
+    assert rows[-1] == (T0 + 40 * 60, 98_000.0)
+    await h.store.add_spot_samples("BTC-USD", [], T0 + 40 * 60, T0 + 39 * 60)
+    assert min(ts for ts, _ in await h.store.spot_samples("BTC-USD")) >= T0 + 39 * 60
+    assert await h.store.spot_samples("ETH-USD") == []
+    await h.close()
