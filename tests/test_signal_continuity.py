@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 import random
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from engine.config import ConfigError, parse_config
 from engine.signals import regime_past_margin
 from tests.engine_harness import T0, Harness, config, standard
 from tests.test_replay import run_scenario
@@ -197,3 +199,21 @@ async def test_the_journaled_spot_history_is_bounded(tmp_path):
     assert min(ts for ts, _ in await h.store.spot_samples("BTC-USD")) >= T0 + 39 * 60
     assert await h.store.spot_samples("ETH-USD") == []
     await h.close()
+
+
+def test_the_regime_keys_are_checked_with_their_range():
+    text = (
+        "[signals]\nregime_margin = 0.7\nregime_dwell_seconds = -1\n"
+        "regime_min_sigma_change_percent = -5\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(tomllib.loads(text), text, "c.toml")
+    lines = info.value.lines
+    assert lines == [
+        "c.toml, line 2: signals.regime_margin: expected a number from 0 to 0.5, got 0.7",
+        "c.toml, line 3: signals.regime_dwell_seconds: expected a number of at least 0, got -1",
+        "c.toml, line 4: signals.regime_min_sigma_change_percent: "
+        "expected a number of at least 0, got -5",
+    ]
+    cfg = parse_config(tomllib.loads("[signals]\nregime_dwell_seconds = 0\n"))
+    assert cfg.signals.regime_dwell_seconds == 0 and cfg.signals.regime_margin == 0.05
