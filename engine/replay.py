@@ -142,7 +142,7 @@ async def _run(
     for ev in read_events(lines, error):
         if not started:
             clock.set(ev.ts)
-            await engine.start()
+            await engine.start(restore_spot=False)  # the file is the session, not the journal
             started = True
             last_tick = math.floor(ev.ts / period) * period
         else:

@@ -334,16 +334,18 @@ class Engine:
         self,
         demo: Callable[[float], list[OpenEvent]] | None = None,
         spot_backfill: Sequence[tuple[float, float]] = (),
+        restore_spot: bool = True,
     ) -> None:
         """Load the journal and persisted state, reconcile with the venue, open demo trades.
 
         The journaled spot history of `self.symbol`, with `spot_backfill` (past `(ts, price)`
         the caller has, e.g. the simulated market's path through the time it was stopped), seeds
-        the spot history, so momentum, volatility and the regime are there from the first tick.
+        the spot history, so momentum, volatility and the regime are there from the first tick
+        (`restore_spot` False: not the journal's, e.g. for a replay, whose file is the session).
         """
         now = self.clock.now()
         self.started_ts = now
-        await self._restore_spot(now, spot_backfill)
+        await self._restore_spot(now, spot_backfill, journal=restore_spot)
         saved_armed = await self.store.get_state("armed")
         saved_paused = await self.store.get_state("paused_all")
         if saved_armed is not None:
@@ -985,9 +987,11 @@ class Engine:
             log.warning("could not journal %d spot samples: %s", len(rows), e)
             self._spot_unsaved = rows[-int(keep // SPOT_SAVE_SECONDS) :] + self._spot_unsaved
 
-    async def _restore_spot(self, now: float, backfill: Sequence[tuple[float, float]]) -> None:
-        """Seed the spot history from the journal (and `backfill`) at start-up."""
-        load = getattr(self.store, "spot_samples", None)
+    async def _restore_spot(
+        self, now: float, backfill: Sequence[tuple[float, float]], journal: bool = True
+    ) -> None:
+        """Seed the spot history from the journal (with `journal`) and `backfill` at start-up."""
+        load = getattr(self.store, "spot_samples", None) if journal else None
         rows: list[tuple[float, float]] = []
         if load is not None:
             try:
