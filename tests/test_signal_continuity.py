@@ -217,3 +217,23 @@ def test_the_regime_keys_are_checked_with_their_range():
     ]
     cfg = parse_config(tomllib.loads("[signals]\nregime_dwell_seconds = 0\n"))
     assert cfg.signals.regime_dwell_seconds == 0 and cfg.signals.regime_margin == 0.05
+
+
+async def test_a_v3_journal_migrates_to_the_spot_history_keeping_its_data(tmp_path, monkeypatch):
+    import sqlite3
+
+    from engine import store as store_mod
+    from engine.models import Trade
+
+    path = tmp_path / "trades.db"
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:3])
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 3)
+    async with store_mod.Store(path) as s:
+        await s.add_trade(Trade("A", "C1", "yes", 10, 0.40, T0))
+    monkeypatch.undo()
+    async with store_mod.Store(path) as s:
+        assert (await s.get_trade("A")) is not None
+        await s.add_spot_samples("BTC-USD", [(T0, 97_000.0)], T0, T0 - 60)
+        assert await s.spot_samples("BTC-USD") == [(T0, 97_000.0)]
+    with sqlite3.connect(path) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION >= 4
