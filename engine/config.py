@@ -210,6 +210,14 @@ class SignalsConfig(Strict):
     sigma_source: Literal["realized", "implied"] = "realized"
     implied_vol_max_age_seconds: Annotated[float, Field(gt=0)] = 300.0
     regime_thresholds: list[Unit] = Field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
+    # A change of the realised regime needs the volatility score past the current regime's
+    # boundary by `regime_margin` (score units, 0..1) and kept there for `regime_dwell_seconds`
+    # (signals.regime_past_margin, Engine._track_regime): no flapping on constant volatility.
+    regime_margin: Annotated[float, Field(ge=0, le=0.5)] = 0.05
+    regime_dwell_seconds: Annotated[float, Field(ge=0)] = 600.0
+    # ...and realised sigma this many percent away from its median while the current regime
+    # held: the score is a percentile, which wanders over 0..1 on constant volatility too.
+    regime_min_sigma_change_percent: Annotated[float, Field(ge=0)] = 50.0
     # While VIX values arrive (IBKR) and are fresh, the regime comes from the VIX level
     # (index points) instead of the volatility score; see Engine.vix_update.
     vix_regime_thresholds: list[Annotated[float, Field(gt=0)]] = Field(

@@ -198,7 +198,7 @@ async def _run(
             floor = at
         if not started:
             clock.set(at)
-            await engine.start()
+            await engine.start(restore_spot=False)  # the file is the session, not the journal
             started = True
             last_tick = math.floor(at / period) * period
         else:

@@ -214,7 +214,9 @@ async def build_runtime(
             if config.sim.demo_trades
             else None
         )
-        await engine.start(demo=demo)
+        # The journaled spot history and the market's path while the app was stopped seed the
+        # signals (a fresh session's path is new: the old history is older than it can use).
+        await engine.start(demo=demo, spot_backfill=list(market.gap_closes) if resumed else ())
         for ev in settlements:
             await engine.handle(ev)
         await _report_stranded(engine, market, resumed)

@@ -270,6 +270,28 @@ def regime_for(score: float, thresholds: list[float]) -> str:
     return REGIMES[bisect_right(thresholds, score)]
 
 
+def regime_past_margin(
+    current: str | None, score: float, thresholds: list[float], margin: float
+) -> str:
+    """The regime a 0..1 volatility score points to, with hysteresis around `current`.
+
+    The score leaves the current regime's band [t_(i−1), t_i) only once it is past one of its
+    boundaries by `margin` (score units): below t_(i−1) − margin or at/above t_i + margin; then
+    the answer is `regime_for(score)`. Inside the widened band the answer stays `current`, so a
+    score wobbling around a boundary does not flip the regime back and forth. With no current
+    regime (or margin 0) this is `regime_for(score, thresholds)`.
+    """
+    new = regime_for(score, thresholds)
+    if current is None or new == current or current not in REGIMES:
+        return new
+    i = REGIMES.index(current)
+    lo = thresholds[i - 1] if i > 0 else -math.inf
+    hi = thresholds[i] if i < len(thresholds) else math.inf
+    if lo - margin <= score < hi + margin:
+        return current
+    return new
+
+
 def vix_regime(vix: float, thresholds: list[float]) -> str | None:
     """Regime name for a VIX level (index points) and 4 increasing boundaries, e.g.
     [12, 16, 20, 30]: very_low < 12 <= low < 16 <= medium < 20 <= high < 30 <= extreme (a level
@@ -374,6 +396,15 @@ class VolatilityTracker:
             per_window, sigma, score, regime_for(score, self.regime_thresholds)
         )
         return self._state
+
+    def median_sigma_since(self, ts: float) -> float | None:
+        """The median of the sigma samples kept (the lookback) taken at or after `ts` (Unix s);
+        None when there is none."""
+        vals = sorted(v for t, v in self._samples if t >= ts)
+        if not vals:
+            return None
+        n = len(vals)
+        return vals[n // 2] if n % 2 else 0.5 * (vals[n // 2 - 1] + vals[n // 2])
 
     def _add_sample(self, now: float, sigma: float) -> float:
         """Store (now, sigma), drop samples older than the lookback, return sigma's percentile."""

@@ -114,6 +114,11 @@ def _set_rng_state(rng: random.Random, state: list[Any]) -> None:
     rng.setstate((state[0], tuple(state[1]), state[2]))
 
 
+GAP_CLOSES_KEPT = 2 * 1440
+"""Minute closes of a silent run (the time the app was stopped) kept for the engine's spot
+history: two days, more than the volatility lookback needs."""
+
+
 class SimMarket:
     """The simulated market. Drive it with `advance_to(ts)`; it never reads the wall clock.
 
@@ -123,6 +128,10 @@ class SimMarket:
     that were announced and closed in the gap still report their `SettleEvent`s. The first
     `advance_to` after construction (fresh or resumed) announces the current ladder with
     `ContractEvent`s.
+
+    `gap_closes` holds the path through that gap as one close a minute (the last `GAP_CLOSES_KEPT`
+    of them), for the engine's spot history (`Engine.start(spot_backfill=...)`): momentum and
+    volatility after a restart come from the market's own path, not from a warm-up.
     """
 
     def __init__(
@@ -146,6 +155,7 @@ class SimMarket:
         self._last: list[float | None] = []
         self._quotes: list[Quote] = []
         self._announced = False
+        self.gap_closes: deque[tuple[float, float]] = deque(maxlen=GAP_CLOSES_KEPT)
 
         self._rng = random.Random(f"sim-path:{cfg.seed}")
         self._qrng = random.Random(f"sim-book:{cfg.seed}")
@@ -303,6 +313,8 @@ class SimMarket:
             self._v = v
             if not silent:
                 out.append(SpotEvent(float(s), SYMBOL, spot))
+            elif s % 60 == 0 or s == end:
+                self.gap_closes.append((float(s), spot))
             if s >= self._close:
                 self._settle(s, out)
                 self._list_ladder(s, announce=not silent, out=out)

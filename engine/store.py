@@ -305,7 +305,19 @@ CREATE TABLE settlements (
 );
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3]
+# v4: the spot history (issue 19), so momentum, volatility and the regime come back at once after
+# a restart: the recent ticks at full resolution and one close a minute before them, bounded by
+# the engine (`Store.add_spot_samples`).
+_V4 = """
+CREATE TABLE spot_history (
+    symbol  TEXT NOT NULL,
+    ts      REAL NOT NULL,
+    price   REAL NOT NULL CHECK (price > 0),
+    PRIMARY KEY (symbol, ts)
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # The trades table with CHECK constraints for what SQLite can check of a good row (the rest is
@@ -1427,6 +1439,59 @@ class Store:
         """Every recorded settlement: contract_id -> (value, ts)."""
         rows = await self._fetchall("SELECT contract_id, value, ts FROM settlements")
         return {r[0]: (float(r[1]), float(r[2])) for r in rows}
+
+    # --- spot history ----------------------------------------------------------------------
+
+    async def add_spot_samples(
+        self,
+        symbol: str,
+        samples: Sequence[tuple[float, float]],
+        ticks_after: float,
+        keep_after: float,
+    ) -> None:
+        """Journal spot samples `(ts, price)` of `symbol` and bound the table, in one commit.
+
+        Samples at or after `ticks_after` (Unix s) are kept as they are; older ones are thinned
+        to the last of each clock minute (a minute close), and ones before `keep_after` dropped.
+        A sample that is not a positive finite number is skipped; a repeated ts replaces.
+        """
+        rows = [
+            (str(symbol), float(ts), float(p))
+            for ts, p in samples
+            if _num_ok(ts) and _num_ok(p) and float(p) > 0
+        ]
+        db = self._wconn()
+        async with self._wlock:
+            try:
+                async with _transaction(db, "BEGIN IMMEDIATE"):
+                    if rows:
+                        await db.executemany(
+                            "INSERT INTO spot_history (symbol, ts, price) VALUES (?, ?, ?)"
+                            " ON CONFLICT (symbol, ts) DO UPDATE SET price = excluded.price",
+                            rows,
+                        )
+                    await db.execute(
+                        "DELETE FROM spot_history WHERE symbol = ? AND ts < ?",
+                        (str(symbol), float(keep_after)),
+                    )
+                    await db.execute(
+                        "DELETE FROM spot_history WHERE symbol = ? AND ts < ? AND ts NOT IN"
+                        " (SELECT MAX(ts) FROM spot_history WHERE symbol = ? AND ts < ?"
+                        " GROUP BY CAST(ts / 60 AS INTEGER))",
+                        (str(symbol), float(ticks_after), str(symbol), float(ticks_after)),
+                    )
+            except sqlite3.Error as e:
+                raise self._write_failed(e) from e
+
+    async def spot_samples(
+        self, symbol: str, since: float = -math.inf
+    ) -> list[tuple[float, float]]:
+        """The journaled spot history of `symbol` from `since` (Unix s) on, oldest first."""
+        rows = await self._fetchall(
+            "SELECT ts, price FROM spot_history WHERE symbol = ? AND ts >= ? ORDER BY ts",
+            (str(symbol), float(since) if math.isfinite(since) else -1e300),
+        )
+        return [(float(r[0]), float(r[1])) for r in rows]
 
     # --- alerts and audit ------------------------------------------------------------------
 

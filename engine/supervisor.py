@@ -102,6 +102,9 @@ VIX_REGIME_CONFIRM_SECONDS = 60.0
 OPTION_TYPES = ("option_call", "option_put")
 OPPORTUNITY_COOLDOWN_SECONDS = 300.0  # one opportunity alert per contract and side per 5 min
 HISTORY_SECONDS = 3600.0
+# The spot history is journaled (`Store.add_spot_samples`) at most this often, in market seconds:
+# a restart loses no more than this of it.
+SPOT_SAVE_SECONDS = 10.0
 CHECKPOINT_SECONDS = 30.0
 SNAPSHOT_SLICE_SECONDS = 0.001  # longest stretch a snapshot build holds the loop (snapshot_async)
 SNAPSHOT_MAX_WAIT_SECONDS = (
@@ -259,6 +262,14 @@ class Engine:
         # market data: "delayed data"); empty when there is nothing to say.
         self.data_note = ""
         self.spot_hist = signals.SpotHistory()
+        # The price-gap rule's baseline: the last live spot (ts, price) and the price before the
+        # newest one when both were fresh in a row; None after an outage, an invalid spot or a
+        # restart (an outage is not a gap: the comparison starts over with the next price).
+        self._gap_last: tuple[float, float] | None = None
+        self._gap_prev: float | None = None
+        # Spot samples not journaled yet, and when the last were (see _save_spot).
+        self._spot_unsaved: list[tuple[float, float]] = []
+        self._spot_saved_ts = -math.inf
         self.vol = self._new_vol_tracker(config)
         self.momentum_deltas: dict[int, float | None] = {}
         self.momentum_bps: float | None = None
@@ -270,6 +281,7 @@ class Engine:
         self._regime_candidate: str | None = None
         self._regime_count = 0
         self._regime_seen_state: signals.VolatilityState | None = None
+        self._regime_set_ts = -math.inf  # when the current realised regime began (market time)
         self._last_opportunity: dict[str, float] = {}
 
         self._bad: dict[str, str] = {}  # data-quality episodes: key -> problem
@@ -340,10 +352,22 @@ class Engine:
 
     # ------------------------------------------------------------------ start-up and reconcile
 
-    async def start(self, demo: Callable[[float], list[OpenEvent]] | None = None) -> None:
-        """Load the journal and persisted state, reconcile with the venue, open demo trades."""
+    async def start(
+        self,
+        demo: Callable[[float], list[OpenEvent]] | None = None,
+        spot_backfill: Sequence[tuple[float, float]] = (),
+        restore_spot: bool = True,
+    ) -> None:
+        """Load the journal and persisted state, reconcile with the venue, open demo trades.
+
+        The journaled spot history of `self.symbol`, with `spot_backfill` (past `(ts, price)`
+        the caller has, e.g. the simulated market's path through the time it was stopped), seeds
+        the spot history, so momentum, volatility and the regime are there from the first tick
+        (`restore_spot` False: not the journal's, e.g. for a replay, whose file is the session).
+        """
         now = self.clock.now()
         self.started_ts = now
+        await self._restore_spot(now, spot_backfill, journal=restore_spot)
         saved_armed = await self.store.get_state("armed")
         saved_paused = await self.store.get_state("paused_all")
         if saved_armed is not None:
@@ -992,13 +1016,84 @@ class Engine:
         if not (math.isfinite(ev.price) and ev.price > 0):
             await self._episode("spot", f"invalid spot price {ev.price!r} for {ev.symbol}", None)
             return
+        if ev.symbol != self.symbol and len(self.spot_hist):
+            # Another instrument: its signals must not be computed on this one's history.
+            self.spot_hist.clear()
+            self.vol.reset()
+            self.momentum_hist.clear()
+            self.vol_hist.clear()
+            self._spot_unsaved.clear()
+            self._gap_last = self._gap_prev = None
         self.symbol = ev.symbol
+        self._gap_baseline(ev.ts, ev.price)
         self.spot_hist.add(ev.ts, ev.price)
+        self._spot_unsaved.append((ev.ts, ev.price))
         now = self.clock.now()
         vs = self._update_signals(ev.ts)
         await self._track_regime(vs)
         await self._recover("spot")
         await self._evaluate_on_spot(now)
+        await self._save_spot(ev.ts)
+
+    def _spot_keep_seconds(self) -> tuple[float, float]:
+        """How far back the journaled spot history reaches, in seconds: (every tick within the
+        longest momentum window and a minute, one close a minute within the volatility lookback
+        and its longest window)."""
+        sc = self.config.signals
+        ticks = (max(signals.MOMENTUM_WINDOWS_MIN) + 1) * signals.SECONDS_PER_MINUTE
+        keep = (sc.volatility_lookback_minutes + max(sc.volatility_windows_minutes) + 1) * 60.0
+        return ticks, max(keep, ticks)
+
+    async def _save_spot(self, ts: float) -> None:
+        """Journal the spot samples taken since the last time, every SPOT_SAVE_SECONDS of market
+        time, bounded to what the signals need after a restart (`_spot_keep_seconds`). A failed
+        write is logged and retried with the next batch: the signals do not depend on it."""
+        if not self._spot_unsaved or ts - self._spot_saved_ts < SPOT_SAVE_SECONDS:
+            return
+        add = getattr(self.store, "add_spot_samples", None)
+        if add is None or getattr(self.store, "readonly", False):
+            self._spot_unsaved.clear()
+            return
+        self._spot_saved_ts = ts
+        ticks, keep = self._spot_keep_seconds()
+        rows, self._spot_unsaved = self._spot_unsaved, []
+        try:
+            await add(self.symbol, rows, ts - ticks, ts - keep)
+        except StoreError as e:
+            log.warning("could not journal %d spot samples: %s", len(rows), e)
+            self._spot_unsaved = rows[-int(keep // SPOT_SAVE_SECONDS) :] + self._spot_unsaved
+
+    async def _restore_spot(
+        self, now: float, backfill: Sequence[tuple[float, float]], journal: bool = True
+    ) -> None:
+        """Seed the spot history from the journal (with `journal`) and `backfill` at start-up."""
+        load = getattr(self.store, "spot_samples", None) if journal else None
+        rows: list[tuple[float, float]] = []
+        if load is not None:
+            try:
+                rows = await load(self.symbol, now - self._spot_keep_seconds()[1])
+            except StoreError as e:
+                log.warning("could not read the journaled spot history: %s", e)
+        rows.extend(backfill)
+        if rows:
+            n = self.seed_spot_history(rows)
+            log.info("spot history: %d samples of %s restored at start", n, self.symbol)
+
+    def _gap_baseline(self, ts: float, price: float) -> None:
+        """Move the price-gap baseline to a new live spot: the previous live price counts only
+        if it was still fresh when this one came (at most `max_spot_age_seconds` before it) and
+        the spot was in no data-quality episode (stale, invalid) meanwhile."""
+        last = self._gap_last
+        if last is not None and ts == last[0]:
+            self._gap_last = (ts, price)  # the same instant, corrected: the baseline stays
+            return
+        fresh = (
+            last is not None
+            and ts - last[0] <= self.config.engine.max_spot_age_seconds
+            and "spot" not in self._bad
+        )
+        self._gap_prev = last[1] if fresh and last is not None else None
+        self._gap_last = (ts, price)
 
     def _update_signals(self, ts: float) -> signals.VolatilityState:
         """Momentum and volatility from the spot history as of `ts` (the newest sample)."""
@@ -1063,14 +1158,33 @@ class Engine:
         if added:
             newest = self.spot_hist.latest()
             assert newest is not None
-            self._update_signals(newest[0])
+            self._rebuild_signals(newest[0])
             self._dirty = True
+            # Journaled too (a repeated ts only replaces); not the ones skipped among live ticks.
+            self._spot_unsaved.extend(c for c in ordered if self.spot_hist.price_at(c[0]) == c[1])
         return added
 
     def _tape_call(self, call: str, *args: Any) -> None:
         """Tell the tape (engine/tape.py) of a feed's call that a replay of it makes again."""
         for tl in self.tape_listeners:
             tl("call", {"ts": self.clock.now(), "call": call, "args": list(args)})
+
+    def _rebuild_signals(self, newest: float) -> None:
+        """Recompute the volatility score's trailing sigma samples and the momentum and score
+        histories over the seeded spot history, as if it had been live, then the signals as of
+        `newest`: the volatility percentile, the regime and the reversal/spike windows are then
+        what they would have been without the restart."""
+        oldest = self.spot_hist.oldest()
+        assert oldest is not None
+        self.vol.reset()
+        self.momentum_hist.clear()
+        self.vol_hist.clear()
+        step = self.vol.recompute_seconds
+        first = max(oldest[0], newest - self.vol.lookback_minutes * signals.SECONDS_PER_MINUTE)
+        n = int((newest - first) // step) if step > 0 else 0
+        for k in range(n, 0, -1):
+            self._update_signals(newest - k * step)
+        self._update_signals(newest)
 
     async def source_problem(self, source: str, text: str) -> None:
         """A spot/market data source is not usable (`source` e.g. "coinbase"): one warning-level
@@ -1184,31 +1298,67 @@ class Engine:
                     "realised volatility",
                     None,
                 )
-        if vs.regime is None or vs is self._regime_seen_state:
+        if vs.regime is None or vs.score is None or vs is self._regime_seen_state:
             return
         self._regime_seen_state = vs
-        if vs.regime == self._last_regime:
-            self._regime_candidate, self._regime_count = None, 0
-            return
-        if vs.regime != self._regime_candidate:
-            self._regime_candidate, self._regime_count = vs.regime, 0
-        self._regime_count += 1
+        cfg = self.config.signals
+        # Hysteresis: the score must be past the current regime's boundary by the margin...
+        target = signals.regime_past_margin(
+            self._last_regime, vs.score, cfg.regime_thresholds, cfg.regime_margin
+        )
+        latest = self.spot_hist.latest()
+        ts = latest[0] if latest is not None else self.clock.now()
         if self._last_regime is None:
-            self._last_regime = vs.regime
+            self._last_regime = target  # its sigma median: the whole lookback (_regime_set_ts)
             return
+        if target == self._last_regime or not self._sigma_moved(
+            vs.sigma, cfg.regime_min_sigma_change_percent
+        ):
+            self._regime_candidate, self._regime_count = None, 0  # no excursion, or it ended
+            return
+        up = signals.REGIMES.index(target) > signals.REGIMES.index(self._last_regime)
+        cand = self._regime_candidate
+        if (
+            cand is None
+            or (signals.REGIMES.index(cand) > signals.REGIMES.index(self._last_regime)) != up
+        ):
+            self._regime_count, self._regime_since = 0, ts  # a new excursion (or the other way)
+        self._regime_candidate = target  # the latest regime of the same excursion
+        self._regime_count += 1
+        # ...and stay past it for the dwell time (and REGIME_CONFIRM_SAMPLES updates).
         if (
             self._regime_count >= REGIME_CONFIRM_SAMPLES
             and len(self.vol_hist) >= REGIME_MIN_HISTORY
+            and ts - self._regime_since >= cfg.regime_dwell_seconds
         ):
-            old, self._last_regime = self._last_regime, vs.regime
+            old, self._last_regime = self._last_regime, target
+            self._regime_set_ts = ts
             self._regime_candidate, self._regime_count = None, 0
             await self._alert(
                 AlertKind.REGIME_CHANGE,
                 Severity.WARNING,
-                f"volatility regime {old} → {vs.regime} (score {vs.score:.2f})",
-                data={"from": old, "to": vs.regime, "score": vs.score, "source": "realized"},
+                f"volatility regime {old} → {target} (score {vs.score:.2f}, past the boundary "
+                f"by {cfg.regime_margin:g} for {ts - self._regime_since:.0f}s)",
+                data={
+                    "from": old,
+                    "to": target,
+                    "score": vs.score,
+                    "source": "realized",
+                    "margin": cfg.regime_margin,
+                    "dwell_seconds": ts - self._regime_since,
+                },
                 subject="regime",
             )
+
+    def _sigma_moved(self, sigma: float | None, percent: float) -> bool:
+        """Realised sigma is at least `percent` % away from its median since the current regime
+        began (a percentile score alone wanders on constant volatility)."""
+        if percent <= 0:
+            return True
+        ref = self.vol.median_sigma_since(self._regime_set_ts)
+        if sigma is None or ref is None or ref <= 0:
+            return False
+        return abs(sigma / ref - 1.0) * 100.0 >= percent
 
     async def _settle_trade(self, t: Trade, payout: float, now: float) -> None:
         ex = self.exits.get(t.trade_id)
@@ -1587,7 +1737,6 @@ class Engine:
         """The RuleInput fields that come from the market alone (withheld when the spot is stale)."""
         if not self._spot_fresh(now):
             return {"momentum_bps": None, "vol_score": None, "spot": None, "prev_spot": None}
-        prev = self.spot_hist.previous()
         return {
             "momentum_bps": self.momentum_bps,
             "momentum_history": self._window("momentum", crit.reversal_window_seconds)
@@ -1598,7 +1747,8 @@ class Engine:
             if crit.volatility_spike_threshold is not None
             else (),
             "spot": self.spot_hist.latest()[1],  # type: ignore[index]
-            "prev_spot": prev[1] if prev is not None else None,
+            # The live price before this one, when both were fresh (see _gap_baseline).
+            "prev_spot": self._gap_prev,
         }
 
     async def _evaluate_on_spot(self, now: float) -> None:

@@ -164,7 +164,10 @@ async def test_stale_spot_withholds_spot_based_rules(tmp_path):
     assert any("spot" in a.message for a in h.of_kind("data_quality"))
     await h.quote(0.49, 0.51)
     assert h.venue.submitted == []  # no spot-based verdict on a 30 s old spot
-    await h.spot(96000.0)  # fresh spot, -1.1 % gap against a YES-above holder
+    await h.spot(96000.0)  # fresh spot, -1.1 % from the stale one: an outage, not a gap
+    assert h.exits == []
+    h.at(31)
+    await h.spot(95400.0)  # -0.6 % between two fresh prices, against a YES-above holder
     assert [e["rule"] for e in h.exits] == ["price_gap"]
     await h.close()
 

@@ -65,3 +65,35 @@ async def test_after_more_than_a_week_away_the_stranded_trades_are_reported(tmp_
         assert "trades close" in msg and "earlier simulated session" in msg
     finally:
         await rt.close()
+
+
+async def test_the_signals_come_back_at_once_from_the_journal_and_the_sims_path(
+    tmp_path: Path,
+) -> None:
+    # The sim ran 40 minutes (its spot journaled as it went), stopped for 20 minutes, and
+    # restarted: momentum and volatility are there before the first live tick, from the
+    # journaled history and the market's own path through the 20 minutes it was stopped.
+    cfg = parse_config({"engine": {"data_dir": str(tmp_path)}, "alerts": {"log_file": ""}})
+    clock = ManualClock(T0)
+    rt = await build_runtime(cfg, None, clock=clock)
+    [feed] = rt.feeds
+    for k in range(1, 40 * 60 + 1):
+        clock.set(T0 + k)
+        for ev in feed.market.advance_to(T0 + k):
+            await rt.engine.handle(ev)
+    await rt.store.set_state(STATE_KEY, feed.market.state(), T0 + 40 * 60)
+    await rt.close()
+
+    clock.set(T0 + 60 * 60)
+    rt = await build_runtime(cfg, None, clock=clock)
+    try:
+        e = rt.engine
+        latest = e.spot_hist.latest()
+        [feed] = rt.feeds
+        assert latest == (T0 + 60 * 60, feed.market.spot())  # the path up to now
+        assert e.spot_hist.price_at(T0 + 30 * 60) is not None  # and the journal before it
+        assert all(e.momentum_deltas[w] is not None for w in (1, 15, 30))
+        assert e.momentum_bps is not None
+        assert e.vol.state.sigma is not None and e.vol.state.regime is not None
+    finally:
+        await rt.close()

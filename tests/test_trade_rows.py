@@ -61,12 +61,13 @@ CRIT = config(auto_stop={"criteria": {"max_loss_percent": 30}})
 
 
 def old_journal(path: Path, *, keeper: bool = True) -> None:
-    """A journal as releases before the CHECK constraints made it (schema version 3). With
+    """A journal as releases before the CHECK constraints made it (their trades table has none;
+    the schema is brought to the current version, which a read-only CLI needs). With
     `keeper`, it holds an old closed row the checks refuse (a text qty), so it keeps its table
     without them and the engine's own checks are all that stands between a bad row and it."""
     con = sqlite3.connect(path, isolation_level=None)
     try:
-        for n, script in enumerate(MIGRATIONS[:3], start=1):
+        for n, script in enumerate(MIGRATIONS, start=1):
             con.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {n};\nCOMMIT;")
         if keeper:
             con.execute(

@@ -97,16 +97,18 @@ async def test_vix_drives_the_regime_and_its_change_alert(tmp_path: Path) -> Non
 
 async def test_stale_vix_falls_back_to_the_realised_regime(tmp_path: Path) -> None:
     async with engine(tmp_path, history=True) as h:
-        assert h.engine.vol.state.regime not in (None, "very_low")
-        await h.engine.vix_update(9.0, T0)  # very_low
-        assert (view(h).regime, view(h).regime_source) == ("very_low", "vix")
+        # The seeded hour is quiet: its realised regime (the score rebuilt over that hour) is
+        # not VIX's "extreme".
+        assert h.engine.vol.state.regime not in (None, "extreme")
+        await h.engine.vix_update(35.0, T0)  # extreme
+        assert (view(h).regime, view(h).regime_source) == ("extreme", "vix")
         h.at(MAX_AGE)
         assert view(h).regime_source == "vix"  # at the maximum age: still fresh
         h.at(MAX_AGE + 1)
         await h.spot(SPOT)
         m = view(h)
         assert h.engine.vol.state.regime is not None
-        assert (m.regime, m.regime_source, m.vix) == (h.engine.vol.state.regime, "realized", 9.0)
+        assert (m.regime, m.regime_source, m.vix) == (h.engine.vol.state.regime, "realized", 35.0)
         assert m.vix_age == pytest.approx(MAX_AGE + 1)
         [stale] = [a for a in h.of_kind("data_quality") if "VIX stale" in a.message]
         assert "regime comes from realised volatility" in stale.message
