@@ -7,6 +7,9 @@
     trade-supervisor replay FILE.jsonl [--json]          replay a session through the engine
     trade-supervisor metrics [--since D] [--json|--csv]  trade analytics from the journal
     trade-supervisor check-config                        print the effective config or its errors
+    trade-supervisor start | stop [--yes]                the engine as a background service
+    trade-supervisor arm|disarm|pause [ID]|resume [ID]|kill-switch on|off|close ID|close-all|reload
+                                                         commands to the running engine
 
 Exit codes: 0 ok, 1 a runtime failure (journal locked, bad journal), 2 a bad config or bad usage.
 """
@@ -105,7 +108,53 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="what-if: run the session under the config and under B.toml, print the difference",
     )
+    _add_service_commands(sub)
     return p
+
+
+# The engine as a service and the verbs against a running one (engine/service.py).
+SERVICE_COMMANDS = (
+    "start",
+    "stop",
+    "arm",
+    "disarm",
+    "pause",
+    "resume",
+    "kill-switch",
+    "close",
+    "close-all",
+    "reload",
+)
+
+
+def _add_service_commands(sub: Any) -> None:
+    sub.add_parser("start", help="start the engine in the background (its own session)")
+    sp = sub.add_parser("stop", help="stop the running engine (asks first)")
+    sp.add_argument("--yes", action="store_true", help="do not ask")
+    sub.add_parser("arm", help="running engine: send automatic exits")
+    sub.add_parser("disarm", help="running engine: signal exits, do not send them")
+    pa = sub.add_parser("pause", help="running engine: pause one trade's auto-stop, or all")
+    pa.add_argument("trade_id", nargs="?", default=None, metavar="ID")
+    re_ = sub.add_parser("resume", help="running engine: resume one trade's auto-stop, or all")
+    re_.add_argument("trade_id", nargs="?", default=None, metavar="ID")
+    ks = sub.add_parser("kill-switch", help="running engine: pause (on) or resume (off) all exits")
+    ks.add_argument("state", choices=["on", "off"])
+    cl = sub.add_parser("close", help="running engine: send an exit for one trade now")
+    cl.add_argument("trade_id", metavar="ID")
+    ca = sub.add_parser("close-all", help="running engine: send an exit for every open trade")
+    ca.add_argument("--yes", action="store_true", help="do not ask for the typed word")
+    sub.add_parser("reload", help="running engine: re-read the config file")
+
+
+def _service(config: Config, path: Path | None, args: argparse.Namespace) -> int:
+    from engine import service
+
+    if args.cmd == "start":
+        return service.start(config, path)
+    if args.cmd == "stop":
+        return service.stop(config, args.yes)
+    arg = getattr(args, "trade_id", None) or getattr(args, "state", None)
+    return service.verb(config, args.cmd, arg, yes=getattr(args, "yes", False))
 
 
 def _parser_with(common: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
@@ -129,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             "trade-supervisor: not started; fix the config (nothing was written)", file=sys.stderr
         )
         return EXIT_CONFIG
-    writes = args.cmd in (None, "check-config") or (
+    writes = args.cmd in (None, "check-config", "start") or (
         args.cmd == "trades" and args.trades_cmd in ("add", "close")
     )
     reads = args.cmd in ("status", "metrics", "trades")  # record/replay: a journal of their own
@@ -140,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "check-config":
             return _check_config(config, path)
+        if args.cmd in SERVICE_COMMANDS:
+            return _service(config, path, args)
         if args.cmd == "status":
             return asyncio.run(_status(config, args.json))
         if args.cmd == "trades":
@@ -205,6 +256,18 @@ HEARTBEAT_AGE_GRACE_SECONDS = 5.0  # the engine writes its heartbeat every 2 s
 
 def _fmt_age(age: Any) -> str:
     return "never" if age is None else f"{age:.0f}s"
+
+
+def _fmt_since(age: float) -> str:
+    """A time since, rounded up: a dead engine is never "0s ago"."""
+    s = max(1, int(-(-age // 1)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
 
 
 def _unprotected_now(info: dict[str, Any], hb: dict[str, Any], trades: list[Any]) -> dict[str, str]:
@@ -280,9 +343,22 @@ async def _status(config: Config, as_json: bool) -> int:
         return EXIT_OK
     running = f"running (pid {pid})" if pid is not None else "not running"
     print(f"engine:  {running}; journal {path}")
+    if hb and pid is None and age is not None:
+        # A stopped or dead engine: how long ago it was last heard from, and what that means.
+        n = len(trades)
+        print(
+            f"last seen {_fmt_since(age)} ago (its last heartbeat, "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(hb['wall_ts']))}): "
+            + (
+                f"its {n} open trade(s) are UNPROTECTED until an engine runs again "
+                "(`trade-supervisor start`)"
+                if n
+                else "no open trades"
+            )
+        )
     if hb:
         print(
-            f"last heartbeat {_fmt_age(age)} ago: venue {hb.get('venue')}, mode {hb.get('mode')}, "
+            f"last heartbeat {_fmt_age(age) if pid is not None or age is None else _fmt_since(age)} ago: venue {hb.get('venue')}, mode {hb.get('mode')}, "
             f"{'ARMED' if hb.get('armed') else 'disarmed'}{', ALL PAUSED' if hb.get('paused_all') else ''}"
         )
         for name, a in (hb.get("sources") or {}).items():
