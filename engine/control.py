@@ -9,7 +9,8 @@ when that path would not fit in `sun_path`), mode 0600; a peer of another uid is
 - the client speaks first (`hello` with the protocol version) within `HELLO_TIMEOUT_SECONDS`,
   the engine answers `welcome` (protocol, engine version, pid, data_dir, venue, mode ...) or an
   `error` and closes;
-- then requests (`command`, `status`, `detail`, `stop`) each with an `id`, answered in order;
+- then requests (`command`, `status`, `detail`, `snapshot`, `metrics`, `stop`) each with an
+  `id`, answered in order;
   a subscribed client also gets `snapshot` frames at the screen's cadence.
 
 Messages are data (msgspec typed structs, validated at decode): nothing here unpickles or
@@ -33,12 +34,14 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
 import socket
 import struct
 import time
+import typing
 from collections.abc import Awaitable, Callable
 from importlib import metadata
 from pathlib import Path
@@ -126,7 +129,25 @@ class StopRequest(_Msg, tag="stop"):
     id: int
 
 
-Request = Hello | CommandRequest | StatusRequest | DetailRequest | StopRequest
+class SnapshotRequest(_Msg, tag="snapshot"):
+    """Send the current snapshot now (to this client, subscribed or not), then a result."""
+
+    id: int
+
+
+class MetricsRequest(_Msg, tag="metrics"):
+    id: int
+
+
+Request = (
+    Hello
+    | CommandRequest
+    | StatusRequest
+    | DetailRequest
+    | StopRequest
+    | SnapshotRequest
+    | MetricsRequest
+)
 
 # engine -> client
 
@@ -167,6 +188,11 @@ class DetailReply(_Out, tag="detail"):
     detail: Any  # engine.snapshot.TradeDetail as JSON, or null once the trade is closed
 
 
+class MetricsReply(_Out, tag="metrics"):
+    id: int
+    metrics: Any  # engine.analytics.metrics_for: the closed trades' report as plain data
+
+
 class Error(_Out, tag="error"):
     id: int | None
     message: str
@@ -181,7 +207,9 @@ class Stopping(_Out, tag="stopping"):
     message: str
 
 
-Reply = Welcome | Result | StatusReply | DetailReply | Error | SnapshotFrame | Stopping
+Reply = (
+    Welcome | Result | StatusReply | DetailReply | MetricsReply | Error | SnapshotFrame | Stopping
+)
 
 _request_decoder = msgspec.json.Decoder(Request)
 _reply_decoder = msgspec.json.Decoder(Reply)
@@ -511,6 +539,13 @@ class ControlServer:
         if isinstance(req, DetailRequest):
             detail = await eng.trade_detail(req.trade_id)
             return DetailReply(req.id, detail)
+        if isinstance(req, SnapshotRequest):
+            await self._send_snapshot([client], force=True, anyway=True)
+            return Result(req.id, True, "")
+        if isinstance(req, MetricsRequest):
+            from engine.analytics import metrics_for
+
+            return MetricsReply(req.id, await metrics_for(eng))
         if client.hello.read_only:
             return Result(req.id, False, "refused: this client attached read-only")
         if isinstance(req, StopRequest):
@@ -548,8 +583,10 @@ class ControlServer:
                 self._fault("publishing a snapshot failed", repr(e))
             await asyncio.sleep(self.refresh_seconds)  # real time: the screen's cadence
 
-    async def _send_snapshot(self, clients: list[_Client], force: bool = False) -> None:
-        subs = [c for c in clients if c.hello.subscribe and not c.closed]
+    async def _send_snapshot(
+        self, clients: list[_Client], force: bool = False, anyway: bool = False
+    ) -> None:
+        subs = [c for c in clients if (c.hello.subscribe or anyway) and not c.closed]
         if not subs:
             return
         snap = await self.engine.snapshot_async()  # built in slices: reactions go first
@@ -588,6 +625,37 @@ async def encode_snapshot_frame(
         parts.append(_encoder.encode(f.name) + b":" + enc)
     body = b'{"type":"snapshot","seq":%d,"snapshot":{%s}}' % (snap.seq, b",".join(parts))
     return HEADER.pack(len(body)) + body
+
+
+@functools.cache
+def _snapshot_hints() -> dict[str, Any]:
+    from engine.snapshot import Snapshot
+
+    return typing.get_type_hints(Snapshot)
+
+
+def snapshot_from_json(obj: dict[str, Any]) -> Any:
+    """A `snapshot` frame's `snapshot` back into an `engine.snapshot.Snapshot`, validated."""
+    from engine.snapshot import OptionStrikeRow, Snapshot, StrikeRow
+
+    kwargs: dict[str, Any] = {}
+    for name, hint in _snapshot_hints().items():
+        if name not in obj:
+            continue  # a field with a default the engine did not send
+        value = obj[name]
+        if name == "strikes":
+            row = OptionStrikeRow if value and "call" in value[0] else StrikeRow
+            kwargs[name] = msgspec.convert(value, tuple[row, ...])
+        else:
+            kwargs[name] = msgspec.convert(value, hint)
+    return Snapshot(**kwargs)
+
+
+def detail_from_json(obj: Any) -> Any:
+    """A `detail` reply's `detail` as an `engine.snapshot.TradeDetail` (None once closed)."""
+    from engine.snapshot import TradeDetail
+
+    return None if obj is None else msgspec.convert(obj, TradeDetail)
 
 
 def _request_id(body: bytes) -> int | None:

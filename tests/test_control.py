@@ -421,3 +421,29 @@ async def test_the_chunked_snapshot_frame_is_the_plain_encoding(served: Served) 
     chunked = await control.encode_snapshot_frame(snap, pause, rows=1)
     assert chunked == control.frame(control.SnapshotFrame(snap.seq, snap))
     assert pauses == max(len(snap.strikes) - 1, 0) + max(len(snap.trades) - 1, 0)
+
+
+async def test_a_snapshot_and_a_detail_decode_back_to_the_engines_objects(served: Served) -> None:
+    eng = served.rt.engine
+    snap = await eng.snapshot_async()
+    body = control.frame(control.SnapshotFrame(snap.seq, snap))[4:]
+    msg = control.decode_reply(body)
+    assert isinstance(msg, control.SnapshotFrame)
+    assert control.snapshot_from_json(msg.snapshot) == snap
+    tid = next(iter(eng.trades))
+    detail = await eng.trade_detail(tid)
+    reply = control.decode_reply(control.frame(control.DetailReply(1, detail))[4:])
+    assert control.detail_from_json(reply.detail) == detail  # type: ignore[union-attr]
+
+
+async def test_snapshot_and_metrics_requests(served: Served) -> None:
+    c = await Raw.connect(served.path)
+    await c.hello()  # not subscribed: nothing comes on its own
+    await c.send({"type": "snapshot", "id": 1})
+    first = await c.recv()
+    assert first is not None and first["type"] == "snapshot"
+    assert (await c.recv()) == {"type": "result", "id": 1, "ok": True, "message": ""}
+    await c.send({"type": "metrics", "id": 2})
+    m = await c.recv_kind("metrics")
+    assert m["id"] == 2 and "equity" in m["metrics"]
+    c.close()
