@@ -721,6 +721,8 @@ class ControlClient:
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it
+        with contextlib.suppress(OSError):
             self.sock.close()
 
     def __enter__(self) -> ControlClient:
