@@ -8,6 +8,7 @@
     trade-supervisor metrics [--since D] [--json|--csv]  trade analytics from the journal
     trade-supervisor check-config                        print the effective config or its errors
     trade-supervisor start | stop [--yes]                the engine as a background service
+    trade-supervisor attach [--socket PATH] [--read-only]  the screen on a running engine
     trade-supervisor arm|disarm|pause [ID]|resume [ID]|kill-switch on|off|close ID|close-all|reload
                                                          commands to the running engine
 
@@ -43,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="config file (default: ./config.toml, then the user's config dir)",
     )
     p.add_argument("--headless", action="store_true", help="run the engine without the screen")
+    p.add_argument(
+        "--read-only",
+        action="store_true",
+        help="attach the screen to the running engine read-only (it refuses every command)",
+    )
     # `--config` is also accepted after the command (`replay FILE --config CFG`); SUPPRESS keeps a
     # value given before the command when none is given after it.
     common = argparse.ArgumentParser(add_help=False)
@@ -124,6 +130,7 @@ SERVICE_COMMANDS = (
     "close",
     "close-all",
     "reload",
+    "attach",
 )
 
 
@@ -144,6 +151,15 @@ def _add_service_commands(sub: Any) -> None:
     ca = sub.add_parser("close-all", help="running engine: send an exit for every open trade")
     ca.add_argument("--yes", action="store_true", help="do not ask for the typed word")
     sub.add_parser("reload", help="running engine: re-read the config file")
+    at = sub.add_parser("attach", help="the screen, attached to a running engine")
+    at.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=None,
+        help="the engine's control socket (default: the one of this config's data_dir; "
+        "e.g. a socket forwarded with ssh -L)",
+    )
+    at.add_argument("--read-only", action="store_true", help="show everything, refuse commands")
 
 
 def _service(config: Config, path: Path | None, args: argparse.Namespace) -> int:
@@ -153,6 +169,11 @@ def _service(config: Config, path: Path | None, args: argparse.Namespace) -> int
         return service.start(config, path)
     if args.cmd == "stop":
         return service.stop(config, args.yes)
+    if args.cmd == "attach":
+        from tui.app import run_attached
+
+        sock = Path(args.socket).expanduser() if args.socket else None
+        return run_attached(config, path, socket_path=sock, read_only=args.read_only)
     arg = getattr(args, "trade_id", None) or getattr(args, "state", None)
     return service.verb(config, args.cmd, arg, yes=getattr(args, "yes", False))
 
@@ -201,10 +222,17 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_replay(config, args))
         if args.cmd == "record":
             return asyncio.run(_record(config, path, args))
+        if args.read_only and not args.headless:
+            from tui.app import run_attached
+
+            return run_attached(config, path, read_only=True)
         return _run(config, path, args.headless)
     except StoreError as e:
         print(f"trade-supervisor: {e}", file=sys.stderr)
         return EXIT_FAIL
+    except ConfigError as e:  # the screen's own settings (attach, --read-only)
+        print("\n".join(e.lines), file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
 

@@ -165,19 +165,37 @@ def stop(config: Config, yes: bool, timeout: float = STOP_TIMEOUT_SECONDS) -> in
         if not yes and not confirm("stop", f"Stop the engine (pid {st.pid})?"):
             _err("not stopped (confirm by typing stop, or pass --yes)")
             return EXIT_CONFIG
-        r = client.stop()
-        if isinstance(r, Error) or not r.ok:
-            _err(f"the engine refused: {r.message}")
-            return EXIT_FAIL
-    stopped_pid = st.pid
-    deadline = time.monotonic() + timeout
-    while engine_pid(config) is not None:
-        if time.monotonic() >= deadline:
-            _err(f"the engine (pid {stopped_pid}) did not stop within {timeout:.0f} s")
-            return EXIT_FAIL
-        time.sleep(POLL_SECONDS)
-    print(f"trade-supervisor: engine (pid {stopped_pid}) stopped; its journal is closed")
+        return _stop_now(client, config, st.pid, timeout)
+
+
+def _stop_now(client: ControlClient, config: Config, pid: int, timeout: float) -> int:
+    r = client.stop()
+    if isinstance(r, Error) or not r.ok:
+        _err(f"the engine refused: {r.message}")
+        return EXIT_FAIL
+    if client.path == socket_path(config):  # this config's engine: wait for its journal
+        deadline = time.monotonic() + timeout
+        while engine_pid(config) is not None:
+            if time.monotonic() >= deadline:
+                _err(f"the engine (pid {pid}) did not stop within {timeout:.0f} s")
+                return EXIT_FAIL
+            time.sleep(POLL_SECONDS)
+        print(f"trade-supervisor: engine (pid {pid}) stopped; its journal is closed")
+    else:
+        print(f"trade-supervisor: engine (pid {pid}): {r.message}")
     return EXIT_OK
+
+
+def stop_at(path: Path, config: Config, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
+    """Stop the engine at `path` now (already confirmed: the screen's quit under on_quit =
+    "stop")."""
+    try:
+        client = ControlClient(path, timeout=10.0)
+    except ControlError as e:
+        _err(f"the engine was not stopped: {e}")
+        return EXIT_FAIL
+    with client:
+        return _stop_now(client, config, client.welcome.pid, timeout)
 
 
 # ---------------------------------------------------------------------- the verbs

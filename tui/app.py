@@ -264,6 +264,7 @@ class TradeSupervisorApp(App[int]):
         self.palette_colors = Palette(config.ui.up_color, config.ui.down_color)
         self.snapshot: Snapshot | None = None
         self.engine_error: str | None = None
+        self.stop_engine_on_exit = False  # set by quit under [ui] on_quit = "stop" (attached)
         self.main: MainScreen | None = None
         self._last_alert_seq = 0
         self.bells = 0  # rings sent (the bell is silent headless; tests read this)
@@ -574,6 +575,11 @@ class TradeSupervisorApp(App[int]):
 
     @work(exclusive=True, group="action")
     async def action_quit_app(self) -> None:
+        from tui.attach_host import SocketEngineHost
+
+        if isinstance(self.host, SocketEngineHost) and self.config.ui.on_quit == "detach":
+            await self._detach()
+            return
         snap = self.snapshot
         protected = (
             snap is not None
@@ -596,6 +602,28 @@ class TradeSupervisorApp(App[int]):
             )
             if not await self.push_screen_wait(
                 ConfirmScreen("Quit and stop protecting open trades?", body, "Quit", "Stay")
+            ):
+                return
+        self.stop_engine_on_exit = True  # an attached screen with [ui] on_quit = "stop"
+        self.exit(0)
+
+    async def _detach(self) -> None:
+        """`q` on a screen attached to a running engine: the engine stays on."""
+        from tui.screens.confirm import ConfirmScreen
+
+        if self.engine_error is None:
+            snap = self.snapshot
+            n = len(snap.trades) if snap is not None else 0
+            welcome = getattr(self.host, "welcome", None)
+            pid = f" (pid {welcome.pid})" if welcome is not None else ""
+            body = (
+                f"The engine{pid} stays on and keeps protecting the {n} open trade(s) while no "
+                "screen is attached. Attach again with ./run-app (or trade-supervisor).\n\n"
+                "To stop the engine itself, run\n"
+                "    trade-supervisor stop"
+            )
+            if not await self.push_screen_wait(
+                ConfirmScreen("Detach? The engine stays on.", body, "Detach", "Stay")
             ):
                 return
         self.exit(0)
@@ -690,6 +718,8 @@ def run_app(config: Config, config_path: Path | None) -> int:
     problems = ui_config_problems(config, str(config_path or "config"))
     if problems:
         raise ConfigError(problems)
+    if config.ui.engine == "service":
+        return run_attached(config, config_path, start_if_none=True)
     log_path = _log_to_file(config)
     tune_gc_for_the_screen()
     host: Host
@@ -720,3 +750,52 @@ def run_app(config: Config, config_path: Path | None) -> int:
         )
     )
     return 1 if app.engine_error else 0
+
+
+def run_attached(
+    config: Config,
+    config_path: Path | None,
+    *,
+    socket_path: Path | None = None,
+    read_only: bool = False,
+    start_if_none: bool = False,
+) -> int:
+    """The screen attached to the engine that runs for this config's data_dir (or at
+    `socket_path`), starting one in the background first when none runs and `start_if_none`.
+    `q` detaches (the engine keeps protecting) unless `[ui] on_quit = "stop"`."""
+    from engine import service
+    from tui.attach_host import SocketEngineHost
+
+    problems = ui_config_problems(config, str(config_path or "config"))
+    if problems:
+        raise ConfigError(problems)
+    if start_if_none and socket_path is None and service.engine_pid(config) is None:
+        # Start-up errors (a locked journal, a bad key file) print here, before any screen.
+        code = service.start(config, config_path)
+        if code != 0:
+            return code
+    _log_to_file(config)
+    tune_gc_for_the_screen()
+    host = SocketEngineHost(config, socket_path, read_only=read_only)
+    try:
+        host.start()
+    except EngineHostError as e:
+        hint = "" if socket_path is not None else "; start one with `trade-supervisor start`"
+        print(f"trade-supervisor: cannot attach: {e}{hint}", file=sys.stderr)
+        return 1
+    app = TradeSupervisorApp(config, host)
+    try:
+        app.run()
+    finally:
+        host.stop()
+    pid = host.welcome.pid if host.welcome is not None else "?"
+    if app.engine_error is not None:
+        print(f"trade-supervisor: {app.engine_error}; open trades are NOT protected")
+        return 1
+    if app.stop_engine_on_exit:
+        return service.stop_at(host.path, config)
+    print(
+        f"trade-supervisor: detached; the engine (pid {pid}) keeps protecting. "
+        "Attach again with ./run-app, stop it with `trade-supervisor stop`."
+    )
+    return 0
