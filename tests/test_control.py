@@ -8,6 +8,7 @@ framing (docs/control-protocol.md), so the tests check the bytes another program
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ import pytest
 
 from engine import control
 from engine.clock import ManualClock
+from engine.commands import Command
 from engine.config import Config, parse_config
 from engine.runtime import Runtime, build_runtime
 
@@ -446,4 +448,60 @@ async def test_snapshot_and_metrics_requests(served: Served) -> None:
     await c.send({"type": "metrics", "id": 2})
     m = await c.recv_kind("metrics")
     assert m["id"] == 2 and "equity" in m["metrics"]
+    c.close()
+
+
+async def test_a_fuzzed_socket_never_stops_an_exit(served: Served) -> None:
+    """Random bytes and oversized frames from many clients while a trade's max_loss fires: the
+    trade closes exactly once, and the engine still answers afterwards."""
+    import random
+
+    from engine.models import Quote, QuoteEvent
+
+    eng, srv = served.rt.engine, served.server
+    t = next(iter(eng.trades.values()))
+    tid, cid, side, qty = t.trade_id, t.contract_id, t.side, t.qty
+    held_before = sum(
+        p.qty for p in await eng.venue.positions() if p.contract_id == cid and p.side == side
+    )
+    rng = random.Random(14)
+    r = await eng.command(Command("set_overrides", tid, {"max_loss_percent": 30}))
+    assert r.ok, r.message
+
+    async def fuzz(n: int) -> None:
+        c = await Raw.connect(served.path)
+        with contextlib.suppress(ConnectionError):
+            if n % 3 == 0:
+                await c.hello()
+            for _ in range(5):
+                kind = rng.randrange(3)
+                if kind == 0:
+                    data = rng.randbytes(rng.randrange(1, 300))
+                elif kind == 1:
+                    data = HDR.pack(rng.randrange(control.MAX_REQUEST_BYTES, 2**32)) + b"x" * 64
+                else:
+                    body = rng.randbytes(rng.randrange(1, 200))
+                    data = HDR.pack(len(body)) + body
+                c.writer.write(data)
+                await c.writer.drain()
+        c.close()
+
+    now = eng.clock.now()
+    # A crash against the trade: its max_loss (the shipped criteria) fires on this quote.
+    crash = Quote(cid, 0.01, 0.02, now) if side == "yes" else Quote(cid, 0.98, 0.99, now)
+    tasks = [asyncio.create_task(fuzz(i)) for i in range(60)]
+    await eng.handle(QuoteEvent(now, crash))
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await eng.drain_exits()
+    assert tid not in eng.trades
+    held_after = sum(
+        p.qty for p in await eng.venue.positions() if p.contract_id == cid and p.side == side
+    )
+    assert held_before - held_after == qty  # sold once, not twice
+    await until(lambda: not srv._conns)
+    assert sum(srv.faults.values()) > 0
+    c = await Raw.connect(served.path)
+    await c.hello()
+    await c.send({"type": "status", "id": 1})
+    assert tid not in (await c.recv_kind("status"))["open_trades"]
     c.close()
