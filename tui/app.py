@@ -352,10 +352,17 @@ class TradeSupervisorApp(App[int]):
         self.engine_error = f"{type(err).__name__}: {err}" if err else "the engine stopped"
         if self.main is not None and self.main.is_mounted:
             self.main.query_one(StatusBar).show(self.snapshot, self.engine_error)
+        from tui.attach_host import SocketEngineHost
+
+        again = (
+            "Start it again with `trade-supervisor start` (or quit with q and run ./run-app); "
+            "details in engine.log in the data directory."
+            if isinstance(self.host, SocketEngineHost)
+            else "Quit (q) and start again; details in trade-supervisor.log in the data directory."
+        )
         self.notify(
             markup=False,
-            message=f"{self.engine_error}. Open trades are NOT protected. Quit (q) and start again; "
-            "details in trade-supervisor.log in the data directory.",
+            message=f"{self.engine_error}. Open trades are NOT protected. {again}",
             title="Engine stopped",
             severity="error",
             timeout=60,
