@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -192,7 +193,7 @@ def _parser_with(common: argparse.ArgumentParser) -> type[argparse.ArgumentParse
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config, path = _load(args.config)
+        config, path = _load(args.config, secretless=args.cmd in SECRETLESS_COMMANDS)
     except ConfigError as e:
         print("\n".join(e.lines), file=sys.stderr)
         print(
@@ -237,9 +238,30 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
 
-def _load(explicit: str | None) -> tuple[Config, Path | None]:
+# Commands that never use the venue's secrets: a config without the Kalshi key still serves
+# them (the key is checked, as always, by the engine that needs it).
+SECRETLESS_COMMANDS = frozenset(SERVICE_COMMANDS) - {"start", "attach"} | {"status"}
+_KEY_PLACEHOLDERS = {"KALSHI_API_KEY_ID": "unused", "KALSHI_PRIVATE_KEY_PATH": "unused"}
+
+
+def _load(explicit: str | None, secretless: bool = False) -> tuple[Config, Path | None]:
     path = resolve_config_path(explicit)
-    return load_config(path), path
+    try:
+        return load_config(path), path
+    except ConfigError as e:
+        if not secretless or not all("needs your Kalshi API key" in line for line in e.lines):
+            raise
+    # Only the missing key was wrong: read the rest with placeholders that nothing uses.
+    saved = {k: os.environ.get(k) for k in _KEY_PLACEHOLDERS}
+    try:
+        os.environ.update({k: v for k, v in _KEY_PLACEHOLDERS.items() if not os.environ.get(k)})
+        return load_config(path), path
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _check_config(config: Config, path: Path | None) -> int:

@@ -171,3 +171,25 @@ def test_headless_serves_the_same_socket(cli: Cli) -> None:
     finally:
         eng.kill()
     print(json.dumps(eng.lines))
+
+
+def test_status_and_the_verbs_need_no_venue_secrets(cli: Cli) -> None:
+    cli.write_config('    venue = "kalshi"\n    [auto_stop]\n    mode = "alert_only"\n')
+    assert "kalshi" in cli.config.read_text()
+    env = {k: v for k, v in cli.env.items() if not k.startswith("KALSHI_")}
+    proc = subprocess.run(
+        cli.argv("--config", str(cli.config), "status"),
+        cwd=cli.root, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run(
+        cli.argv("--config", str(cli.config), "arm"),
+        cwd=cli.root, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "no engine runs" in proc.stderr
+    # The engine itself still refuses to start without the key.
+    proc = subprocess.run(
+        cli.argv("--config", str(cli.config), "start"),
+        cwd=cli.root, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Kalshi API key" in proc.stderr
