@@ -421,7 +421,7 @@ class ControlServer:
                 self._fault("connection from another user refused", f"uid {uid}")
                 writer.write(frame(Error(None, "refused: the engine belongs to another user")))
                 return
-            if len(self.clients) >= MAX_CLIENTS:
+            if len(self.clients) >= MAX_CLIENTS or len(self._conns) > 2 * MAX_CLIENTS:
                 self._fault("too many clients", f"{len(self.clients)} attached")
                 writer.write(frame(Error(None, f"refused: {MAX_CLIENTS} clients already attached")))
                 return
@@ -515,7 +515,11 @@ class ControlServer:
                 if not client.put(frame(Error(_request_id(body), f"invalid message: {e}"))):
                     return
                 continue
-            reply = await self._answer(client, req)
+            try:
+                reply = await self._answer(client, req)
+            except Exception as e:  # the engine's own failure: answered, the connection kept
+                log.exception("control socket: answering %s failed", type(req).__name__)
+                reply = Error(getattr(req, "id", None), f"the engine failed to answer: {e!r}")
             if client.closed or not client.put(frame(reply)):
                 self._fault("client not reading its replies dropped", f"client {client.n}")
                 return

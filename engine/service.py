@@ -201,6 +201,19 @@ def stop_at(path: Path, config: Config, timeout: float = STOP_TIMEOUT_SECONDS) -
 # ---------------------------------------------------------------------- the verbs
 
 
+def _no_engine(config: Config) -> str:
+    """Why nothing answers on the socket: no engine, or one without a socket (a screen's own)."""
+    pid = engine_pid(config)
+    data = config.data_path().resolve()
+    if pid is None:
+        return f"no engine runs for {data} (start one with `trade-supervisor start`)"
+    return (
+        f"the engine for {data} (pid {pid}) has no control socket: it runs inside a screen "
+        '([ui] engine = "process" or "thread"); use that screen, or quit it and run '
+        "`trade-supervisor start`"
+    )
+
+
 def verb(config: Config, name: str, arg: str | None = None, yes: bool = False) -> int:
     """One command to the running engine; prints its answer; 0 when it accepted."""
     if name == "kill-switch":
@@ -217,10 +230,7 @@ def verb(config: Config, name: str, arg: str | None = None, yes: bool = False) -
     try:
         client = _connect(config)
     except NoEngine:
-        _err(
-            f"no engine runs for {config.data_path().resolve()}; nothing was sent "
-            "(start one with `trade-supervisor start`)"
-        )
+        _err(_no_engine(config) + "; nothing was sent")
         return EXIT_FAIL
     except ControlError as e:
         _err(f"{e}; nothing was sent")

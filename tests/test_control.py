@@ -505,3 +505,40 @@ async def test_a_fuzzed_socket_never_stops_an_exit(served: Served) -> None:
     await c.send({"type": "status", "id": 1})
     assert tid not in (await c.recv_kind("status"))["open_trades"]
     c.close()
+
+
+async def test_a_failing_answer_is_an_error_and_the_connection_stays(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def boom(_tid: str) -> None:
+        raise RuntimeError("detail exploded")
+
+    monkeypatch.setattr(served.rt.engine, "trade_detail", boom)
+    c = await Raw.connect(served.path)
+    await c.hello()
+    await c.send({"type": "detail", "id": 1, "trade_id": "demo-1"})
+    err = await c.recv_kind("error")
+    assert err["id"] == 1 and "detail exploded" in err["message"]
+    await c.send({"type": "status", "id": 2})
+    assert (await c.recv_kind("status"))["id"] == 2
+    c.close()
+
+
+async def test_a_verb_beside_an_engine_without_a_socket_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An engine inside a screen ([ui] engine = "process") holds the journal but serves no
+    socket: the verbs say that, not that no engine runs."""
+    from engine import service
+    from engine.store import JOURNAL_FILENAME, Store
+
+    cfg = make_config(tmp_path / "data")
+    store = Store(cfg.data_path() / JOURNAL_FILENAME)
+    await store.open()
+    try:
+        code = await asyncio.to_thread(service.verb, cfg, "arm")
+    finally:
+        await store.close()
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"(pid {os.getpid()}) has no control socket" in err and "nothing was sent" in err
