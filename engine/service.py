@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -108,8 +109,9 @@ def start(config: Config, config_path: Path | None, timeout: float = START_TIMEO
             time.sleep(POLL_SECONDS)
     with client:
         w = client.welcome
-    # The child lives on in its own session; it is not ours to wait for.
-    proc.returncode = 0  # (keeps Popen's destructor from warning that it still runs)
+    # The child lives on in its own session. A screen that started it (./run-app) may outlive
+    # it: a daemon thread reaps it then, so no zombie stays behind until the screen quits.
+    threading.Thread(target=proc.wait, name="engine-reaper", daemon=True).start()
     print(
         f"trade-supervisor: engine started (pid {w.pid}): venue {w.venue}, mode {w.mode}, "
         f"{'ARMED' if w.armed else 'disarmed'}{', PAUSED' if w.paused_all else ''}; "
