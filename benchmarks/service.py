@@ -60,7 +60,7 @@ def main() -> int:
     sim = "[sim]\ndemo_trades = 4\n" + (f"strikes = {args.strikes}\n" if args.strikes else "")
     cfg.write_text(
         f'[engine]\ndata_dir = "{tmp / "data"}"\n[alerts]\nlog_file = ""\n'
-        '[ui]\nrefresh_seconds = 0.25\n' + sim,
+        "[ui]\nrefresh_seconds = 0.25\n" + sim,
         encoding="utf-8",
     )
     cli = [sys.executable, "-m", "engine.cli", "--config", str(cfg)]
