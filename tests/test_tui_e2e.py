@@ -190,6 +190,19 @@ def test_the_screen_attaches_to_a_service_that_outlives_it(tmux: Tmux, tmp_path:
         proc = _cli(cfg, "kill-switch", "on")
         assert proc.returncode == 0, proc.stderr
         tmux.wait_for(lambda s: "PAUSED" in s.splitlines()[0], "the kill switch in the header")
+
+        # The tmux session killed under the screen: the screen exits within 2 s (SIGHUP), the
+        # engine runs on.
+        screen_pid = int(tmux.run("display-message", "-p", "-t", tmux.session, "#{pane_pid}"))
+        assert b"trade-supervisor" in Path(f"/proc/{screen_pid}/cmdline").read_bytes()
+        tmux.kill()
+        end = time.monotonic() + 2.0
+        while Path(f"/proc/{screen_pid}").exists() and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{screen_pid}").exists(), "the screen outlived its terminal"
+        assert _cli(cfg, "status").stdout.splitlines()[0] == running
+        tmux.start([str(APP), "--config", str(cfg)])
+        tmux.wait_for(lambda s: "Open trades" in s and "PAUSED" in s, "attached once more")
     finally:
         stopped = _cli(cfg, "stop", "--yes")
     assert stopped.returncode == 0, stopped.stderr
