@@ -177,3 +177,36 @@ async def test_no_engine_to_attach_to(tmp_path: Path) -> None:
     h = SocketEngineHost(ui_config(tmp_path))
     with pytest.raises(EngineHostError, match="no engine answers"):
         h.start()
+
+
+async def test_the_screen_can_stop_the_engine_after_confirming(world: World) -> None:
+    h = await world.attach()
+    app = TradeSupervisorApp(world.config, h)
+    try:
+        async with app.run_test(size=(160, 50)) as pilot:
+            await h.sync()
+            await settle(pilot)
+            assert any(c.title == "Stop the engine" for c in app.get_system_commands(app.screen))
+            await app.run_action("stop_engine")
+            await settle(pilot)
+            await pilot.press("n")  # keep it running
+            await settle(pilot)
+            assert not await world.engine_attr("stopping")
+            await app.run_action("stop_engine")
+            await settle(pilot)
+            await pilot.press("y")
+            await until(lambda: world.engine_host.engine.stopping)
+    finally:
+        h.stop()
+
+
+async def test_a_read_only_screen_offers_no_stop(world: World) -> None:
+    h = await world.attach(read_only=True)
+    app = TradeSupervisorApp(world.config, h)
+    try:
+        async with app.run_test(size=(160, 50)):
+            assert not any(
+                c.title == "Stop the engine" for c in app.get_system_commands(app.screen)
+            )
+    finally:
+        h.stop()

@@ -614,6 +614,33 @@ class TradeSupervisorApp(App[int]):
         self.stop_engine_on_exit = True  # an attached screen with [ui] on_quit = "stop"
         self.exit(0)
 
+    @work(exclusive=True, group="action")
+    async def action_stop_engine(self) -> None:
+        """Stop the attached engine itself, after a confirmation naming what loses protection."""
+        from tui.attach_host import SocketEngineHost
+        from tui.screens.confirm import ConfirmScreen
+
+        host = self.host
+        if not isinstance(host, SocketEngineHost) or self.engine_error is not None:
+            return
+        snap = self.snapshot
+        n = len(snap.trades) if snap is not None else 0
+        armed = snap is not None and snap.armed
+        body = (
+            f"{n} open trade(s){' are ARMED and' if armed and n else ''} will have no auto-stop "
+            "until an engine runs again (./run-app or trade-supervisor start)."
+            if n
+            else "No trades are open."
+        )
+        if not await self.push_screen_wait(
+            ConfirmScreen("Stop the engine?", body, "Stop engine", "Keep it running")
+        ):
+            return
+        result = await host.stop_engine()
+        self.notify(
+            result.message, title="Stop the engine", severity="information" if result.ok else "error"
+        )
+
     async def _detach(self) -> None:
         """`q` on a screen attached to a running engine: the engine stays on."""
         from tui.screens.confirm import ConfirmScreen
@@ -639,6 +666,15 @@ class TradeSupervisorApp(App[int]):
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        from tui.attach_host import SocketEngineHost
+
+        if isinstance(self.host, SocketEngineHost) and not self.host.read_only:
+            yield SystemCommand(
+                "Stop the engine",
+                "Stop the engine this screen is attached to (warns when open trades would "
+                "lose protection); q only detaches",
+                lambda: self.run_action("stop_engine"),
+            )
         for b in [*MainScreen.BINDINGS, *self.BINDINGS]:
             if not isinstance(b, Binding) or not b.id:
                 continue
