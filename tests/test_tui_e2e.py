@@ -156,6 +156,16 @@ def test_the_real_app_in_tmux_shows_the_panes_and_obeys_the_keys(
     assert "not running" in status.stdout, status.stdout
 
 
+def _alive(pid: int) -> bool:
+    """The process runs (a zombie waiting for its new parent to reap it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    state = next(line for line in status.splitlines() if line.startswith("State:"))
+    return "zombie" not in state
+
+
 def _cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(APP), "--config", str(cfg), *args], capture_output=True, text=True, timeout=60
@@ -197,9 +207,9 @@ def test_the_screen_attaches_to_a_service_that_outlives_it(tmux: Tmux, tmp_path:
         assert b"trade-supervisor" in Path(f"/proc/{screen_pid}/cmdline").read_bytes()
         tmux.kill()
         end = time.monotonic() + 2.0
-        while Path(f"/proc/{screen_pid}").exists() and time.monotonic() < end:
+        while _alive(screen_pid) and time.monotonic() < end:
             time.sleep(0.05)
-        assert not Path(f"/proc/{screen_pid}").exists(), "the screen outlived its terminal"
+        assert not _alive(screen_pid), "the screen outlived its terminal"
         assert _cli(cfg, "status").stdout.splitlines()[0] == running
         tmux.start([str(APP), "--config", str(cfg)])
         tmux.wait_for(lambda s: "Open trades" in s and "PAUSED" in s, "attached once more")
@@ -207,3 +217,13 @@ def test_the_screen_attaches_to_a_service_that_outlives_it(tmux: Tmux, tmp_path:
         stopped = _cli(cfg, "stop", "--yes")
     assert stopped.returncode == 0, stopped.stderr
     tmux.wait_for(lambda s: "ENGINE STOPPED" in s.upper(), "the red header on the screen")
+    # q, and ./run-app offers to start it again.
+    tmux.keys("q")
+    tmux.wait_for(lambda s: "Start the engine again" in s, "the offer to start it again")
+    tmux.keys("y", "Enter")
+    try:
+        tmux.wait_for(lambda s: "Open trades" in s and "m1" in s, "attached to a new engine")
+        again = _cli(cfg, "status").stdout.splitlines()[0]
+        assert again.startswith("engine:  running (pid ") and again != running, again
+    finally:
+        assert _cli(cfg, "stop", "--yes").returncode == 0

@@ -11,8 +11,10 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 import signal
 import sys
+import threading
 import zoneinfo
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -277,7 +279,7 @@ class TradeSupervisorApp(App[int]):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.exit, 0)
+                loop.add_signal_handler(sig, self._on_signal, sig)
         self.theme = self.config.ui.theme
         if self.config.ui.keys:
             self.set_keymap(dict(self.config.ui.keys))
@@ -289,6 +291,27 @@ class TradeSupervisorApp(App[int]):
             self.post_message(EngineStopped(None))
         else:
             self._sync()
+
+    def _on_signal(self, sig: int) -> None:
+        """SIGHUP (the terminal went away) or SIGTERM: exit cleanly. A screen attached to an
+        engine service holds nothing of the engine's, so if the exit hangs (seen with a dead
+        terminal: the process lived on with no terminal) it detaches and leaves hard, within
+        `HARD_EXIT_SECONDS`; the engine keeps protecting either way."""
+        from tui.attach_host import SocketEngineHost
+
+        self.exit(0)
+        host = self.host
+        if not isinstance(host, SocketEngineHost):
+            return
+
+        def hard_exit() -> None:
+            with contextlib.suppress(Exception):
+                host.stop(timeout=0.2)
+            os._exit(128 + sig)
+
+        timer = threading.Timer(HARD_EXIT_SECONDS[sig == signal.SIGHUP], hard_exit)
+        timer.daemon = True
+        timer.start()
 
     @work(group="sync")
     async def _sync(self) -> None:
@@ -727,6 +750,11 @@ def ui_config_problems(config: Config, where: str) -> list[str]:
     return problems
 
 
+# An attached screen's longest clean exit after SIGTERM / SIGHUP before it leaves hard (the
+# terminal is gone after SIGHUP: nothing to restore).
+HARD_EXIT_SECONDS = {False: 1.5, True: 0.5}
+
+
 def _log_to_file(config: Config) -> Path:
     """Send log records to `data_dir/trade-supervisor.log`: the screen owns the terminal."""
     root = logging.getLogger()
@@ -819,22 +847,32 @@ def run_attached(
             return code
     _log_to_file(config)
     tune_gc_for_the_screen()
-    host = SocketEngineHost(config, socket_path, read_only=read_only)
-    try:
-        host.start()
-    except EngineHostError as e:
-        hint = "" if socket_path is not None else "; start one with `trade-supervisor start`"
-        print(f"trade-supervisor: cannot attach: {e}{hint}", file=sys.stderr)
-        return 1
-    app = TradeSupervisorApp(config, host)
-    try:
-        app.run()
-    finally:
-        host.stop()
-    pid = host.welcome.pid if host.welcome is not None else "?"
-    if app.engine_error is not None:
+    while True:
+        host = SocketEngineHost(config, socket_path, read_only=read_only)
+        try:
+            host.start()
+        except EngineHostError as e:
+            hint = "" if socket_path is not None else "; start one with `trade-supervisor start`"
+            print(f"trade-supervisor: cannot attach: {e}{hint}", file=sys.stderr)
+            return 1
+        app = TradeSupervisorApp(config, host)
+        try:
+            app.run()
+        finally:
+            host.stop()
+        if app.engine_error is None:
+            break
         print(f"trade-supervisor: {app.engine_error}; open trades are NOT protected")
-        return 1
+        if not (start_if_none and sys.stdin.isatty() and service.engine_pid(config) is None):
+            return 1
+        # ./run-app: offer to start it again (start-up errors print here, as at first).
+        answer = input("Start the engine again and attach? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            return 1
+        code = service.start(config, config_path)
+        if code != 0:
+            return code
+    pid = host.welcome.pid if host.welcome is not None else "?"
     if app.stop_engine_on_exit:
         return service.stop_at(host.path, config)
     print(
