@@ -344,6 +344,7 @@ class ControlServer:
         self.snapshots_encoded = 0
         self._server: asyncio.AbstractServer | None = None
         self._publisher: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._conns: set[asyncio.Task[None]] = set()
         self._ids = 0
         self._last_seq = -1
@@ -372,22 +373,45 @@ class ControlServer:
             sock.close()
             raise
         self._publisher = asyncio.create_task(self._publish_loop(), name="control-publisher")
+        self._watcher = asyncio.create_task(self._close_when_stopping(), name="control-watcher")
         log.info("control socket listening at %s", path)
 
+    async def _close_when_stopping(self) -> None:
+        """Every client learns at once that the engine stops (before its journal is flushed)."""
+        await self.engine.wait_stopping()
+        await self.close("the engine is stopping")
+
     async def close(self, message: str = "the engine is stopping") -> None:
-        """Tell every client the engine stops, close the connections and remove the socket."""
+        """Tell every client the engine stops, close the connections and remove the socket.
+        Called when the engine starts stopping (its watcher) and again by the runtime: once."""
+        if self._closing:
+            return
         self._closing = True
+        if self._watcher is not None and self._watcher is not asyncio.current_task():
+            self._watcher.cancel()
         if self._publisher is not None:
             self._publisher.cancel()
         if self._server is not None:
             self._server.close()
         bye = frame(Stopping(message))
+        writers = [c.task for c in self.clients.values() if c.task is not None]
         for c in list(self.clients.values()):
             with contextlib.suppress(Exception):
-                c.writer.write(bye)  # best effort: never wait for a client here
+                # Best effort, never waiting for a client: the replies not yet written (the
+                # answer to a stop), then the goodbye; the transport sends them as it closes.
+                for kind, data in c.outbox:
+                    if kind == "r":
+                        c.writer.write(data)
+                c.outbox.clear()
+                c.writer.write(bye)
             self._drop(c)
-        for t in list(self._conns):
+        tasks = [*self._conns, *writers]
+        if self._publisher is not None:
+            tasks.append(self._publisher)
+        for t in tasks:
             t.cancel()
+        if tasks:  # let them finish their cancellation on this loop (bounded: they only close)
+            await asyncio.wait(tasks, timeout=1.0)
         with contextlib.suppress(OSError):
             self.path.unlink()
 

@@ -542,3 +542,16 @@ async def test_a_verb_beside_an_engine_without_a_socket_says_so(
     err = capsys.readouterr().err
     assert code == 1
     assert f"(pid {os.getpid()}) has no control socket" in err and "nothing was sent" in err
+
+
+async def test_clients_hear_at_once_that_the_engine_stops(served: Served) -> None:
+    c = await Raw.connect(served.path)
+    await c.hello()
+    await c.send({"type": "stop", "id": 1})
+    # The answer to the stop still arrives, then the goodbye, then the end of the connection.
+    assert (await c.recv_kind("result"))["ok"]
+    bye = await c.recv()
+    assert bye == {"type": "stopping", "message": "the engine is stopping"}
+    assert await c.closed()
+    assert not served.path.exists()
+    assert served.rt.store.is_open  # before the journal is closed
