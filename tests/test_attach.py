@@ -210,3 +210,29 @@ async def test_a_read_only_screen_offers_no_stop(world: World) -> None:
             )
     finally:
         h.stop()
+
+
+async def _close_demo_1(e: Engine) -> Any:
+    return await e.command(Command("close", "demo-1"))
+
+
+async def test_a_screen_attached_later_shows_what_happened_meanwhile(world: World) -> None:
+    first = await world.attach()
+    first.stop()  # detached: no screen
+    r = await world.engine_host.call(_close_demo_1)
+    assert r.ok, r.message
+    await world.engine_host.advance(2)  # the exit goes through
+    later = await world.attach()
+    app = TradeSupervisorApp(world.config, later)
+    try:
+        async with app.run_test(size=(160, 50)) as pilot:
+            await later.sync()
+            await settle(pilot)
+            assert "demo-1" not in _trade_keys(app)
+            assert app.snapshot is not None
+            assert any(
+                a.trade_id == "demo-1" and "closed" in a.message.lower()
+                for a in app.snapshot.alerts
+            ), [a.message for a in app.snapshot.alerts]
+    finally:
+        later.stop()
