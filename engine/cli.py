@@ -308,6 +308,38 @@ def _fmt_age(age: Any) -> str:
     return "never" if age is None else f"{age:.0f}s"
 
 
+def _live_picture(config: Config) -> dict[str, Any] | None:
+    """Open P&L, risk and source health from the running engine's control socket (None when
+    it does not answer within a few seconds: `status` then shows what the journal says)."""
+    from engine import control
+
+    try:
+        with control.ControlClient(control.socket_path(config), timeout=3.0) as c:
+            c.request(control.SnapshotRequest)  # the snapshot comes just before its result
+    except control.ControlError:
+        return None
+    snap = c.last_snapshot
+    if snap is None:
+        return None
+    risk = snap["risk"]
+    return {
+        "open_pnl": sum(t["pnl"] or 0.0 for t in snap["trades"]),
+        "day_pnl": risk["daily_pnl"],
+        "at_risk": risk["total_at_risk"],
+        "open_positions": risk["open_positions"],
+        "breaches": list(risk["breaches"]),
+        "sources": {h["name"]: (h["age_seconds"], h["stale"]) for h in snap["health"]},
+        "trades": {t["trade_id"]: {"mark": t["mark"], "pnl": t["pnl"]} for t in snap["trades"]},
+    }
+
+
+def _live_pnl(live: dict[str, Any] | None, trade_id: str) -> str:
+    t = (live or {}).get("trades", {}).get(trade_id)
+    if not t or t["pnl"] is None:
+        return ""
+    return f"  mark {t['mark']:.4f}  P&L {t['pnl']:+.2f}"
+
+
 def _fmt_since(age: float) -> str:
     """A time since, rounded up: a dead engine is never "0s ago"."""
     s = max(1, int(-(-age // 1)))
@@ -388,11 +420,23 @@ async def _status(config: Config, as_json: bool) -> int:
         "bad_rows": [b.data() for b in bad],
     }
     info["unprotected"] = _unprotected_now(info, hb, trades)
+    live = _live_picture(config) if pid is not None else None
+    if live is not None:
+        info["live"] = live
     if as_json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
     running = f"running (pid {pid})" if pid is not None else "not running"
     print(f"engine:  {running}; journal {path}")
+    if live is not None:
+        print(
+            f"live: open P&L {live['open_pnl']:+.2f}, day P&L {live['day_pnl']:+.2f}, at risk "
+            f"{live['at_risk']:.2f} over {live['open_positions']} position(s)"
+            + (f"; RISK: {'; '.join(live['breaches'])}" if live["breaches"] else "")
+        )
+        for name, (age_s, stale) in live["sources"].items():
+            shown = f"{age_s:.1f}s old" if age_s is not None else "no data yet"
+            print(f"  {name:<20} {shown}{'  STALE' if stale else ''}")
     if hb and pid is None and age is not None:
         # A stopped or dead engine: how long ago it was last heard from, and what that means.
         n = len(trades)
@@ -411,7 +455,7 @@ async def _status(config: Config, as_json: bool) -> int:
             f"last heartbeat {_fmt_age(age) if pid is not None or age is None else _fmt_since(age)} ago: venue {hb.get('venue')}, mode {hb.get('mode')}, "
             f"{'ARMED' if hb.get('armed') else 'disarmed'}{', ALL PAUSED' if hb.get('paused_all') else ''}"
         )
-        for name, a in (hb.get("sources") or {}).items():
+        for name, a in (hb.get("sources") or {} if live is None else {}).items():
             print(
                 f"  {name:<20} "
                 + (f"last update {a:.0f}s ago" if a is not None else "no update time")
@@ -429,6 +473,7 @@ async def _status(config: Config, as_json: bool) -> int:
         print(
             f"  {t.trade_id:<24} {t.side:<5} {t.qty:>8g} {t.contract_id:<28} @ {t.entry_price:.4f}"
             f"{'  paused' if t.paused else ''}{'  closing' if str(t.state) == 'closing' else ''}"
+            + _live_pnl(live, t.trade_id)
         )
     return EXIT_OK
 

@@ -733,6 +733,7 @@ class ControlClient:
             sock.close()
             raise ControlError(f"cannot connect to {path}: {e}") from e
         self.sock = sock
+        self.last_snapshot: Any = None  # the last snapshot frame's `snapshot` seen by request()
         try:
             self._send(Hello(PROTOCOL_VERSION, client, subscribe, read_only))
             first = self.read()
@@ -797,6 +798,9 @@ class ControlClient:
             msg = self.read()
             if isinstance(msg, Stopping):
                 raise ControlError(f"the engine stopped: {msg.message}")
+            if isinstance(msg, SnapshotFrame):
+                self.last_snapshot = msg.snapshot
+                continue
             if getattr(msg, "id", None) == rid:
                 return msg
 

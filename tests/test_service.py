@@ -81,6 +81,11 @@ def test_start_then_verbs_then_stop(cli: Cli) -> None:
     assert (cli.data / "engine.log").exists()
     status = run(cli, "status")
     assert status.stdout.splitlines()[0].startswith(f"engine:  running (pid {pid})")
+    # Live numbers from the running engine: open P&L, risk, the health of each source.
+    assert status.stdout.splitlines()[1].startswith("live: open P&L ")
+    assert "at risk" in status.stdout and "spot BTC-USD" in status.stdout
+    info = json.loads(run(cli, "status", "--json").stdout)
+    assert info["live"]["open_positions"] == 1 and "m1" in info["live"]["trades"]
 
     proc = run(cli, "disarm")
     assert (proc.returncode, proc.stdout.strip()) == (0, "disarmed")
