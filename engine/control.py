@@ -544,7 +544,9 @@ class ControlServer:
             except Exception as e:  # the engine's own failure: answered, the connection kept
                 log.exception("control socket: answering %s failed", type(req).__name__)
                 reply = Error(getattr(req, "id", None), f"the engine failed to answer: {e!r}")
-            if client.closed or not client.put(frame(reply)):
+            if client.closed:
+                return  # it left while its request was answered
+            if not client.put(frame(reply)):
                 self._fault("client not reading its replies dropped", f"client {client.n}")
                 return
 
