@@ -23,7 +23,7 @@ from engine.clock import ManualClock
 from engine.commands import Command
 from engine.snapshot import Snapshot
 from engine.supervisor import Engine
-from tests.tui_harness import T0, settle, ui_config
+from tests.tui_harness import T0, screen_text, settle, ui_config
 from tui.app import TradeSupervisorApp
 from tui.attach_host import SocketEngineHost
 from tui.host import EngineHost, EngineHostError
@@ -236,3 +236,36 @@ async def test_a_screen_attached_later_shows_what_happened_meanwhile(world: Worl
             ), [a.message for a in app.snapshot.alerts]
     finally:
         later.stop()
+
+
+async def test_q_detaches_by_default_and_stops_with_on_quit_stop(world: World) -> None:
+    h = await world.attach()
+    app = TradeSupervisorApp(world.config, h)
+    try:
+        async with app.run_test(size=(160, 50)) as pilot:
+            await h.sync()
+            await settle(pilot)
+            await pilot.press("q")
+            await settle(pilot)
+            assert "stays on" in screen_text(app) and "trade-supervisor stop" in screen_text(app)
+            await pilot.press("y")
+            await settle(pilot)
+        assert app.stop_engine_on_exit is False
+    finally:
+        h.stop()
+    cfg = world.config.model_copy(deep=True)
+    cfg.ui.on_quit = "stop"
+    h = await world.attach()
+    app = TradeSupervisorApp(cfg, h)
+    try:
+        async with app.run_test(size=(160, 50)) as pilot:
+            await h.sync()
+            await settle(pilot)
+            await pilot.press("q")
+            await settle(pilot)
+            assert "Quitting stops the engine" in screen_text(app)
+            await pilot.press("y")
+            await settle(pilot)
+        assert app.stop_engine_on_exit is True  # run_attached then stops the engine
+    finally:
+        h.stop()

@@ -227,3 +227,25 @@ def test_the_screen_attaches_to_a_service_that_outlives_it(tmux: Tmux, tmp_path:
         assert again.startswith("engine:  running (pid ") and again != running, again
     finally:
         assert _cli(cfg, "stop", "--yes").returncode == 0
+
+
+def test_on_quit_stop_stops_the_service_with_the_screen(tmux: Tmux, tmp_path: Path) -> None:
+    cfg = _config(tmp_path, engine="service")
+    cfg.write_text(
+        cfg.read_text(encoding="utf-8").replace('on_quit = "detach"', 'on_quit = "stop"', 1),
+        encoding="utf-8",
+    )
+    added = _cli(cfg, "trades", "add", "--id", "m1", "--contract", STRANDED, "--side", "yes",
+                 "--qty", "10", "--price", "0.47")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    try:
+        tmux.start([str(APP), "--config", str(cfg)])
+        tmux.wait_for(lambda s: "Open trades" in s and "m1" in s, "the attached screen")
+        tmux.keys("q")
+        tmux.wait_for(lambda s: "Quitting stops the engine" in s, "the stop warning")
+        tmux.keys("y")
+        tmux.wait_for(lambda _s: tmux.dead(), "the screen to exit")
+        assert "stopped; its journal is closed" in tmux.screen(history=True)
+        assert _cli(cfg, "status").stdout.startswith("engine:  not running")
+    finally:
+        _cli(cfg, "stop", "--yes")

@@ -622,14 +622,21 @@ class TradeSupervisorApp(App[int]):
             from tui.screens.confirm import ConfirmScreen
 
             assert snap is not None
-            body = (
-                f"{len(snap.trades)} trade(s) are open and ARMED. The auto-stop runs inside this "
-                "app: when it quits, nothing protects them.\n\n"
-                "To keep protection without the screen, run\n"
-                "    trade-supervisor --headless\n"
-                "in tmux or under a service manager (systemd), and check on it with\n"
-                "    trade-supervisor status"
-            )
+            if isinstance(self.host, SocketEngineHost):
+                body = (
+                    f"{len(snap.trades)} trade(s) are open and ARMED. Quitting stops the engine "
+                    '([ui] on_quit = "stop"): nothing protects them until it runs again.\n\n'
+                    'With on_quit = "detach" (the default), q leaves the engine running.'
+                )
+            else:
+                body = (
+                    f"{len(snap.trades)} trade(s) are open and ARMED. The auto-stop runs inside "
+                    "this app: when it quits, nothing protects them.\n\n"
+                    "To keep protection without the screen, run\n"
+                    "    trade-supervisor --headless\n"
+                    "in tmux or under a service manager (systemd), and check on it with\n"
+                    "    trade-supervisor status"
+                )
             if not await self.push_screen_wait(
                 ConfirmScreen("Quit and stop protecting open trades?", body, "Quit", "Stay")
             ):
