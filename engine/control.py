@@ -358,9 +358,10 @@ class ControlServer:
         path = self.path
         if path.parent != self.config.data_path().resolve():
             _private_dir(path.parent)
-        with contextlib.suppress(FileNotFoundError):
-            if path.is_socket() or path.exists():
-                path.unlink()
+        if path.is_socket():
+            path.unlink()  # stale: its engine is gone (we hold the journal's lock)
+        elif path.exists() or path.is_symlink():
+            raise OSError(f"{path} exists and is not a socket; move it aside")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(str(path))

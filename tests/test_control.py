@@ -555,3 +555,17 @@ async def test_clients_hear_at_once_that_the_engine_stops(served: Served) -> Non
     assert await c.closed()
     assert not served.path.exists()
     assert served.rt.store.is_open  # before the journal is closed
+
+
+async def test_a_file_in_the_sockets_place_is_never_deleted(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path / "data")
+    path = control.socket_path(cfg)
+    path.parent.mkdir(parents=True)
+    path.write_text("mine")
+    rt = await build_runtime(cfg, None, clock=ManualClock(T0))
+    try:
+        with pytest.raises(OSError, match="not a socket"):
+            await control.ControlServer(rt.engine, cfg).start()
+    finally:
+        await rt.close()
+    assert path.read_text() == "mine"
