@@ -261,6 +261,8 @@ def _private_dir(path: Path) -> None:
     st = path.stat()
     if st.st_uid != os.getuid():
         raise OSError(f"{path} belongs to another user (uid {st.st_uid}); remove it or fix it")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)  # ours: nobody else may list or replace the socket
 
 
 def peer_uid(sock: socket.socket) -> int:
