@@ -569,3 +569,24 @@ async def test_a_file_in_the_sockets_place_is_never_deleted(tmp_path: Path) -> N
     finally:
         await rt.close()
     assert path.read_text() == "mine"
+
+
+async def test_an_engine_with_a_long_data_dir_serves_from_the_runtime_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = Path(tempfile.mkdtemp(prefix="ts-run-", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    cfg = make_config(tmp_path / ("d" * 60) / ("e" * 60))
+    rt = await build_runtime(cfg, None, clock=ManualClock(T0))
+    server = control.ControlServer(rt.engine, cfg)
+    try:
+        await server.start()
+        assert server.path.parent == run / "trade-supervisor"
+        assert stat.S_IMODE(server.path.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(server.path.stat().st_mode) == 0o600
+        c = await Raw.connect(server.path)
+        assert (await c.hello())["data_dir"] == str(cfg.data_path().resolve())
+        c.close()
+    finally:
+        await server.close()
+        await rt.close()
