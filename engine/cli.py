@@ -7,6 +7,10 @@
     trade-supervisor replay FILE.jsonl [--json]          replay a session through the engine
     trade-supervisor metrics [--since D] [--json|--csv]  trade analytics from the journal
     trade-supervisor check-config                        print the effective config or its errors
+    trade-supervisor start | stop [--yes]                the engine as a background service
+    trade-supervisor attach [--socket PATH] [--read-only]  the screen on a running engine
+    trade-supervisor arm|disarm|pause [ID]|resume [ID]|kill-switch on|off|close ID|close-all|reload
+                                                         commands to the running engine
 
 Exit codes: 0 ok, 1 a runtime failure (journal locked, bad journal), 2 a bad config or bad usage.
 """
@@ -49,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="config file (default: ./config.toml, then the user's config dir)",
     )
     p.add_argument("--headless", action="store_true", help="run the engine without the screen")
+    p.add_argument(
+        "--read-only",
+        action="store_true",
+        help="attach the screen to the running engine read-only (it refuses every command)",
+    )
     # `--config` is also accepted after the command (`replay FILE --config CFG`); SUPPRESS keeps a
     # value given before the command when none is given after it.
     common = argparse.ArgumentParser(add_help=False)
@@ -139,7 +148,68 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="what-if: run the session under the config and under B.toml, print the difference",
     )
+    _add_service_commands(sub)
     return p
+
+
+# The engine as a service and the verbs against a running one (engine/service.py).
+SERVICE_COMMANDS = (
+    "start",
+    "stop",
+    "arm",
+    "disarm",
+    "pause",
+    "resume",
+    "kill-switch",
+    "close",
+    "close-all",
+    "reload",
+    "attach",
+)
+
+
+def _add_service_commands(sub: Any) -> None:
+    sub.add_parser("start", help="start the engine in the background (its own session)")
+    sp = sub.add_parser("stop", help="stop the running engine (asks first)")
+    sp.add_argument("--yes", action="store_true", help="do not ask")
+    sub.add_parser("arm", help="running engine: send automatic exits")
+    sub.add_parser("disarm", help="running engine: signal exits, do not send them")
+    pa = sub.add_parser("pause", help="running engine: pause one trade's auto-stop, or all")
+    pa.add_argument("trade_id", nargs="?", default=None, metavar="ID")
+    re_ = sub.add_parser("resume", help="running engine: resume one trade's auto-stop, or all")
+    re_.add_argument("trade_id", nargs="?", default=None, metavar="ID")
+    ks = sub.add_parser("kill-switch", help="running engine: pause (on) or resume (off) all exits")
+    ks.add_argument("state", choices=["on", "off"])
+    cl = sub.add_parser("close", help="running engine: send an exit for one trade now")
+    cl.add_argument("trade_id", metavar="ID")
+    ca = sub.add_parser("close-all", help="running engine: send an exit for every open trade")
+    ca.add_argument("--yes", action="store_true", help="do not ask for the typed word")
+    sub.add_parser("reload", help="running engine: re-read the config file")
+    at = sub.add_parser("attach", help="the screen, attached to a running engine")
+    at.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=None,
+        help="the engine's control socket (default: the one of this config's data_dir; "
+        "e.g. a socket forwarded with ssh -L)",
+    )
+    at.add_argument("--read-only", action="store_true", help="show everything, refuse commands")
+
+
+def _service(config: Config, path: Path | None, args: argparse.Namespace) -> int:
+    from engine import service
+
+    if args.cmd == "start":
+        return service.start(config, path)
+    if args.cmd == "stop":
+        return service.stop(config, args.yes)
+    if args.cmd == "attach":
+        from tui.app import run_attached
+
+        sock = Path(args.socket).expanduser() if args.socket else None
+        return run_attached(config, path, socket_path=sock, read_only=args.read_only)
+    arg = getattr(args, "trade_id", None) or getattr(args, "state", None)
+    return service.verb(config, args.cmd, arg, yes=getattr(args, "yes", False))
 
 
 def _parser_with(common: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
@@ -180,14 +250,14 @@ def _stdout_to_devnull() -> None:
 
 def _main(args: argparse.Namespace) -> int:
     try:
-        config, path = _load(args.config)
+        config, path = _load(args.config, secretless=args.cmd in SECRETLESS_COMMANDS)
     except ConfigError as e:
         print("\n".join(e.lines), file=sys.stderr)
         print(
             "trade-supervisor: not started; fix the config (nothing was written)", file=sys.stderr
         )
         return EXIT_CONFIG
-    writes = args.cmd in (None, "check-config") or (
+    writes = args.cmd in (None, "check-config", "start") or (
         args.cmd == "trades" and args.trades_cmd in ("add", "close")
     )
     reads = args.cmd in ("status", "metrics", "trades")  # record/replay: a journal of their own
@@ -201,6 +271,8 @@ def _main(args: argparse.Namespace) -> int:
     try:
         if args.cmd == "check-config":
             return _check_config(config, path)
+        if args.cmd in SERVICE_COMMANDS:
+            return _service(config, path, args)
         if args.cmd == "status":
             return asyncio.run(_status(config, args.json))
         if args.cmd == "trades":
@@ -211,17 +283,45 @@ def _main(args: argparse.Namespace) -> int:
             return asyncio.run(_replay(config, args))
         if args.cmd == "record":
             return asyncio.run(_record(config, path, args))
+        if args.read_only and not args.headless:
+            from tui.app import run_attached
+
+            return run_attached(config, path, read_only=True)
         return _run(config, path, args.headless)
     except StoreError as e:
         print(f"trade-supervisor: {e}", file=sys.stderr)
         return EXIT_FAIL
+    except ConfigError as e:  # the screen's own settings (attach, --read-only)
+        print("\n".join(e.lines), file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
 
 
-def _load(explicit: str | None) -> tuple[Config, Path | None]:
+# Commands that never use the venue's secrets: a config without the Kalshi key still serves
+# them (the key is checked, as always, by the engine that needs it).
+SECRETLESS_COMMANDS = frozenset(SERVICE_COMMANDS) - {"start", "attach"} | {"status"}
+_KEY_PLACEHOLDERS = {"KALSHI_API_KEY_ID": "unused", "KALSHI_PRIVATE_KEY_PATH": "unused"}
+
+
+def _load(explicit: str | None, secretless: bool = False) -> tuple[Config, Path | None]:
     path = resolve_config_path(explicit)
-    return load_config(path), path
+    try:
+        return load_config(path), path
+    except ConfigError as e:
+        if not secretless or not all("needs your Kalshi API key" in line for line in e.lines):
+            raise
+    # Only the missing key was wrong: read the rest with placeholders that nothing uses.
+    saved = {k: os.environ.get(k) for k in _KEY_PLACEHOLDERS}
+    try:
+        os.environ.update({k: v for k, v in _KEY_PLACEHOLDERS.items() if not os.environ.get(k)})
+        return load_config(path), path
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _check_config(config: Config, path: Path | None) -> int:
@@ -362,6 +462,50 @@ def _fmt_secs(seconds: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+def _live_picture(config: Config) -> dict[str, Any] | None:
+    """Open P&L, risk and source health from the running engine's control socket (None when
+    it does not answer within a few seconds: `status` then shows what the journal says)."""
+    from engine import control
+
+    try:
+        with control.ControlClient(control.socket_path(config), timeout=3.0) as c:
+            c.request(control.SnapshotRequest)  # the snapshot comes just before its result
+    except control.ControlError:
+        return None
+    snap = c.last_snapshot
+    if snap is None:
+        return None
+    risk = snap["risk"]
+    return {
+        "open_pnl": sum(t["pnl"] or 0.0 for t in snap["trades"]),
+        "day_pnl": risk["daily_pnl"],
+        "at_risk": risk["total_at_risk"],
+        "open_positions": risk["open_positions"],
+        "breaches": list(risk["breaches"]),
+        "sources": {h["name"]: (h["age_seconds"], h["stale"]) for h in snap["health"]},
+        "trades": {t["trade_id"]: {"mark": t["mark"], "pnl": t["pnl"]} for t in snap["trades"]},
+    }
+
+
+def _live_pnl(live: dict[str, Any] | None, trade_id: str) -> str:
+    t = (live or {}).get("trades", {}).get(trade_id)
+    if not t or t["pnl"] is None:
+        return ""
+    return f"  mark {t['mark']:.4f}  P&L {t['pnl']:+.2f}"
+
+
+def _fmt_since(age: float) -> str:
+    """A time since, rounded up: a dead engine is never "0s ago"."""
+    s = max(1, int(-(-age // 1)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
+
+
 def _unprotected_now(info: dict[str, Any], hb: dict[str, Any], trades: list[Any]) -> dict[str, str]:
     """The open trades nobody is protecting right now, by trade id, with the reason: the
     engine's own watchdog while it runs and answers; every open trade when it is not running
@@ -446,17 +590,42 @@ async def _status(config: Config, as_json: bool) -> int:
     )
     # exits waiting (IB's market closed: "exit due at the open"; other clients' orders)
     info["exits_held"] = hb.get("exits_held") or {} if info["running"] else {}
+    live = _live_picture(config) if pid is not None else None
+    if live is not None:
+        info["live"] = live
     if as_json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
     running = f"running (pid {pid})" if pid is not None else "not running"
     print(f"engine:  {running}; journal {path}")
+    if live is not None:
+        print(
+            f"live: open P&L {live['open_pnl']:+.2f}, day P&L {live['day_pnl']:+.2f}, at risk "
+            f"{live['at_risk']:.2f} over {live['open_positions']} position(s)"
+            + (f"; RISK: {'; '.join(live['breaches'])}" if live["breaches"] else "")
+        )
+        for name, (age_s, stale) in live["sources"].items():
+            fresh = f"{age_s:.1f}s old" if age_s is not None else "no data yet"
+            print(f"  {shown(name):<20} {fresh}{'  STALE' if stale else ''}")
+    if hb and pid is None and age is not None:
+        # A stopped or dead engine: how long ago it was last heard from, and what that means.
+        n = len(trades)
+        print(
+            f"last seen {_fmt_since(age)} ago (its last heartbeat, "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(hb['wall_ts']))}): "
+            + (
+                f"its {n} open trade(s) are UNPROTECTED until an engine runs again "
+                "(`trade-supervisor start`)"
+                if n
+                else "no open trades"
+            )
+        )
     if hb:
         print(
-            f"last heartbeat {_fmt_age(age)} ago: venue {hb.get('venue')}, mode {hb.get('mode')}, "
+            f"last heartbeat {_fmt_age(age) if pid is not None or age is None else _fmt_since(age)} ago: venue {hb.get('venue')}, mode {hb.get('mode')}, "
             f"{'ARMED' if hb.get('armed') else 'disarmed'}{', ALL PAUSED' if hb.get('paused_all') else ''}"
         )
-        for name, a in (hb.get("sources") or {}).items():
+        for name, a in (hb.get("sources") or {} if live is None else {}).items():
             # The age as the heartbeat saw it, plus the heartbeat's own age: its age now.
             now_age = a + age if isinstance(a, int | float) and age is not None else a
             print(
@@ -495,6 +664,7 @@ async def _status(config: Config, as_json: bool) -> int:
             f"  {shown(t.trade_id):<24} {t.side:<5} {t.qty:>8g} {shown(t.contract_id):<28} "
             f"@ {t.entry_price:.4f}"
             f"{'  paused' if t.paused else ''}{'  closing' if str(t.state) == 'closing' else ''}"
+            + _live_pnl(live, t.trade_id)
         )
     return EXIT_OK
 

@@ -516,7 +516,8 @@ KeyName = Annotated[str, AfterValidator(_key_names)]
 class UiConfig(Strict):
     theme: str = "textual-dark"
     refresh_seconds: Annotated[float, Field(ge=0.05, le=5)] = 0.25
-    engine: Literal["process", "thread"] = "process"
+    engine: Literal["service", "process", "thread"] = "service"
+    on_quit: Literal["detach", "stop"] = "detach"  # engine = "service": what q does to it
     up_color: str = "green"
     down_color: str = "red"
     toasts: bool = True

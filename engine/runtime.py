@@ -293,6 +293,20 @@ async def run_headless(config: Config, config_path: Path | None) -> int:
         print("trade-supervisor: not started; fix the config", file=sys.stderr)
         return 2  # engine.cli.EXIT_CONFIG
     eng = rt.engine
+    # The control socket (engine/control.py): the screens and the command line attach here.
+    from engine.control import ControlServer
+
+    server = ControlServer(eng, config)
+    try:
+        await server.start()
+    except OSError as e:
+        await rt.close()
+        print(
+            f"trade-supervisor: cannot open the control socket {server.path}: {e}; "
+            "not started (fix the directory's permissions or set [engine] data_dir)",
+            file=sys.stderr,
+        )
+        return 1  # engine.cli.EXIT_FAIL
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, eng.stop)
@@ -305,12 +319,16 @@ async def run_headless(config: Config, config_path: Path | None) -> int:
             print(
                 f"trade-supervisor: venue {eng.venue.name}, mode {eng.mode.value}, "
                 f"{'ARMED' if eng.armed else 'disarmed'}{', PAUSED' if eng.paused_all else ''}; "
-                f"{len(eng.trades)} open trades; journal {rt.store.path}. Ctrl-C stops.",
+                f"{len(eng.trades)} open trades; journal {rt.store.path}; control socket "
+                f"{server.path}. Ctrl-C stops.",
                 flush=True,
             )
         except (OSError, ValueError):  # stdout already closed: the engine runs all the same
             _stdout_closed_at_start()
         await eng.run(rt.feeds)
     finally:
-        await rt.close()
+        try:
+            await server.close()
+        finally:
+            await rt.close()
     return 0

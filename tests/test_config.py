@@ -241,7 +241,7 @@ def test_missing_file_names_the_path_and_the_fix(
         ),
         (
             '[ui]\nengine = "fork"\n',
-            'c.toml, line 2: ui.engine: expected one of: process, thread (got "fork")',
+            'c.toml, line 2: ui.engine: expected one of: service, process, thread (got "fork")',
         ),
         (
             "engine = 5\n",

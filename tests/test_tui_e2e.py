@@ -92,10 +92,12 @@ def tmux(tmp_path: Path) -> Iterator[Tmux]:
         t.kill()
 
 
-def _config(tmp: Path) -> Path:
+def _config(tmp: Path, engine: str = "process") -> Path:
     text = (ROOT / "config.toml").read_text(encoding="utf-8")
     data_dir = tmp / "data"
     text = text.replace('data_dir = "./data"', f'data_dir = "{data_dir}"', 1)
+    text = text.replace('engine = "service"', f'engine = "{engine}"', 1)
+    assert tomllib.loads(text)["ui"]["engine"] == engine
     assert tomllib.loads(text)["engine"]["data_dir"] == str(data_dir)
     path = tmp / "config.toml"
     path.write_text(text, encoding="utf-8")
@@ -152,3 +154,98 @@ def test_the_real_app_in_tmux_shows_the_panes_and_obeys_the_keys(
         [str(APP), "--config", str(cfg), "status"], capture_output=True, text=True, timeout=30
     )
     assert "not running" in status.stdout, status.stdout
+
+
+def _alive(pid: int) -> bool:
+    """The process runs (a zombie waiting for its new parent to reap it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    state = next(line for line in status.splitlines() if line.startswith("State:"))
+    return "zombie" not in state
+
+
+def _cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(APP), "--config", str(cfg), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_screen_attaches_to_a_service_that_outlives_it(tmux: Tmux, tmp_path: Path) -> None:
+    """The default (`[ui] engine = "service"`): the screen starts the engine in the background
+    and attaches; q detaches and the engine protects on, killing the tmux server too; a screen
+    attaches again; `stop` ends it."""
+    cfg = _config(tmp_path, engine="service")
+    added = _cli(cfg, "trades", "add", "--id", "m1", "--contract", STRANDED, "--side", "yes",
+                 "--qty", "10", "--price", "0.47")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    try:
+        tmux.start([str(APP), "--config", str(cfg)])
+        tmux.wait_for(lambda s: "Open trades" in s and "m1" in s, "the attached screen")
+        running = _cli(cfg, "status").stdout.splitlines()[0]
+        assert running.startswith("engine:  running (pid "), running
+        tmux.keys("q")
+        tmux.wait_for(lambda s: "stays on" in s and "trade-supervisor stop" in s, "detach dialog")
+        tmux.keys("y")
+        tmux.wait_for(lambda _s: tmux.dead(), "the screen to exit")
+        assert "detached; the engine (pid" in tmux.screen(history=True)
+        assert _cli(cfg, "status").stdout.splitlines()[0] == running  # the same engine runs on
+
+        tmux.kill()  # the whole tmux server: the engine is in a session of its own
+        assert _cli(cfg, "status").stdout.splitlines()[0] == running
+        tmux.start([str(APP), "--config", str(cfg)])
+        tmux.wait_for(lambda s: "Open trades" in s and "m1" in s, "a screen attached again")
+        # A command from the command line shows on the screen.
+        proc = _cli(cfg, "kill-switch", "on")
+        assert proc.returncode == 0, proc.stderr
+        tmux.wait_for(lambda s: "PAUSED" in s.splitlines()[0], "the kill switch in the header")
+
+        # The tmux session killed under the screen: the screen exits within 2 s (SIGHUP), the
+        # engine runs on.
+        screen_pid = int(tmux.run("display-message", "-p", "-t", tmux.session, "#{pane_pid}"))
+        assert b"trade-supervisor" in Path(f"/proc/{screen_pid}/cmdline").read_bytes()
+        tmux.kill()
+        end = time.monotonic() + 2.0
+        while _alive(screen_pid) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not _alive(screen_pid), "the screen outlived its terminal"
+        assert _cli(cfg, "status").stdout.splitlines()[0] == running
+        tmux.start([str(APP), "--config", str(cfg)])
+        tmux.wait_for(lambda s: "Open trades" in s and "PAUSED" in s, "attached once more")
+    finally:
+        stopped = _cli(cfg, "stop", "--yes")
+    assert stopped.returncode == 0, stopped.stderr
+    tmux.wait_for(lambda s: "ENGINE STOPPED" in s.upper(), "the red header on the screen")
+    # q, and ./run-app offers to start it again.
+    tmux.keys("q")
+    tmux.wait_for(lambda s: "Start the engine again" in s, "the offer to start it again")
+    tmux.keys("y", "Enter")
+    try:
+        tmux.wait_for(lambda s: "Open trades" in s and "m1" in s, "attached to a new engine")
+        again = _cli(cfg, "status").stdout.splitlines()[0]
+        assert again.startswith("engine:  running (pid ") and again != running, again
+    finally:
+        assert _cli(cfg, "stop", "--yes").returncode == 0
+
+
+def test_on_quit_stop_stops_the_service_with_the_screen(tmux: Tmux, tmp_path: Path) -> None:
+    cfg = _config(tmp_path, engine="service")
+    cfg.write_text(
+        cfg.read_text(encoding="utf-8").replace('on_quit = "detach"', 'on_quit = "stop"', 1),
+        encoding="utf-8",
+    )
+    added = _cli(cfg, "trades", "add", "--id", "m1", "--contract", STRANDED, "--side", "yes",
+                 "--qty", "10", "--price", "0.47")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    try:
+        tmux.start([str(APP), "--config", str(cfg)])
+        tmux.wait_for(lambda s: "Open trades" in s and "m1" in s, "the attached screen")
+        tmux.keys("q")
+        tmux.wait_for(lambda s: "Quitting stops the engine" in s, "the stop warning")
+        tmux.keys("y")
+        tmux.wait_for(lambda _s: tmux.dead(), "the screen to exit")
+        assert "stopped; its journal is closed" in tmux.screen(history=True)
+        assert _cli(cfg, "status").stdout.startswith("engine:  not running")
+    finally:
+        _cli(cfg, "stop", "--yes")

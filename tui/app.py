@@ -11,8 +11,10 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 import signal
 import sys
+import threading
 import zoneinfo
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -266,6 +268,7 @@ class TradeSupervisorApp(App[int]):
         self.palette_colors = Palette(config.ui.up_color, config.ui.down_color)
         self.snapshot: Snapshot | None = None
         self.engine_error: str | None = None
+        self.stop_engine_on_exit = False  # set by quit under [ui] on_quit = "stop" (attached)
         self.main: MainScreen | None = None
         self._last_alert_seq = 0
         self.bells = 0  # rings sent (the bell is silent headless; tests read this)
@@ -278,7 +281,7 @@ class TradeSupervisorApp(App[int]):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.exit, 0)
+                loop.add_signal_handler(sig, self._on_signal, sig)
         self.theme = self.config.ui.theme
         if self.config.ui.keys:
             self.set_keymap(dict(self.config.ui.keys))
@@ -290,6 +293,27 @@ class TradeSupervisorApp(App[int]):
             self.post_message(EngineStopped(None))
         else:
             self._sync()
+
+    def _on_signal(self, sig: int) -> None:
+        """SIGHUP (the terminal went away) or SIGTERM: exit cleanly. A screen attached to an
+        engine service holds nothing of the engine's, so if the exit hangs (seen with a dead
+        terminal: the process lived on with no terminal) it detaches and leaves hard, within
+        `HARD_EXIT_SECONDS`; the engine keeps protecting either way."""
+        from tui.attach_host import SocketEngineHost
+
+        self.exit(0)
+        host = self.host
+        if not isinstance(host, SocketEngineHost):
+            return
+
+        def hard_exit() -> None:
+            with contextlib.suppress(Exception):
+                host.stop(timeout=0.2)
+            os._exit(128 + sig)
+
+        timer = threading.Timer(HARD_EXIT_SECONDS[sig == signal.SIGHUP], hard_exit)
+        timer.daemon = True
+        timer.start()
 
     @work(group="sync")
     async def _sync(self) -> None:
@@ -353,10 +377,17 @@ class TradeSupervisorApp(App[int]):
         self.engine_error = f"{type(err).__name__}: {err}" if err else "the engine stopped"
         if self.main is not None and self.main.is_mounted:
             self.main.query_one(StatusBar).show(self.snapshot, self.engine_error)
+        from tui.attach_host import SocketEngineHost
+
+        again = (
+            "Start it again with `trade-supervisor start` (or quit with q and run ./run-app); "
+            "details in engine.log in the data directory."
+            if isinstance(self.host, SocketEngineHost)
+            else "Quit (q) and start again; details in trade-supervisor.log in the data directory."
+        )
         self.notify(
             markup=False,
-            message=f"{self.engine_error}. Open trades are NOT protected. Quit (q) and start again; "
-            "details in trade-supervisor.log in the data directory.",
+            message=f"{self.engine_error}. Open trades are NOT protected. {again}",
             title="Engine stopped",
             severity="error",
             timeout=60,
@@ -580,6 +611,11 @@ class TradeSupervisorApp(App[int]):
 
     @work(exclusive=True, group="action")
     async def action_quit_app(self) -> None:
+        from tui.attach_host import SocketEngineHost
+
+        if isinstance(self.host, SocketEngineHost) and self.config.ui.on_quit == "detach":
+            await self._detach()
+            return
         snap = self.snapshot
         protected = (
             snap is not None
@@ -592,16 +628,72 @@ class TradeSupervisorApp(App[int]):
             from tui.screens.confirm import ConfirmScreen
 
             assert snap is not None
-            body = (
-                f"{len(snap.trades)} trade(s) are open and ARMED. The auto-stop runs inside this "
-                "app: when it quits, nothing protects them.\n\n"
-                "To keep protection without the screen, run\n"
-                "    trade-supervisor --headless\n"
-                "in tmux or under a service manager (systemd), and check on it with\n"
-                "    trade-supervisor status"
-            )
+            if isinstance(self.host, SocketEngineHost):
+                body = (
+                    f"{len(snap.trades)} trade(s) are open and ARMED. Quitting stops the engine "
+                    '([ui] on_quit = "stop"): nothing protects them until it runs again.\n\n'
+                    'With on_quit = "detach" (the default), q leaves the engine running.'
+                )
+            else:
+                body = (
+                    f"{len(snap.trades)} trade(s) are open and ARMED. The auto-stop runs inside "
+                    "this app: when it quits, nothing protects them.\n\n"
+                    "To keep protection without the screen, run\n"
+                    "    trade-supervisor --headless\n"
+                    "in tmux or under a service manager (systemd), and check on it with\n"
+                    "    trade-supervisor status"
+                )
             if not await self.push_screen_wait(
                 ConfirmScreen("Quit and stop protecting open trades?", body, "Quit", "Stay")
+            ):
+                return
+        self.stop_engine_on_exit = True  # an attached screen with [ui] on_quit = "stop"
+        self.exit(0)
+
+    @work(exclusive=True, group="action")
+    async def action_stop_engine(self) -> None:
+        """Stop the attached engine itself, after a confirmation naming what loses protection."""
+        from tui.attach_host import SocketEngineHost
+        from tui.screens.confirm import ConfirmScreen
+
+        host = self.host
+        if not isinstance(host, SocketEngineHost) or self.engine_error is not None:
+            return
+        snap = self.snapshot
+        n = len(snap.trades) if snap is not None else 0
+        armed = snap is not None and snap.armed
+        body = (
+            f"{n} open trade(s){' are ARMED and' if armed and n else ''} will have no auto-stop "
+            "until an engine runs again (./run-app or trade-supervisor start)."
+            if n
+            else "No trades are open."
+        )
+        if not await self.push_screen_wait(
+            ConfirmScreen("Stop the engine?", body, "Stop engine", "Keep it running")
+        ):
+            return
+        result = await host.stop_engine()
+        self.notify(
+            result.message, title="Stop the engine", severity="information" if result.ok else "error"
+        )
+
+    async def _detach(self) -> None:
+        """`q` on a screen attached to a running engine: the engine stays on."""
+        from tui.screens.confirm import ConfirmScreen
+
+        if self.engine_error is None:
+            snap = self.snapshot
+            n = len(snap.trades) if snap is not None else 0
+            welcome = getattr(self.host, "welcome", None)
+            pid = f" (pid {welcome.pid})" if welcome is not None else ""
+            body = (
+                f"The engine{pid} stays on and keeps protecting the {n} open trade(s) while no "
+                "screen is attached. Attach again with ./run-app (or trade-supervisor).\n\n"
+                "To stop the engine itself, run\n"
+                "    trade-supervisor stop"
+            )
+            if not await self.push_screen_wait(
+                ConfirmScreen("Detach? The engine stays on.", body, "Detach", "Stay")
             ):
                 return
         self.exit(0)
@@ -610,6 +702,15 @@ class TradeSupervisorApp(App[int]):
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        from tui.attach_host import SocketEngineHost
+
+        if isinstance(self.host, SocketEngineHost) and not self.host.read_only:
+            yield SystemCommand(
+                "Stop the engine",
+                "Stop the engine this screen is attached to (warns when open trades would "
+                "lose protection); q only detaches",
+                lambda: self.run_action("stop_engine"),
+            )
         for b in [*MainScreen.BINDINGS, *self.BINDINGS]:
             if not isinstance(b, Binding) or not b.id:
                 continue
@@ -662,6 +763,11 @@ def ui_config_problems(config: Config, where: str) -> list[str]:
     return problems
 
 
+# An attached screen's longest clean exit after SIGTERM / SIGHUP before it leaves hard (the
+# terminal is gone after SIGHUP: nothing to restore).
+HARD_EXIT_SECONDS = {False: 1.5, True: 0.5}
+
+
 def _log_to_file(config: Config) -> Path:
     """Send log records to `data_dir/trade-supervisor.log`: the screen owns the terminal."""
     root = logging.getLogger()
@@ -698,6 +804,8 @@ def run_app(config: Config, config_path: Path | None) -> int:
     problems = ui_config_problems(config, str(config_path or "config"))
     if problems:
         raise ConfigError(problems)
+    if config.ui.engine == "service":
+        return run_attached(config, config_path, start_if_none=True)
     log_path = _log_to_file(config)
     tune_gc_for_the_screen()
     host: Host
@@ -728,3 +836,62 @@ def run_app(config: Config, config_path: Path | None) -> int:
         )
     )
     return 1 if app.engine_error else 0
+
+
+def run_attached(
+    config: Config,
+    config_path: Path | None,
+    *,
+    socket_path: Path | None = None,
+    read_only: bool = False,
+    start_if_none: bool = False,
+) -> int:
+    """The screen attached to the engine that runs for this config's data_dir (or at
+    `socket_path`), starting one in the background first when none runs and `start_if_none`.
+    `q` detaches (the engine keeps protecting) unless `[ui] on_quit = "stop"`."""
+    from engine import service
+    from tui.attach_host import SocketEngineHost
+
+    problems = ui_config_problems(config, str(config_path or "config"))
+    if problems:
+        raise ConfigError(problems)
+    if start_if_none and socket_path is None and service.engine_pid(config) is None:
+        # Start-up errors (a locked journal, a bad key file) print here, before any screen.
+        code = service.start(config, config_path)
+        if code != 0:
+            return code
+    _log_to_file(config)
+    tune_gc_for_the_screen()
+    while True:
+        host = SocketEngineHost(config, socket_path, read_only=read_only)
+        try:
+            host.start()
+        except EngineHostError as e:
+            hint = "" if socket_path is not None else "; start one with `trade-supervisor start`"
+            print(f"trade-supervisor: cannot attach: {e}{hint}", file=sys.stderr)
+            return 1
+        app = TradeSupervisorApp(config, host)
+        try:
+            app.run()
+        finally:
+            host.stop()
+        if app.engine_error is None:
+            break
+        print(f"trade-supervisor: {app.engine_error}; open trades are NOT protected")
+        if not (start_if_none and sys.stdin.isatty() and service.engine_pid(config) is None):
+            return 1
+        # ./run-app: offer to start it again (start-up errors print here, as at first).
+        answer = input("Start the engine again and attach? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            return 1
+        code = service.start(config, config_path)
+        if code != 0:
+            return code
+    pid = host.welcome.pid if host.welcome is not None else "?"
+    if app.stop_engine_on_exit:
+        return service.stop_at(host.path, config)
+    print(
+        f"trade-supervisor: detached; the engine (pid {pid}) keeps protecting. "
+        "Attach again with ./run-app, stop it with `trade-supervisor stop`."
+    )
+    return 0
