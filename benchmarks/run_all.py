@@ -18,6 +18,8 @@ import time
 import kalshi_reaction
 import reaction_latency
 import recovery
+import service
+import service_reaction
 import stall_reaction
 import tape
 import tick_cost
@@ -51,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     ok = recovery.main([]) and ok
     print()
     ok = tape.main([]) and ok
+    print()
+    ok = service_reaction.main([]) and ok
+    print()
+    ok = service.main(["--seconds", "60"]) and ok
     if not args.no_ui:
         print()
         ok = ui_update.main([]) and ok

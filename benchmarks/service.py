@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _harness import table  # noqa: E402
+
 from engine import control  # noqa: E402
 
 STUCK_CLIENT = """
@@ -50,11 +52,16 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def main() -> int:
+ATTACH_TARGET_MS = 1000.0  # attach to the first full snapshot
+RSS_GROWTH_TARGET = 1.10  # the engine's memory with a stopped client stays flat (<= 10 % up)
+
+
+def main(argv: list[str] | None = None) -> bool:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=300.0)
     ap.add_argument("--strikes", type=int, default=0, help="sim strikes (0: the default)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    print("Engine service: attach time and memory with a stopped client")
     tmp = Path(tempfile.mkdtemp(prefix="ts-bench-"))
     cfg = tmp / "cfg.toml"
     sim = "[sim]\ndemo_trades = 4\n" + (f"strikes = {args.strikes}\n" if args.strikes else "")
@@ -67,7 +74,7 @@ def main() -> int:
     started = subprocess.run([*cli, "start"], cwd=ROOT, capture_output=True, text=True)
     if started.returncode:
         print(started.stdout, started.stderr)
-        return 1
+        return False
     sock = tmp / "data" / "engine.sock"
     stuck = None
     try:
@@ -85,10 +92,7 @@ def main() -> int:
                         break
             times.append(time.perf_counter() - t0)
             size = len(snap.strikes)
-        print(
-            f"attach to first full snapshot ({size} strikes, {len(snap.trades)} trades): "
-            f"median {statistics.median(times) * 1000:.1f} ms, worst {max(times) * 1000:.1f} ms"
-        )
+        attach_ms = statistics.median(times) * 1000
         stuck = subprocess.Popen(
             [sys.executable, "-c", STUCK_CLIENT, str(sock)], stdout=subprocess.PIPE, text=True
         )
@@ -99,18 +103,35 @@ def main() -> int:
         while time.monotonic() < end:
             time.sleep(min(5.0, max(0.0, end - time.monotonic())))
             samples.append(rss_kb(pid))
+        growth = max(samples) / samples[0]
         print(
-            f"engine RSS with a SIGSTOPped client over {args.seconds:.0f} s: "
-            f"start {samples[0] / 1024:.1f} MB, end {samples[-1] / 1024:.1f} MB, "
-            f"max {max(samples) / 1024:.1f} MB ({len(samples)} samples)"
+            table(
+                ["measure", "value", "target", "ok"],
+                [
+                    [
+                        f"attach to first full snapshot ({size} strikes, {len(snap.trades)} trades)",
+                        f"median {attach_ms:.1f} ms, worst {max(times) * 1000:.1f} ms",
+                        f"<= {ATTACH_TARGET_MS:.0f} ms",
+                        "ok" if attach_ms <= ATTACH_TARGET_MS else "MISSED",
+                    ],
+                    [
+                        f"engine RSS, a SIGSTOPped client, {args.seconds:.0f} s",
+                        f"{samples[0] / 1024:.1f} -> {samples[-1] / 1024:.1f} MB "
+                        f"(max {max(samples) / 1024:.1f})",
+                        f"<= x{RSS_GROWTH_TARGET:.2f}",
+                        "ok" if growth <= RSS_GROWTH_TARGET else "MISSED",
+                    ],
+                ],
+            )
         )
+        ok = attach_ms <= ATTACH_TARGET_MS and growth <= RSS_GROWTH_TARGET
     finally:
         if stuck is not None:
             os.kill(stuck.pid, signal.SIGKILL)
             stuck.wait()
         subprocess.run([*cli, "stop", "--yes"], cwd=ROOT, capture_output=True, text=True)
-    return 0
+    return ok
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(0 if main(sys.argv[1:]) else 1)

@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> bool:
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--clients", type=int, default=3)
     args = ap.parse_args(argv)
+    print(
+        f"Reaction with attached screens: max_loss quote -> venue submit, no clients vs "
+        f"{args.clients} decoding subscribers on the control socket (ms)"
+    )
     base = asyncio.run(measure("no clients", 0, args.samples, args.warmup))
     many = asyncio.run(measure(f"{args.clients} clients", args.clients, args.samples, args.warmup))
     rows = [

@@ -51,6 +51,11 @@ SMOKE: dict[str, Smoke] = {
         ["--quick"], "Reaction of a second trade while a first trade's exit is stalled"
     ),
     "recovery": Smoke(["--quick"], "Kalshi market data back after a 3 s outage"),
+    "service_reaction": Smoke(
+        ["--samples", "20", "--warmup", "5", "--clients", "1"], "Reaction with attached screens"
+    ),
+    # starts the engine service in the background and attaches 20 times
+    "service": Smoke(["--seconds", "1"], "Engine service: attach time", slow=True),
     "tape": Smoke(["--quick"], "Tape: reaction (max_loss quote -> PaperVenue.submit), tape off vs on"),
     "ui_update": Smoke(
         ["--samples", "3", "--warmup", "1", "--strikes", "50", "--trades", "20"],
