@@ -2922,6 +2922,14 @@ class Engine:
             return CommandResult(False, f"{t.trade_id}: the exit could not be journaled")
         if t.trade_id not in self.trades:
             return CommandResult(True, f"{t.trade_id} closed")
+        problem = self._data_problem(
+            t, self.contracts.get(t.contract_id), self.quotes.get(t.contract_id), now
+        )
+        if problem is not None:  # journaled, but never sent on bad data: say what it waits for
+            return CommandResult(
+                True, f"{t.trade_id} closing: the exit is journaled and goes out once its data is "
+                f"valid ({problem})"
+            )
         return CommandResult(True, f"{t.trade_id} closing")
 
     async def _set_overrides(self, t: Trade, payload: dict[str, Any]) -> CommandResult:

@@ -352,3 +352,17 @@ async def test_a_combo_whose_quote_cannot_be_derived_does_not_stop_the_next_one(
     faults = [a for a in h.alerts if "internal error deriving its quote" in a.message]
     assert len(faults) == 1 and "BROKEN" in faults[0].message
     await h.close()
+
+
+async def test_a_manual_close_on_bad_data_says_what_it_waits_for(tmp_path):
+    """`close` of a trade whose data is unusable is journaled but cannot be sent: the answer
+    says so and why, instead of a bare "closing"."""
+    from engine.commands import Command
+
+    h = await standard(tmp_path)
+    await h.open_trade("orphan", cid="KXBTCD-NOPE-T1")
+    res = await h.engine.command(Command("close", "orphan"))
+    assert res.ok and "goes out once its data is valid" in res.message
+    assert "no contract details" in res.message
+    assert h.venue.submitted == []
+    await h.close()

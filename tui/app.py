@@ -686,9 +686,17 @@ class TradeSupervisorApp(App[int]):
             n = len(snap.trades) if snap is not None else 0
             welcome = getattr(self.host, "welcome", None)
             pid = f" (pid {welcome.pid})" if welcome is not None else ""
+            bad = len(snap.unprotected) if snap is not None else 0
+            unprotected = (
+                f" ({bad} of them UNPROTECTED right now: see the header and "
+                "`trade-supervisor status`)"
+                if bad
+                else ""
+            )
             body = (
-                f"The engine{pid} stays on and keeps protecting the {n} open trade(s) while no "
-                "screen is attached. Attach again with ./run-app (or trade-supervisor).\n\n"
+                f"The engine{pid} stays on and keeps protecting the {n} open trade(s){unprotected} "
+                "while no screen is attached. Attach again with ./run-app (or "
+                "trade-supervisor).\n\n"
                 "To stop the engine itself, run\n"
                 "    trade-supervisor stop"
             )
