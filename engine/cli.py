@@ -443,7 +443,7 @@ def _journal(config: Config) -> Path:
     return config.data_path() / JOURNAL_FILENAME
 
 
-HEARTBEAT_AGE_GRACE_SECONDS = 5.0  # the engine writes its heartbeat every 2 s
+HEARTBEAT_AGE_GRACE_SECONDS = 5.0  # 2.5 x engine.supervisor.HEARTBEAT_SECONDS (not imported: start-up cost)
 
 
 def _fmt_age(age: Any) -> str:
@@ -506,11 +506,13 @@ def _fmt_since(age: float) -> str:
     return f"{s // 86400}d {s % 86400 // 3600:02d}h"
 
 
-def _unprotected_now(info: dict[str, Any], hb: dict[str, Any], trades: list[Any]) -> dict[str, str]:
+def _unprotected_now(
+    info: dict[str, Any], hb: dict[str, Any], trades: list[Any], limit_default: float
+) -> dict[str, str]:
     """The open trades nobody is protecting right now, by trade id, with the reason: the
     engine's own watchdog while it runs and answers; every open trade when it is not running
     or its heartbeat is older than the watchdog's limit (a hung or dead engine says nothing)."""
-    limit = hb.get("unprotected_after_seconds") or 13.0
+    limit = hb.get("unprotected_after_seconds") or limit_default
     age = info["heartbeat_age_seconds"]
     if not info["running"]:
         why = "the engine is not running"
@@ -581,7 +583,9 @@ async def _status(config: Config, as_json: bool) -> int:
         ],
         "bad_rows": [b.data() for b in bad],
     }
-    info["unprotected"] = _unprotected_now(info, hb, trades)
+    info["unprotected"] = _unprotected_now(
+        info, hb, trades, config.engine.unprotected_limit()
+    )
     # trades whose market is closed (IBKR's nights): not counted unprotected, watched from the open
     info["market_closed"] = (
         [t for t in hb.get("market_closed") or [] if t not in info["unprotected"]]

@@ -718,17 +718,32 @@ class Engine:
                 )
 
     async def _watchdog_loop(self) -> None:
-        """The dead man's switch, on its own task: the tick runs the watchdog too, but a tick
-        that hangs (or a loop of them that died) must not silence it."""
+        """The dead man's switch, on its own task: every tick ends with the watchdog's scan, but
+        a tick that hangs (or a loop of them that died) must not silence it, so when the tick is
+        late this task scans instead. A watchdog that fails is itself said, once."""
         period = self.config.engine.tick_seconds
+        failed = False
         while not self._stop.is_set():
             await self.clock.sleep(period)
             now = self.clock.now()
             try:
                 await self._check_tick_alive(now)
-                await self._watch(now)
-            except Exception:
+                done = self._last_tick_done
+                if self._tick_stalled or done is None or now - done > 2 * period:
+                    await self._watch(now)  # the tick did not scan lately: no double work
+                failed = False
+            except Exception as e:
                 log.exception("watchdog failed")
+                if not failed:
+                    failed = True
+                    with contextlib.suppress(Exception):
+                        await self._alert(
+                            AlertKind.DATA_QUALITY,
+                            Severity.CRITICAL,
+                            f"the protection watchdog failed ({type(e).__name__}: {e}); "
+                            "unprotected trades may not be reported — see the log",
+                            subject="watchdog-failed",
+                        )
 
     async def _check_tick_alive(self, now: float) -> None:
         """One critical alert when the tick has not completed for longer than the watchdog's

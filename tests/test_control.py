@@ -590,3 +590,15 @@ async def test_an_engine_with_a_long_data_dir_serves_from_the_runtime_dir(
     finally:
         await server.close()
         await rt.close()
+
+
+def test_the_socket_takes_every_engine_action_but_the_internal_one():
+    """engine/control.py spells its actions out for msgspec; a new engine action must be added
+    there too (or named internal here), never silently refused by the socket."""
+    from typing import get_args
+
+    from engine.commands import ACTIONS
+    from engine.control import SocketAction
+
+    internal = {"release_position"}  # the paper account's bookkeeping, queued by `trades close`
+    assert set(get_args(SocketAction)) == set(ACTIONS) - internal

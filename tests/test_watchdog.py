@@ -366,3 +366,42 @@ async def test_a_manual_close_on_bad_data_says_what_it_waits_for(tmp_path):
     assert "no contract details" in res.message
     assert h.venue.submitted == []
     await h.close()
+
+
+async def test_the_watchdog_task_scans_only_when_the_tick_is_late(tmp_path, monkeypatch):
+    """Every tick ends with a scan; the watchdog's own task scans only when the tick has not
+    (no double work on the per-tick path), and says so when the watchdog itself fails."""
+    h = await standard(tmp_path)
+    scans = []
+    real = h.engine._watch
+
+    async def counted(now):
+        scans.append(now)
+        await real(now)
+
+    monkeypatch.setattr(h.engine, "_watch", counted)
+    await h.tick(1)
+    assert len(scans) == 1
+    h.engine._stop.clear()
+    h.at(1.5)
+    await h.engine._check_tick_alive(h.clock.now())  # on time: the loop would not scan
+    task = asyncio.create_task(h.engine._watchdog_loop())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(scans) == 1
+    h.at(5)  # no tick for 4 s: the task scans
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(scans) > 1
+
+    async def broken(now):
+        raise RuntimeError("watchdog bug")
+
+    monkeypatch.setattr(h.engine, "_watch", broken)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    [said] = [a for a in h.alerts if "protection watchdog failed" in a.message]
+    assert said.severity == Severity.CRITICAL
+    h.engine.stop()
+    await task
+    await h.close()
