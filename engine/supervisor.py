@@ -28,7 +28,7 @@ import uuid
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -806,8 +806,8 @@ class Engine:
         current = len(self.watchdog.current)
         to_closed = [tid for tid, _ in change.back if tid in closed]
         if to_closed:
-            change = type(change)(
-                change.new, tuple(b for b in change.back if b[0] not in closed), change.gone
+            change = replace(
+                change, back=tuple(b for b in change.back if b[0] not in closed)
             )
             await self._alert(
                 AlertKind.DATA_QUALITY,
@@ -824,7 +824,7 @@ class Engine:
             await self._alert(
                 AlertKind.DATA_QUALITY,
                 Severity.CRITICAL,
-                describe_new(change.new, current, now),
+                describe_new(change.new, current),
                 change.new[0].trade_id if len(change.new) == 1 else None,
                 data={
                     "unprotected": {u.trade_id: u.reason for u in change.new},

@@ -79,7 +79,7 @@ class ProtectionWatchdog:
         return Change(tuple(new), tuple(back), gone)
 
 
-def describe_new(new: Iterable[Unprotected], total: int, now: float) -> str:
+def describe_new(new: Iterable[Unprotected], total: int) -> str:
     """One alert's text for trades that became unprotected, grouped by reason:
     "3 trades UNPROTECTED — t1, t2: KX-A: quote 14s old; t3: no contract details for KX-B"."""
     groups: dict[str, list[str]] = {}

@@ -290,7 +290,7 @@ def test_the_alert_text_groups_by_reason_and_stays_short():
         [(f"t{i}", f"K{i % 5}", 0.0) for i in range(40)],
         lambda tid, age: f"K{int(tid[1:]) % 5}: quote old",
     )
-    text = describe_new(ch.new, 40, 10.0)
+    text = describe_new(ch.new, 40)
     assert text.startswith("40 trades UNPROTECTED")
     assert "and 2 more reasons" in text and len(text) < 400
 
